@@ -1,0 +1,43 @@
+// Message ids: "<publish ms>-<counter>", strictly increasing within a zone (SPEC §2).
+// Pure logic, no nginx: unit-tested in t/unit.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string_view>
+
+namespace channels {
+
+struct MessageId {
+    uint64_t ms = 0;
+    uint32_t seq = 0;
+
+    constexpr bool operator==(MessageId o) const { return ms == o.ms && seq == o.seq; }
+    constexpr bool operator!=(MessageId o) const { return !(*this == o); }
+    constexpr bool operator<(MessageId o) const {
+        return ms < o.ms || (ms == o.ms && seq < o.seq);
+    }
+    constexpr bool operator<=(MessageId o) const { return !(o < *this); }
+    constexpr bool operator>(MessageId o) const { return o < *this; }
+    constexpr bool operator>=(MessageId o) const { return !(*this < o); }
+};
+
+// Longest text form: 20 digits, '-', 10 digits.
+inline constexpr size_t kMaxIdText = 31;
+
+// Writes the text form (no terminating NUL) into out, which holds kMaxIdText bytes.
+// Returns the number of bytes written.
+size_t format_id(MessageId id, char *out);
+
+// Parses "<digits>-<digits>" exactly (no sign, no spaces, ms < 2^63, seq < 2^32).
+// Anything else is nullopt: a malformed cursor is treated as absent, never an error.
+// Leading zeros are accepted ("007-01" is {7, 1}); format_id never writes them.
+std::optional<MessageId> parse_id(std::string_view text);
+
+// The id for the next message: the clock when it moved past the last id, else last + 1
+// in the counter (so ids never go backwards when the clock is set back). When the counter
+// would overflow, the ms part is advanced instead.
+MessageId next_id(MessageId last, uint64_t now_ms);
+
+}  // namespace channels

@@ -1,0 +1,110 @@
+// Per-worker delivery: which local requests subscribe to which channel, the wake-up
+// eventfd each worker listens on, and the delivery pass that reads new publish-log
+// entries once per worker and hands them to local subscribers in id order.
+#pragma once
+
+#include <unordered_map>
+
+#include "ngx_http_channels.h"
+#include "ngx_http_channels_store.h"
+
+namespace chn {
+
+class Subscriber;
+struct LocalChannel;
+
+// A formatted SSE event shared by every local subscriber that receives it (zero-copy
+// for HTTP/1.x: bufs point into it). Reference-counted, in worker memory.
+struct Frame {
+    uint32_t refs;
+    uint32_t len;
+    u_char   data[1];
+};
+Frame *frame_new(std::string_view bytes);
+void frame_ref(Frame *f);
+void frame_unref(Frame *f);
+
+// One subscriber's membership of one channel.
+struct Link {
+    ngx_queue_t   in_channel;      // LocalChannel::links
+    Subscriber   *sub;
+    LocalChannel *channel;
+    ChannelKey    key;
+    bool          active;
+};
+
+struct LocalChannel {
+    ChannelKey  key;
+    ngx_queue_t links;
+    size_t      count;
+};
+
+// Frames of one message, made on first use during a delivery pass.
+struct MessageFrames {
+    Frame *plain = nullptr;        // single-channel streams
+    Frame *named = nullptr;        // multi-channel streams: event defaults to the channel id
+    ~MessageFrames();
+    MessageFrames() = default;
+    MessageFrames(const MessageFrames &) = delete;
+    MessageFrames &operator=(const MessageFrames &) = delete;
+};
+
+// A queue link that knows its owner (Subscriber is not standard-layout, so no offsetof).
+struct SubscriberNode {
+    ngx_queue_t queue{};
+    Subscriber *owner = nullptr;
+};
+
+// A parked request receiving messages. Lives in r->pool; a request cleanup detaches it.
+class Subscriber {
+public:
+    // One message of a channel it holds, after its cursor, in id order.
+    virtual void on_message(const MessageCopy &m, Link &link, MessageFrames &frames) = 0;
+    // End of a delivery pass that touched it.
+    virtual void on_flush() = 0;
+    // The worker is shutting down (reload or stop).
+    virtual void on_shutdown() = 0;
+
+    ngx_http_request_t *request = nullptr;
+    WorkerZone         *wz = nullptr;
+    MessageId           cursor;          // the newest id it has been given (or skipped)
+    Link               *links = nullptr;
+    size_t              nlinks = 0;
+    size_t              nactive = 0;
+    SubscriberNode      in_zone;         // WorkerZone::subscribers
+    SubscriberNode      in_touched;      // WorkerZone::touched
+    bool                touched = false;
+    bool                attached = false;
+
+protected:
+    ~Subscriber() = default;
+};
+
+struct WorkerZone {
+    ZoneConf   *zone = nullptr;
+    ngx_int_t   record = -1;             // this worker's record in the zone
+    MessageId   cursor;                  // newest publish-log id read
+    std::unordered_map<ChannelKey, LocalChannel *> channels;
+    ngx_queue_t subscribers{};
+    ngx_queue_t touched{};
+    ngx_event_t deliver_event{};         // posted after a local publish or a wake-up
+    bool        delivering = false;
+};
+
+// Worker start/stop (init_process / exit_process).
+ngx_int_t delivery_init_worker(ngx_cycle_t *cycle, MainConf *mcf);
+void delivery_exit_worker(MainConf *mcf);
+
+// Registers a subscriber whose store_subscribe() attached it; keys from the result.
+// Returns NGX_ERROR (and undoes the store's attachment) when memory is short.
+ngx_int_t delivery_attach(Subscriber *sub, const SubscribeResult &res, size_t nchannels);
+// Unregisters it from every channel (request cleanup).
+void delivery_detach(Subscriber *sub);
+// Drops one channel (deleted); the subscriber keeps the others.
+void delivery_leave(Subscriber *sub, Link &link);
+// After a publish or delete in this worker: deliver locally and wake the other workers.
+void delivery_notify(ZoneConf *zone, uint64_t wake_mask);
+
+bool delivery_exiting();
+
+}  // namespace chn
