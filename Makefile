@@ -42,7 +42,7 @@ $(NGX_TREE)/objs/Makefile: config $(BUILD)/.deps-ok
 
 $(MODULE): $(NGX_TREE)/objs/Makefile $(MODULE_SRCS)
 	$(MAKE) -C $(NGX_TREE) -f objs/Makefile modules
-	cp $(NGX_TREE)/objs/ngx_http_channels_module.so $@
+	cp $(NGX_TREE)/objs/ngx_http_channels_module.so $@.tmp && mv -f $@.tmp $@   # running nginx keeps the old inode
 
 $(UNIT_BIN): $(PURE_SRCS) $(UNIT_SRCS) $(wildcard src/channels/*.h) $(BUILD)/.deps-ok
 	$(CXX) $(UNIT_CXXFLAGS) -o $@ $(PURE_SRCS) $(UNIT_SRCS) -lgtest -lgtest_main -pthread

@@ -35,6 +35,7 @@ struct ZoneConf {
     ngx_slab_pool_t *shpool = nullptr;
     Shared          *sh = nullptr;
     WorkerZone      *worker = nullptr;
+    bool             fresh = false;        // the zone was created (not inherited) by this cycle
 };
 
 enum class Role : uint8_t { none, sse, longpoll, publish, stats };

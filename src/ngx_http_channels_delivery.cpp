@@ -82,18 +82,22 @@ void flush_touched(WorkerZone *wz) {
 void run_delivery(WorkerZone *wz) {
     if (wz->delivering) return;
     wz->delivering = true;
+    uint64_t delivered = 0;
+    size_t entries = 0;
     try {
         Batch batch = store_read_log(wz->zone, wz->cursor, wanted_channel, wz);
-        wz->cursor = batch.position;
-        uint64_t delivered = 0;
+        entries = batch.items.size();
         for (const MessageCopy &m : batch.items) delivered += fan_out(wz, m);
-        flush_touched(wz);
-        store_count_delivered(wz->zone, wz->record, delivered, batch.items.size());
+        // Advanced only now: a retry after a failure skips, per subscriber cursor, what
+        // was already handed out.
+        wz->cursor = batch.position;
     } catch (...) {
         ngx_log_error(NGX_LOG_ALERT, ngx_cycle->log, 0,
                       "channels: delivery pass failed (out of memory?); retrying");
         ngx_post_event(&wz->deliver_event, &ngx_posted_events);
     }
+    flush_touched(wz);
+    store_count_delivered(wz->zone, wz->record, delivered, entries);
     wz->delivering = false;
 }
 

@@ -21,6 +21,7 @@ ngx_int_t postconfiguration(ngx_conf_t *cf) noexcept;
 ngx_int_t init_module(ngx_cycle_t *cycle) noexcept;
 ngx_int_t init_process(ngx_cycle_t *cycle) noexcept;
 void exit_process(ngx_cycle_t *cycle) noexcept;
+void exit_master(ngx_cycle_t *cycle) noexcept;
 
 char *channel_zone_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf) noexcept;
 char *subscriber_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf) noexcept;
@@ -78,7 +79,7 @@ ngx_module_t ngx_http_channels_module = {
     nullptr,              // init thread
     nullptr,              // exit thread
     chn::exit_process,    // exit process
-    nullptr,              // exit master
+    chn::exit_master,     // exit master
     NGX_MODULE_V1_PADDING};
 }
 
@@ -337,10 +338,40 @@ void close_wake_fds(void *data) noexcept {
     mcf->nwake_fds = 0;
 }
 
-// In the master, before workers fork: one eventfd per worker to wake it.
+// "channels-NAME.id" beside nginx's pid file: a place the master can always write.
+ngx_int_t last_id_path(ngx_cycle_t *cycle, ZoneConf *zone, ngx_str_t *path) {
+    auto *ccf = reinterpret_cast<ngx_core_conf_t *>(ngx_get_conf(cycle->conf_ctx, ngx_core_module));
+    size_t dir = ccf->pid.len;
+    while (dir > 0 && ccf->pid.data[dir - 1] != '/') dir--;
+    path->len = dir + sizeof("channels-.id") - 1 + zone->name.len;
+    path->data = static_cast<u_char *>(ngx_pnalloc(cycle->pool, path->len + 1));
+    if (path->data == nullptr) return NGX_ERROR;
+    ngx_sprintf(path->data, "%*schannels-%V.id%Z", dir, ccf->pid.data, &zone->name);
+    return NGX_OK;
+}
+
+void exit_master(ngx_cycle_t *cycle) noexcept {
+    MainConf *mcf = cycle_main_conf(cycle);
+    if (mcf == nullptr) return;
+    auto **zs = static_cast<ZoneConf **>(mcf->zones.elts);
+    for (ngx_uint_t i = 0; i < mcf->zones.nelts; i++) {
+        ngx_str_t path;
+        if (last_id_path(cycle, zs[i], &path) == NGX_OK) store_save_last_id(zs[i], path, cycle->log);
+    }
+}
+
+// In the master, before workers fork: restore ids of new zones, and make one eventfd per
+// worker to wake it.
 ngx_int_t init_module(ngx_cycle_t *cycle) noexcept {
     MainConf *mcf = cycle_main_conf(cycle);
     if (mcf == nullptr || mcf->zones.nelts == 0) return NGX_OK;
+    auto **zs = static_cast<ZoneConf **>(mcf->zones.elts);
+    for (ngx_uint_t i = 0; i < mcf->zones.nelts; i++) {
+        ngx_str_t path;
+        if (!zs[i]->fresh) continue;
+        if (last_id_path(cycle, zs[i], &path) != NGX_OK) return NGX_ERROR;
+        store_load_last_id(zs[i], path, cycle->log);
+    }
     auto *ccf = reinterpret_cast<ngx_core_conf_t *>(ngx_get_conf(cycle->conf_ctx, ngx_core_module));
     ngx_uint_t n = ccf->worker_processes > 0 ? ngx_uint_t(ccf->worker_processes) : 1;
     mcf->wake_fds = static_cast<ngx_fd_t *>(ngx_palloc(cycle->pool, n * sizeof(ngx_fd_t)));

@@ -548,6 +548,7 @@ ngx_int_t store_init_zone(ngx_shm_zone_t *shm_zone, void *old_data) {
     sh->last_id = MessageId{now_ms(), 0};
     zone->sh = sh;
     zone->shpool->data = sh;
+    zone->fresh = true;
 
     size_t len = sizeof(" in channel_zone \"\"") + shm_zone->shm.name.len;
     zone->shpool->log_ctx = static_cast<u_char *>(ngx_slab_alloc(zone->shpool, len));
@@ -555,6 +556,42 @@ ngx_int_t store_init_zone(ngx_shm_zone_t *shm_zone, void *old_data) {
     ngx_sprintf(zone->shpool->log_ctx, " in channel_zone \"%V\"%Z", &shm_zone->shm.name);
     zone->shpool->log_nomem = 0;   // eviction handles a full zone; 507 is logged by us
     return NGX_OK;
+}
+
+// ---- ids across restarts ----
+
+void store_load_last_id(ZoneConf *zone, const ngx_str_t &path, ngx_log_t *log) {
+    ngx_fd_t fd = ngx_open_file(path.data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+    if (fd == NGX_INVALID_FILE) return;   // first start: the clock alone decides
+    char text[channels::kMaxIdText + 1];
+    ssize_t n = read(fd, text, sizeof(text) - 1);
+    ngx_close_file(fd);
+    if (n <= 0) return;
+    std::string_view value{text, size_t(n)};
+    while (!value.empty() && (value.back() == '\n' || value.back() == ' ')) value.remove_suffix(1);
+    std::optional<MessageId> saved = channels::parse_id(value);
+    if (!saved) {
+        ngx_log_error(NGX_LOG_WARN, log, 0, "channels: ignoring unreadable \"%s\"", path.data);
+        return;
+    }
+    ZoneLock lock(zone->shpool);
+    zone->sh->last_id = std::max(zone->sh->last_id, *saved);
+}
+
+void store_save_last_id(ZoneConf *zone, const ngx_str_t &path, ngx_log_t *log) {
+    char text[channels::kMaxIdText + 1];
+    size_t len;
+    {
+        ZoneLock lock(zone->shpool);
+        len = channels::format_id(zone->sh->last_id, text);
+    }
+    text[len++] = '\n';
+    ngx_fd_t fd = ngx_open_file(path.data, NGX_FILE_WRONLY, NGX_FILE_TRUNCATE, NGX_FILE_DEFAULT_ACCESS);
+    if (fd == NGX_INVALID_FILE || write(fd, text, len) != ssize_t(len)) {
+        ngx_log_error(NGX_LOG_WARN, log, ngx_errno, "channels: cannot save the last id to \"%s\"",
+                      path.data);
+    }
+    if (fd != NGX_INVALID_FILE) ngx_close_file(fd);
 }
 
 // ---- worker life ----

@@ -115,6 +115,11 @@ struct ChannelListing {
 // ---- zone set-up (configuration time, master) ----
 ngx_int_t store_init_zone(ngx_shm_zone_t *shm_zone, void *old_data);
 
+// The newest id survives a full stop/start in a small file (master only): loaded into a
+// freshly created zone, saved when the master exits.
+void store_load_last_id(ZoneConf *zone, const ngx_str_t &path, ngx_log_t *log);
+void store_save_last_id(ZoneConf *zone, const ngx_str_t &path, ngx_log_t *log);
+
 // ---- worker life ----
 // Claims a worker record (purging records of dead workers); returns its index or -1.
 ngx_int_t store_worker_start(ZoneConf *zone, ngx_uint_t worker_number);

@@ -83,7 +83,7 @@ MessageId next_id(MessageId last, uint64_t now_ms)
     }
     // Counter exhausted within one ms: borrow the next ms. At the very top of the
     // range there is nothing larger that still parses; saturate (unreachable in practice).
-    if (false) {
+    if (last.ms + 1 >= kMsLimit) {
         return last;
     }
     return MessageId{last.ms + 1, 0};
