@@ -81,8 +81,8 @@ struct ChannelArgs {
 // Returns NGX_ERROR on an internal failure; args.error tells a client error.
 ngx_int_t eval_channels(ngx_http_request_t *r, LocConf *lcf, ChannelArgs &args);
 // Common start of subscriber requests: GET/HEAD only (405 otherwise), body discarded,
-// channels evaluated (400 when bad). NGX_OK: go on; anything else: return it.
-ngx_int_t subscriber_prelude(ngx_http_request_t *r, ChannelArgs &args);
+// channels evaluated (400 when bad). true: go on; false: answered, return *rc.
+bool subscriber_prelude(ngx_http_request_t *r, ChannelArgs &args, ngx_int_t *rc);
 // Whether the query string has an argument of that name (with or without a value).
 bool has_arg(ngx_http_request_t *r, std::string_view name);
 // A request header's value by name (case-insensitive), or an empty string.

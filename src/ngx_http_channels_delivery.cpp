@@ -10,6 +10,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <new>
 
 namespace chn {
@@ -256,6 +257,11 @@ bool delivery_exiting() { return shutting_down || ngx_exiting || ngx_terminate; 
 
 ngx_int_t delivery_attach(Subscriber *sub, const SubscribeResult &res, size_t n) {
     WorkerZone *wz = sub->wz;
+    if (wz->channels.empty()) {
+        // Nothing older than this subscriber's start can be for a local subscriber: do not
+        // walk the log published while the worker had none.
+        wz->cursor = std::max(wz->cursor, res.replay.position);
+    }
     sub->links = static_cast<Link *>(ngx_pcalloc(sub->request->pool, n * sizeof(Link)));
     size_t linked = 0;
     try {

@@ -161,8 +161,8 @@ MessageId current_position(ZoneConf *zone) { return store_stats(zone).last_id; }
 
 ngx_int_t handle(ngx_http_request_t *r) {
     ChannelArgs args;
-    ngx_int_t rc = subscriber_prelude(r, args);
-    if (rc != NGX_OK) return rc;
+    ngx_int_t rc = NGX_OK;
+    if (!subscriber_prelude(r, args, &rc)) return rc;
     LocConf *lcf = loc_conf(r);
     ZoneConf *zone = zone_of(lcf);
     MessageId client_cursor;

@@ -431,19 +431,22 @@ ngx_int_t eval_channels(ngx_http_request_t *r, LocConf *lcf, ChannelArgs &args) 
     return NGX_OK;
 }
 
-ngx_int_t subscriber_prelude(ngx_http_request_t *r, ChannelArgs &args) {
+bool subscriber_prelude(ngx_http_request_t *r, ChannelArgs &args, ngx_int_t *rc) {
     if (!(r->method & (NGX_HTTP_GET | NGX_HTTP_HEAD))) {
-        if (add_header(r, "Allow", "GET, HEAD") != NGX_OK) return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        return send_text(r, NGX_HTTP_NOT_ALLOWED, "method not allowed");
+        *rc = add_header(r, "Allow", "GET, HEAD") == NGX_OK
+                  ? send_text(r, NGX_HTTP_NOT_ALLOWED, "method not allowed")
+                  : NGX_HTTP_INTERNAL_SERVER_ERROR;
+        return false;
     }
-    if (ngx_http_discard_request_body(r) != NGX_OK) return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    if (eval_channels(r, loc_conf(r), args) != NGX_OK) return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    if (ngx_http_discard_request_body(r) != NGX_OK || eval_channels(r, loc_conf(r), args) != NGX_OK) {
+        *rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
+        return false;
+    }
     if (args.error != channels::ListError::none) {
-        std::string line = "invalid channel list: ";
-        line += channels::describe(args.error);
-        return send_text(r, NGX_HTTP_BAD_REQUEST, line);
+        *rc = send_text(r, NGX_HTTP_BAD_REQUEST, channels::describe(args.error));
+        return false;
     }
-    return NGX_OK;
+    return true;
 }
 
 bool has_arg(ngx_http_request_t *r, std::string_view name) {

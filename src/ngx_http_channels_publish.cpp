@@ -40,46 +40,56 @@ std::string published_json(std::string_view channel, const PublishResult &res) {
     return out;
 }
 
-// The one channel id of a publish location, or a 400 already sent.
-ngx_int_t publish_channel_id(ngx_http_request_t *r, std::string_view *id) {
+// Each check either fills in its value and returns true, or answers the request itself
+// (a 4xx, or 500 on internal failure) and returns false with *rc the handler's result.
+
+// The one channel id of a publish location.
+bool publish_channel_id(ngx_http_request_t *r, std::string_view *id, ngx_int_t *rc) {
     ChannelArgs args;
-    if (eval_channels(r, loc_conf(r), args) != NGX_OK) return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    if (eval_channels(r, loc_conf(r), args) != NGX_OK) {
+        *rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
+        return false;
+    }
     if (args.error != channels::ListError::none) {
-        std::string line = "invalid channel id: ";
-        line += channels::describe(args.error);
-        return send_text(r, NGX_HTTP_BAD_REQUEST, line);
+        *rc = send_text(r, NGX_HTTP_BAD_REQUEST, channels::describe(args.error));
+        return false;
     }
     if (args.list.count != 1) {
-        return send_text(r, NGX_HTTP_BAD_REQUEST, "invalid channel id: publishing takes exactly one channel");
+        *rc = send_text(r, NGX_HTTP_BAD_REQUEST, "invalid channel id: publishing takes exactly one channel");
+        return false;
     }
     *id = args.list.ids[0];
-    return NGX_OK;
+    return true;
 }
 
 // Event type from the Event-Type header or ?event=; an empty value means none.
-ngx_int_t publish_event_type(ngx_http_request_t *r, std::string_view *event) {
+bool publish_event_type(ngx_http_request_t *r, std::string_view *event, ngx_int_t *rc) {
     ngx_str_t value = find_header(r, "Event-Type");
     if (value.len == 0) {
         bool found;
-        if (decoded_arg(r, "event", &value, &found) != NGX_OK) return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        if (decoded_arg(r, "event", &value, &found) != NGX_OK) {
+            *rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
+            return false;
+        }
     }
     *event = view(value);
     if (!event->empty() && !channels::is_valid_event_type(*event)) {
-        return send_text(r, NGX_HTTP_BAD_REQUEST,
-                         "invalid event type: 1-64 bytes without CR, LF or NUL");
+        *rc = send_text(r, NGX_HTTP_BAD_REQUEST, "invalid event type: 1-64 bytes without CR, LF or NUL");
+        return false;
     }
-    return NGX_OK;
+    return true;
 }
 
-ngx_int_t publish_content_type(ngx_http_request_t *r, std::string_view *type) {
+bool publish_content_type(ngx_http_request_t *r, std::string_view *type, ngx_int_t *rc) {
     *type = {};
-    if (r->headers_in.content_type == nullptr) return NGX_OK;
+    if (r->headers_in.content_type == nullptr) return true;
     std::string_view value = view(r->headers_in.content_type->value);
     if (value.size() > kMaxContentTypeLen) {
-        return send_text(r, NGX_HTTP_BAD_REQUEST, "invalid content type: longer than 255 bytes");
+        *rc = send_text(r, NGX_HTTP_BAD_REQUEST, "invalid content type: longer than 255 bytes");
+        return false;
     }
     if (value != "text/plain") *type = value;   // the default is stored as nothing
-    return NGX_OK;
+    return true;
 }
 
 // The whole request body in one buffer, read back from the temp file when nginx wrote one.
@@ -116,10 +126,11 @@ ngx_int_t body_bytes(ngx_http_request_t *r, std::string_view *data) {
 ngx_int_t publish(ngx_http_request_t *r) {
     ZoneConf *zone = zone_of(loc_conf(r));
     PublishInput in;
-    ngx_int_t rc;
-    if ((rc = publish_channel_id(r, &in.channel)) != NGX_OK) return rc;
-    if ((rc = publish_event_type(r, &in.event)) != NGX_OK) return rc;
-    if ((rc = publish_content_type(r, &in.content_type)) != NGX_OK) return rc;
+    ngx_int_t rc = NGX_OK;
+    if (!publish_channel_id(r, &in.channel, &rc) || !publish_event_type(r, &in.event, &rc) ||
+        !publish_content_type(r, &in.content_type, &rc)) {
+        return rc;
+    }
     if (body_bytes(r, &in.data) != NGX_OK) return NGX_HTTP_INTERNAL_SERVER_ERROR;
 
     PublishResult res = store_publish(zone, in);
@@ -140,8 +151,8 @@ void body_read_handler(ngx_http_request_t *r) noexcept {
 
 ngx_int_t channel_info(ngx_http_request_t *r, bool remove) {
     std::string_view channel;
-    ngx_int_t rc = publish_channel_id(r, &channel);
-    if (rc != NGX_OK) return rc;
+    ngx_int_t rc = NGX_OK;
+    if (!publish_channel_id(r, &channel, &rc)) return rc;
     ZoneConf *zone = zone_of(loc_conf(r));
     uint64_t wake_mask = 0;
     ChannelInfo info = remove ? store_delete(zone, channel, &wake_mask) : store_info(zone, channel);

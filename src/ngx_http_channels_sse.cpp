@@ -69,7 +69,9 @@ public:
         request = r;
         wz = zone;
         multi = multi_channel;
+#if (NGX_HTTP_V2)
         copy_frames = r->stream != nullptr;
+#endif
     }
 
     void on_message(const MessageCopy &m, Link &link, MessageFrames &frames) override {
@@ -340,8 +342,8 @@ ngx_int_t empty_stream(ngx_http_request_t *r) {
 
 ngx_int_t handle(ngx_http_request_t *r) {
     ChannelArgs args;
-    ngx_int_t rc = subscriber_prelude(r, args);
-    if (rc != NGX_OK) return rc;
+    ngx_int_t rc = NGX_OK;
+    if (!subscriber_prelude(r, args, &rc)) return rc;
     LocConf *lcf = loc_conf(r);
     ZoneConf *zone = zone_of(lcf);
     if (r->method & NGX_HTTP_HEAD || delivery_exiting() || zone->worker == nullptr) return empty_stream(r);

@@ -186,9 +186,20 @@ public:
             if (ch == nullptr) return nullptr;
         }
         ch->pins++;
-        ch->exists = 1;
+        set_exists(ch, true);
         touch(ch);
         return ch;
+    }
+
+    // nchannels counts channels that exist (not deleted, not yet collected).
+    void set_exists(Channel *ch, bool exists) {
+        if (bool(ch->exists) == exists) return;
+        ch->exists = exists;
+        if (exists) {
+            sh_->nchannels++;
+        } else {
+            sh_->nchannels--;
+        }
     }
 
     void unpin(Channel *ch) { ch->pins--; }
@@ -256,10 +267,10 @@ public:
     }
 
     void free_channel(Channel *ch) {
+        set_exists(ch, false);
         sh_->gc_floor = std::max(sh_->gc_floor, ch->trimmed_upto);
         ngx_rbtree_delete(&sh_->tree, &ch->node);
         ngx_queue_remove(&ch->lru);
-        sh_->nchannels--;
         ngx_slab_free_locked(pool_, ch);
     }
 
@@ -424,7 +435,6 @@ private:
         ngx_queue_init(&ch->workers);
         ngx_queue_insert_tail(&sh_->channels, &ch->lru);
         ngx_rbtree_insert(&sh_->tree, &ch->node);
-        sh_->nchannels++;
         return ch;
     }
 
@@ -699,7 +709,7 @@ ChannelInfo store_delete(ZoneConf *zone, std::string_view channel, uint64_t *wak
         }
         *wake_mask = z.wake_mask(ch);
     }
-    ch->exists = 0;
+    z.set_exists(ch, false);
     ch->pins--;
     return info;
 }
