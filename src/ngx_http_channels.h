@@ -24,6 +24,8 @@ using channels::MessageId;
 
 struct Shared;       // the zone's root, in shared memory (ngx_http_channels_store.h)
 struct WorkerZone;   // per-worker delivery state of one zone (ngx_http_channels_delivery.h)
+struct RedisConf;    // channel_redis (ngx_http_channels_redis.h)
+struct RedisWorker;
 
 // One channel_zone: lives in the configuration pool; the worker copy of it holds the
 // worker-local delivery state.
@@ -36,6 +38,8 @@ struct ZoneConf {
     Shared          *sh = nullptr;
     WorkerZone      *worker = nullptr;
     bool             fresh = false;        // the zone was created (not inherited) by this cycle
+    RedisConf       *redis = nullptr;      // channel_redis joined this zone to Redis
+    RedisWorker     *redis_worker = nullptr;
 };
 
 enum class Role : uint8_t { none, sse, longpoll, publish, stats };
@@ -58,6 +62,7 @@ struct LocConf {
 struct MainConf {
     ngx_array_t      zones;                // of ZoneConf *
     ngx_array_t      locations;            // of LocConf * with a channels directive
+    ngx_array_t      redis;                // of RedisConf *
     ngx_fd_t        *wake_fds = nullptr;   // one eventfd per worker number, made in the master
     ngx_uint_t       nwake_fds = 0;
 };

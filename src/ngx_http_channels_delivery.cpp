@@ -7,6 +7,8 @@
 
 #include "ngx_http_channels_delivery.h"
 
+#include "ngx_http_channels_redis.h"
+
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -109,6 +111,7 @@ void shutdown_subscribers() {
     if (worker_mcf == nullptr) return;
     ZoneConf **zs = zones(worker_mcf);
     for (ngx_uint_t i = 0; i < worker_mcf->zones.nelts; i++) {
+        redis_stop_worker(zs[i]);
         WorkerZone *wz = zs[i]->worker;
         if (wz == nullptr) continue;
         while (!ngx_queue_empty(&wz->subscribers)) {
@@ -230,7 +233,7 @@ ngx_int_t delivery_init_worker(ngx_cycle_t *cycle, MainConf *mcf) {
     ZoneConf **zs = zones(mcf);
     for (ngx_uint_t i = 0; i < mcf->zones.nelts; i++) {
         zs[i]->worker = start_zone(cycle, zs[i]);
-        if (zs[i]->worker == nullptr) return NGX_ERROR;
+        if (zs[i]->worker == nullptr || redis_init_worker(cycle, zs[i]) != NGX_OK) return NGX_ERROR;
     }
     wake_flush_event.handler = wake_flush_handler;
     wake_flush_event.log = cycle->log;
@@ -247,6 +250,7 @@ ngx_int_t delivery_init_worker(ngx_cycle_t *cycle, MainConf *mcf) {
 void delivery_exit_worker(MainConf *mcf) {
     ZoneConf **zs = zones(mcf);
     for (ngx_uint_t i = 0; i < mcf->zones.nelts; i++) {
+        redis_stop_worker(zs[i]);
         if (zs[i]->worker != nullptr) store_worker_stop(zs[i], zs[i]->worker->record);
     }
 }

@@ -8,6 +8,7 @@
 
 #include "channels/ids.h"
 #include "ngx_http_channels_delivery.h"
+#include "ngx_http_channels_redis.h"
 #include "ngx_http_channels_store.h"
 
 namespace chn {
@@ -34,6 +35,8 @@ constexpr ngx_uint_t kAnyLevel = NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HT
 
 ngx_command_t commands[] = {
     {ngx_string("channel_zone"), NGX_HTTP_MAIN_CONF | NGX_CONF_1MORE, channel_zone_directive,
+     NGX_HTTP_MAIN_CONF_OFFSET, 0, nullptr},
+    {ngx_string("channel_redis"), NGX_HTTP_MAIN_CONF | NGX_CONF_2MORE, redis_directive,
      NGX_HTTP_MAIN_CONF_OFFSET, 0, nullptr},
     {ngx_string("sse_channel"), kLocationConf | NGX_CONF_1MORE, subscriber_directive,
      NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
@@ -98,7 +101,8 @@ void *create_main_conf(ngx_conf_t *cf) noexcept {
     auto *mcf = pool_new<MainConf>(cf->pool);
     if (mcf == nullptr) return nullptr;
     if (ngx_array_init(&mcf->zones, cf->pool, 2, sizeof(ZoneConf *)) != NGX_OK ||
-        ngx_array_init(&mcf->locations, cf->pool, 4, sizeof(LocConf *)) != NGX_OK) {
+        ngx_array_init(&mcf->locations, cf->pool, 4, sizeof(LocConf *)) != NGX_OK ||
+        ngx_array_init(&mcf->redis, cf->pool, 1, sizeof(RedisConf *)) != NGX_OK) {
         return nullptr;
     }
     return mcf;
@@ -299,6 +303,7 @@ invalid:
 // Gives locations without zone= the only zone, and checks every named zone exists.
 ngx_int_t postconfiguration(ngx_conf_t *cf) noexcept {
     auto *mcf = static_cast<MainConf *>(ngx_http_conf_get_module_main_conf(cf, ngx_http_channels_module));
+    if (redis_bind_zones(cf, mcf) != NGX_OK) return NGX_ERROR;
     auto **locs = static_cast<LocConf **>(mcf->locations.elts);
     auto **zs = static_cast<ZoneConf **>(mcf->zones.elts);
     for (ngx_uint_t i = 0; i < mcf->locations.nelts; i++) {
@@ -368,7 +373,7 @@ ngx_int_t init_module(ngx_cycle_t *cycle) noexcept {
     auto **zs = static_cast<ZoneConf **>(mcf->zones.elts);
     for (ngx_uint_t i = 0; i < mcf->zones.nelts; i++) {
         ngx_str_t path;
-        if (!zs[i]->fresh) continue;
+        if (!zs[i]->fresh || zs[i]->redis != nullptr) continue;   // Redis zones take Redis' ids
         if (last_id_path(cycle, zs[i], &path) != NGX_OK) return NGX_ERROR;
         store_load_last_id(zs[i], path, cycle->log);
     }

@@ -3,12 +3,11 @@
 #include "channels/json.h"
 #include "ngx_http_channels.h"
 #include "ngx_http_channels_delivery.h"
+#include "ngx_http_channels_publish.h"
+#include "ngx_http_channels_redis.h"
 #include "ngx_http_channels_store.h"
 
 namespace chn {
-namespace {
-
-constexpr std::string_view kAllow = "GET, HEAD, POST, PUT, DELETE";
 
 std::string info_json(std::string_view channel, const ChannelInfo &info) {
     std::string out;
@@ -39,6 +38,10 @@ std::string published_json(std::string_view channel, const PublishResult &res) {
     out += "}\n";
     return out;
 }
+
+namespace {
+
+constexpr std::string_view kAllow = "GET, HEAD, POST, PUT, DELETE";
 
 // Each check either fills in its value and returns true, or answers the request itself
 // (a 4xx, or 500 on internal failure) and returns false with *rc the handler's result.
@@ -132,6 +135,7 @@ ngx_int_t publish(ngx_http_request_t *r) {
         return rc;
     }
     if (body_bytes(r, &in.data) != NGX_OK) return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    if (zone->redis != nullptr) return redis_publish(r, zone, in);
 
     PublishResult res = store_publish(zone, in);
     if (res.status != PublishStatus::ok) {
@@ -154,6 +158,7 @@ ngx_int_t channel_info(ngx_http_request_t *r, bool remove) {
     ngx_int_t rc = NGX_OK;
     if (!publish_channel_id(r, &channel, &rc)) return rc;
     ZoneConf *zone = zone_of(loc_conf(r));
+    if (remove && zone->redis != nullptr) return redis_delete(r, zone, channel);
     uint64_t wake_mask = 0;
     ChannelInfo info = remove ? store_delete(zone, channel, &wake_mask) : store_info(zone, channel);
     if (!info.exists) return send_text(r, NGX_HTTP_NOT_FOUND, "channel not found");

@@ -2,6 +2,7 @@
 
 #include "channels/json.h"
 #include "ngx_http_channels.h"
+#include "ngx_http_channels_redis.h"
 #include "ngx_http_channels_store.h"
 
 namespace chn {
@@ -43,7 +44,9 @@ void append_zone_json(std::string &out, ZoneConf *zone) {
         append_field(out, "entries_read", w.entries_read);
         out += '}';
     }
-    out += "]}";
+    out += ']';
+    redis_append_stats(out, zone);
+    out += '}';
 }
 
 struct Metric {

@@ -279,14 +279,20 @@ public:
         return sh_->last_id;
     }
 
-    // Appends an entry to the log (and to its channel when it is a message).
-    Entry *append(Channel *ch, EntryKind kind, const PublishInput &in) {
+    // Appends an entry to the log (and to its channel when it is a message). The id is the
+    // zone's next one, or one assigned elsewhere (Redis) that is newer than the zone's last.
+    Entry *append(Channel *ch, EntryKind kind, const PublishInput &in, const MessageId *given = nullptr) {
         size_t size = offsetof(Entry, bytes) + in.event.size() + in.content_type.size() + in.data.size();
         auto *e = static_cast<Entry *>(alloc(size));
         if (e == nullptr) return nullptr;
         e->channel = ch;
-        e->id = next_id();
-        e->time_ms = now_;
+        if (given != nullptr) {
+            e->id = *given;
+            sh_->last_id = *given;
+        } else {
+            e->id = next_id();
+        }
+        e->time_ms = given != nullptr ? std::min(given->ms, now_) : now_;
         e->kind = kind;
         e->data_len = uint32_t(in.data.size());
         e->event_len = uint8_t(in.event.size());
@@ -555,7 +561,8 @@ ngx_int_t store_init_zone(ngx_shm_zone_t *shm_zone, void *old_data) {
     }
     sh->history = zone->history;
     sh->ttl_ms = zone->ttl;
-    sh->last_id = MessageId{now_ms(), 0};
+    // A Redis zone mirrors the shared log from its start; others start at the clock.
+    sh->last_id = zone->redis != nullptr ? MessageId{} : MessageId{now_ms(), 0};
     zone->sh = sh;
     zone->shpool->data = sh;
     zone->fresh = true;
@@ -689,29 +696,85 @@ ChannelInfo store_info(ZoneConf *zone, std::string_view channel) {
     return z.info(z.find(channel));
 }
 
-ChannelInfo store_delete(ZoneConf *zone, std::string_view channel, uint64_t *wake_mask) {
-    ZoneLock lock(zone->shpool);
-    Locked z(zone, now_ms());
-    Channel *ch = z.find(channel);
-    ChannelInfo info = z.info(ch);
-    *wake_mask = 0;
-    if (!info.exists) return info;
+namespace {
+
+// Removes the channel's messages and, when it has subscribers, leaves a marker in the log
+// that tells them. Returns the workers to wake.
+uint64_t delete_channel(Locked &z, ZoneConf *zone, Channel *ch, const MessageId *given) {
+    uint64_t wake_mask = 0;
     ch->pins++;
     while (!ngx_queue_empty(&ch->messages)) {
         z.remove_entry(channel_entry(ngx_queue_head(&ch->messages)));
     }
     if (ch->subscribers > 0) {
-        PublishInput marker{channel, {}, {}, {}};
-        if (z.append(ch, EntryKind::deleted, marker) == nullptr) {
+        PublishInput marker{ch->name(), {}, {}, {}};
+        if (z.append(ch, EntryKind::deleted, marker, given) == nullptr) {
             ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
                           "channels: zone \"%V\" too full to tell subscribers of a deleted channel",
                           &zone->name);
         }
-        *wake_mask = z.wake_mask(ch);
+        wake_mask = z.wake_mask(ch);
     }
+    if (given != nullptr) z.sh()->last_id = std::max(z.sh()->last_id, *given);
     z.set_exists(ch, false);
     ch->pins--;
+    return wake_mask;
+}
+
+}  // namespace
+
+ChannelInfo store_delete(ZoneConf *zone, std::string_view channel, uint64_t *wake_mask) {
+    ZoneLock lock(zone->shpool);
+    Locked z(zone, now_ms());
+    Channel *ch = z.find(channel);
+    ChannelInfo info = z.info(ch);
+    *wake_mask = info.exists ? delete_channel(z, zone, ch, nullptr) : 0;
     return info;
+}
+
+uint64_t store_ingest(ZoneConf *zone, EntryKind kind, MessageId id, const PublishInput &in) {
+    ZoneLock lock(zone->shpool);
+    Locked z(zone, now_ms());
+    if (id <= zone->sh->last_id) return 0;   // another worker of this host was first
+    if (kind == EntryKind::deleted) {
+        Channel *ch = z.find(in.channel);
+        if (ch == nullptr || !ch->exists) {
+            zone->sh->last_id = id;
+            return 0;
+        }
+        return delete_channel(z, zone, ch, &id);
+    }
+    z.expire(64);
+    Channel *ch = z.pin(in.channel);
+    Entry *e = ch != nullptr ? z.append(ch, EntryKind::message, in, &id) : nullptr;
+    if (e == nullptr) {
+        zone->sh->last_id = id;   // cannot be kept here; subscribers will see a gap
+        if (ch != nullptr) {
+            ch->trimmed_upto = std::max(ch->trimmed_upto, id);
+            z.unpin(ch);
+        }
+        return 0;
+    }
+    z.trim_history(ch);
+    zone->sh->published++;
+    uint64_t mask = z.wake_mask(ch);
+    z.unpin(ch);
+    return mask;
+}
+
+MessageId store_last_id(ZoneConf *zone) {
+    ZoneLock lock(zone->shpool);
+    return zone->sh->last_id;
+}
+
+void store_mark_gap(ZoneConf *zone) {
+    ZoneLock lock(zone->shpool);
+    Shared *sh = zone->sh;
+    sh->gc_floor = sh->last_id;
+    for (ngx_queue_t *q = ngx_queue_head(&sh->channels); q != ngx_queue_sentinel(&sh->channels);
+         q = ngx_queue_next(q)) {
+        lru_channel(q)->trimmed_upto = sh->last_id;
+    }
 }
 
 // ---- subscriber side ----

@@ -133,6 +133,15 @@ ChannelInfo store_info(ZoneConf *zone, std::string_view channel);
 // Deletes the channel; the marker it leaves in the log tells subscribers.
 ChannelInfo store_delete(ZoneConf *zone, std::string_view channel, uint64_t *wake_mask);
 
+// Mirrors an entry whose id was assigned elsewhere (Redis): appended when newer than the
+// zone's last id, ignored otherwise (another worker of this host mirrored it). Returns the
+// workers holding subscribers of its channel.
+uint64_t store_ingest(ZoneConf *zone, EntryKind kind, MessageId id, const PublishInput &in);
+MessageId store_last_id(ZoneConf *zone);
+// Every retained cursor now counts as possibly short of messages (the shared log lost
+// data): resuming clients get channel-gap.
+void store_mark_gap(ZoneConf *zone);
+
 // ---- subscriber side ----
 SubscribeResult store_subscribe(ZoneConf *zone, ngx_int_t record, const SubscribeQuery &q);
 // Drops one worker-local reference per key (subscriber gone or channel left).

@@ -1,7 +1,7 @@
 #!/bin/sh
 # Installs the Debian packages the build, tests and demo need, only those missing.
 set -e
-pkgs="nginx nginx-dev libpcre2-dev libssl-dev zlib1g-dev libgtest-dev g++ make perl curl openssl"
+pkgs="nginx nginx-dev libpcre2-dev libssl-dev zlib1g-dev libhiredis-dev libgtest-dev g++ make perl curl openssl"
 missing=""
 for p in $pkgs; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
