@@ -221,8 +221,7 @@ void frame_unref(Frame *f) {
 }
 
 MessageFrames::~MessageFrames() {
-    frame_unref(plain);
-    frame_unref(named);
+    for (Frame *f : variants) frame_unref(f);
 }
 
 // ---- worker life ----
@@ -266,7 +265,8 @@ ngx_int_t delivery_attach(Subscriber *sub, const SubscribeResult &res, size_t n)
         // walk the log published while the worker had none.
         wz->cursor = std::max(wz->cursor, res.replay.position);
     }
-    sub->links = static_cast<Link *>(ngx_pcalloc(sub->request->pool, n * sizeof(Link)));
+    // On the heap, not in the request pool: an SSE stream may outlive its request.
+    sub->links = static_cast<Link *>(ngx_calloc(n * sizeof(Link), ngx_cycle->log));
     size_t linked = 0;
     try {
         if (sub->links == nullptr) throw std::bad_alloc();
@@ -343,6 +343,9 @@ void delivery_detach(Subscriber *sub) {
     }
     sub->nactive = 0;
     sub->attached = false;
+    ngx_free(sub->links);
+    sub->links = nullptr;
+    sub->nlinks = 0;
 }
 
 void delivery_notify(ZoneConf *zone, uint64_t wake_mask) {

@@ -39,10 +39,12 @@ struct LocalChannel {
     size_t      count;
 };
 
-// Frames of one message, made on first use during a delivery pass.
+// Frames of one message, made on first use during a delivery pass: for single- and
+// multi-channel streams (event defaults to the channel id), each bare or with its own
+// HTTP/1.1 chunk framing (streams written without nginx's filters).
 struct MessageFrames {
-    Frame *plain = nullptr;        // single-channel streams
-    Frame *named = nullptr;        // multi-channel streams: event defaults to the channel id
+    Frame *variants[4] = {};
+    Frame *&slot(bool named, bool chunked) { return variants[(named ? 2 : 0) + (chunked ? 1 : 0)]; }
     ~MessageFrames();
     MessageFrames() = default;
     MessageFrames(const MessageFrames &) = delete;

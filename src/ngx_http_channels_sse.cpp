@@ -1,9 +1,18 @@
 // sse_channel: EventSource subscribers (SPEC §4).
 //
-// The request is parked in the event loop (count++, NGX_DONE). Messages arrive from the
-// worker's delivery pass as shared frames; over HTTP/1.x the output chain points into
-// them (no per-subscriber copy). HTTP/2 copies each frame into the stream's own recycled
-// buffers, because an HTTP/2 stream may still send queued data after its request cleanup.
+// A stream starts as a parked request (count++, NGX_DONE): the header, retry, gap notices
+// and replay go through nginx's output filters. Then, for plain HTTP/1.1 streams (chunked,
+// no subrequest, nothing registered on the request pool such as limit_conn), the stream is
+// detached: the request is logged and freed, and only the connection and this object stay,
+// about a tenth of the memory of a parked request. A detached stream writes the shared,
+// pre-chunked frames of each message straight to the socket (writev, or SSL_write).
+//
+// Streams that stay requests (HTTP/2, HTTP/1.0, limit_conn, …) keep going through the
+// filters: over HTTP/1.x their output chain points into the shared frames; HTTP/2 copies
+// each frame into the stream's own recycled buffers, because an HTTP/2 stream may still
+// send queued data after its request cleanup ran.
+
+#include <sys/uio.h>
 
 #include <algorithm>
 #include <new>
@@ -19,9 +28,10 @@ namespace {
 
 constexpr size_t kMaxUnsent = 1024 * 1024;   // SPEC §4: cut off a subscriber beyond this
 constexpr size_t kCopyBufferSize = 4096;
+constexpr size_t kMaxIovecs = 64;
 const char kBufTag = 0;                      // identifies our bufs in chains
 
-Frame *ping_frame;                           // ":\n\n", shared by the whole worker
+Frame *shared_frames[4];                     // ping (bare, chunked), end of chunked stream
 
 Frame *make_frame(std::string_view bytes) {
     Frame *f = frame_new(bytes);
@@ -29,27 +39,47 @@ Frame *make_frame(std::string_view bytes) {
     return f;
 }
 
-Frame *message_frame(const MessageCopy &m, bool named) {
+// An event as it goes on the wire: bare, or as one HTTP/1.1 chunk.
+Frame *wire_frame(std::string_view event, bool chunked) {
+    if (!chunked) return make_frame(event);
+    char head[20];
+    size_t n = size_t(ngx_sprintf(reinterpret_cast<u_char *>(head), "%xz\r\n", event.size()) -
+                      reinterpret_cast<u_char *>(head));
+    std::string text;
+    text.reserve(n + event.size() + 2);
+    text.append(head, n).append(event).append("\r\n");
+    return make_frame(text);
+}
+
+Frame *shared_frame(size_t which, std::string_view bytes) {
+    if (shared_frames[which] == nullptr) shared_frames[which] = make_frame(bytes);
+    return shared_frames[which];
+}
+
+Frame *ping_frame(bool chunked) {
+    return chunked ? shared_frame(1, "3\r\n:\n\n\r\n") : shared_frame(0, ":\n\n");
+}
+
+Frame *end_frame() { return shared_frame(2, "0\r\n\r\n"); }
+
+std::string message_event(const MessageCopy &m, bool named) {
     char id[channels::kMaxIdText];
     std::string_view id_text{id, channels::format_id(m.id, id)};
     std::string_view event = !m.event.empty() ? m.event : (named ? m.channel_id : std::string_view{});
     std::string text;
     text.reserve(channels::sse_event_size(id_text, event, m.data));
     channels::append_sse_event(text, id_text, event, m.data);
-    return make_frame(text);
+    return text;
 }
 
-std::string channel_json(std::string_view channel) {
+std::string deleted_event(const MessageCopy &m) {
     std::string json = "{\"channel\":";
-    channels::append_json_string(json, channel);
+    channels::append_json_string(json, m.channel_id);
     json += '}';
-    return json;
-}
-
-void append_deleted_event(std::string &out, const MessageCopy &m) {
     char id[channels::kMaxIdText];
-    channels::append_sse_event(out, {id, channels::format_id(m.id, id)}, "channel-deleted",
-                               channel_json(m.channel_id));
+    std::string out;
+    channels::append_sse_event(out, {id, channels::format_id(m.id, id)}, "channel-deleted", json);
+    return out;
 }
 
 void append_gap_event(std::string &out, std::string_view channel, MessageId cursor, MessageId oldest) {
@@ -63,12 +93,17 @@ void append_gap_event(std::string &out, std::string_view channel, MessageId curs
     channels::append_sse_event(out, {}, "channel-gap", json);
 }
 
+Frame *frame_of(ngx_buf_t *b) { return reinterpret_cast<Frame *>(b->start - offsetof(Frame, data)); }
+
+void detached_read_handler(ngx_event_t *rev) noexcept;
+void detached_write_handler(ngx_event_t *wev) noexcept;
+
 class SseSubscriber final : public Subscriber {
 public:
-    SseSubscriber(ngx_http_request_t *r, WorkerZone *zone, bool multi_channel) {
+    SseSubscriber(ngx_http_request_t *r, WorkerZone *zone, bool multi_channel)
+        : conn(r->connection), multi(multi_channel) {
         request = r;
         wz = zone;
-        multi = multi_channel;
 #if (NGX_HTTP_V2)
         copy_frames = r->stream != nullptr;
 #endif
@@ -78,14 +113,11 @@ public:
         MessageId before = cursor;
         cursor = m.id;
         if (m.kind == EntryKind::deleted) {
-            if (frames.plain == nullptr) {
-                std::string text;
-                append_deleted_event(text, m);
-                frames.plain = make_frame(text);
-            }
+            Frame *&frame = frames.slot(false, detached);
+            if (frame == nullptr) frame = wire_frame(deleted_event(m), detached);
             link.active = false;
             leaving = true;
-            append(frames.plain);
+            append(frame);
             return;
         }
         if (m.channel_trimmed > before) {
@@ -93,26 +125,242 @@ public:
             append_gap_event(text, m.channel_id, before, m.channel_oldest);
             append_owned(text);
         }
-        Frame *&frame = multi ? frames.named : frames.plain;
-        if (frame == nullptr) frame = message_frame(m, multi);
+        Frame *&frame = frames.slot(multi, detached);
+        if (frame == nullptr) frame = wire_frame(message_event(m, multi), detached);
         append(frame);
     }
 
     void on_flush() override {
         if (leaving) leave_deleted_channels();
-        ngx_connection_t *c = request->connection;
         if (send() == NGX_OK && nactive == 0) end_stream();
-        ngx_http_run_posted_requests(c);
+        run_posted();
     }
 
     void on_shutdown() override {
-        ngx_connection_t *c = request->connection;
         if (send() == NGX_OK) end_stream();
-        ngx_http_run_posted_requests(c);
+        run_posted();
     }
 
     void append(Frame *f) {
-        if (f == nullptr) return;
+        if (detached) {
+            push_frame(f);
+        } else {
+            chain_frame(f);
+        }
+        queued += f->len;
+    }
+
+    // An event only this subscriber gets (replay, gap): its frame is made for it.
+    void append_owned(std::string_view event) {
+        Frame *f = wire_frame(event, detached);
+        append(f);
+        frame_unref(f);
+    }
+
+    // Writes what is queued. NGX_OK: the stream goes on; NGX_DONE: it was ended.
+    ngx_int_t send() {
+        if (finished && !ending) return NGX_DONE;
+        ngx_int_t rc = detached ? write_frames() : write_pending();
+        if (rc != NGX_OK) return abort_stream(nullptr);
+        if (queued - released > kMaxUnsent) {
+            store_count_dropped_slow(wz->zone);
+            return abort_stream("subscriber did not read 1 MiB of events, closing it");
+        }
+        if (ending && detached && count == 0) {
+            close_detached();
+            return NGX_DONE;
+        }
+        return NGX_OK;
+    }
+
+    // Hands the queued bufs to nginx's filters (request mode).
+    ngx_int_t write_pending() {
+        ngx_int_t rc = ngx_http_output_filter(request, pending);
+        reclaim_sent();
+        if (rc == NGX_ERROR) return NGX_ERROR;
+        return arm_write_timer(request->connection->buffered || busy != nullptr);
+    }
+
+    // The stream ends cleanly: the client reconnects and resumes from its cursor.
+    void end_stream() {
+        stop();
+        if (detached) {
+            ending = true;
+            append(end_frame());
+            send();
+            return;
+        }
+        ngx_http_request_t *r = request;
+        ngx_http_finalize_request(r, ngx_http_send_special(r, NGX_HTTP_LAST));
+    }
+
+    ngx_int_t abort_stream(const char *reason) {
+        if (reason != nullptr) ngx_log_error(NGX_LOG_INFO, conn->log, 0, "channels: %s", reason);
+        stop();
+        if (detached) {
+            close_detached();
+        } else {
+            ngx_http_finalize_request(request, NGX_ERROR);
+        }
+        return NGX_DONE;
+    }
+
+    // No more deliveries, pings or write timeouts.
+    void stop() {
+        finished = true;
+        delivery_detach(this);
+        if (timer.timer_set) ngx_del_timer(&timer);
+        if (timer.posted) {
+            ngx_delete_posted_event(&timer);
+        }
+        if (conn->write->timer_set) ngx_del_timer(conn->write);
+    }
+
+    // Request cleanup (request mode): nothing of ours may stay referenced.
+    void release_request_mode() {
+        if (!finished) stop();
+        if (copy_frames) return;   // copies live in the request pool
+        for (ngx_chain_t *chain : {busy, pending}) {
+            for (ngx_chain_t *cl = chain; cl != nullptr; cl = cl->next) {
+                ngx_buf_t *b = cl->buf;
+                if (b->tag != &kBufTag || b->start == nullptr) continue;
+                frame_unref(frame_of(b));
+                b->start = b->end = nullptr;
+            }
+        }
+    }
+
+    // Starts the stream: header already sent; first bytes queued.
+    ngx_int_t start(LocConf *lcf, ngx_http_cleanup_t *cln) {
+        cleanup = cln;
+        ping_interval = lcf->sse_ping;
+        send_timeout = static_cast<ngx_http_core_loc_conf_t *>(
+                           ngx_http_get_module_loc_conf(request, ngx_http_core_module))->send_timeout;
+        timer.data = this;
+        timer.log = conn->log;
+        if (write_pending() != NGX_OK) return NGX_ERROR;
+        if (may_detach()) {
+            timer.handler = detach_handler;   // once the handler has returned
+            ngx_post_event(&timer, &ngx_posted_events);
+        } else {
+            start_pings();
+        }
+        return NGX_OK;
+    }
+
+    void start_pings() {
+        timer.handler = ping_handler;
+        if (ping_interval > 0) ngx_add_timer(&timer, ping_interval);
+    }
+
+    void ping() {
+        append(ping_frame(detached));
+        if (send() == NGX_OK && ping_interval > 0) ngx_add_timer(&timer, ping_interval);
+        run_posted();
+    }
+
+    void on_write_event() {
+        if (conn->write->timedout) {
+            conn->timedout = 1;
+            abort_stream("client timed out");
+        } else {
+            send();
+        }
+        run_posted();
+    }
+
+    // The client went away (detached streams notice it here; requests in test_reading).
+    void client_closed() {
+        ngx_log_error(NGX_LOG_INFO, conn->log, 0, "client prematurely closed connection");
+        abort_stream(nullptr);
+    }
+
+    bool finished = false;
+
+private:
+    bool may_detach() const {
+        ngx_http_request_t *r = request;
+        return !copy_frames && r == r->main && r->chunked && r->pool->cleanup == nullptr &&
+               r->headers_out.status == NGX_HTTP_OK && !r->header_only;
+    }
+
+    static void detach_handler(ngx_event_t *ev) noexcept {
+        auto *sub = static_cast<SseSubscriber *>(ev->data);
+        ngx_http_request_t *r = sub->request;
+        bool idle = r->main->count == 1 && !r->blocked && !r->buffered && !r->connection->buffered &&
+                    r->postponed == nullptr && sub->busy == nullptr && sub->pending == nullptr;
+        if (sub->finished || !idle) {
+            sub->start_pings();
+            return;
+        }
+        sub->detach();
+        sub->start_pings();
+    }
+
+    // Frees the request (writing its access log line) and keeps only the connection.
+    void detach() {
+        ngx_connection_t *c = conn;
+        ngx_http_request_t *r = request;
+        auto *hc = static_cast<ngx_http_connection_t *>(r->http_connection);
+        cleanup->handler = nullptr;   // this object lives on
+        request = nullptr;
+        ngx_http_free_request(r, 0);
+        c->destroyed = 0;
+        release_header_buffers(c, hc);
+        auto *ctx = static_cast<ngx_http_log_ctx_t *>(c->log->data);
+        ctx->request = nullptr;
+        ctx->current_request = nullptr;
+        c->log->action = const_cast<char *>("sending events");
+        c->data = this;
+        c->read->handler = detached_read_handler;
+        c->write->handler = detached_write_handler;
+        if (c->read->timer_set) ngx_del_timer(c->read);
+        detached = true;
+        free_bufs = nullptr;
+        if (ngx_handle_read_event(c->read, 0) != NGX_OK) {
+            abort_stream(nullptr);
+            return;
+        }
+        if (c->read->ready) {
+            ngx_post_event(c->read, &ngx_posted_events);
+        }
+    }
+
+    // As an idle keep-alive connection does: the header buffers are not needed any more.
+    static void release_header_buffers(ngx_connection_t *c, ngx_http_connection_t *hc) {
+        for (ngx_chain_t **list : {&hc->free, &hc->busy}) {
+            for (ngx_chain_t *cl = *list; cl != nullptr;) {
+                ngx_chain_t *ln = cl;
+                cl = cl->next;
+                ngx_pfree(c->pool, ln->buf->start);
+                ngx_free_chain(c->pool, ln);
+            }
+            *list = nullptr;
+            hc->nbusy = 0;
+        }
+        if (c->buffer != nullptr && c->buffer->start != nullptr &&
+            ngx_pfree(c->pool, c->buffer->start) == NGX_OK) {
+            c->buffer->start = c->buffer->pos = c->buffer->last = c->buffer->end = nullptr;
+        }
+    }
+
+    void close_detached() {
+        stop();
+        while (count > 0) pop_frame();
+        ngx_free(ring);
+        ngx_connection_t *c = conn;
+        this->~SseSubscriber();
+        ngx_free(this);
+        ngx_http_close_connection(c);
+    }
+
+    void run_posted() {
+        if (!detached && request != nullptr) ngx_http_run_posted_requests(conn);
+    }
+
+    // ---- request mode: chains through nginx's filters ----
+
+    void chain_frame(Frame *f) {
         ngx_chain_t *cl = ngx_chain_get_free_buf(request->pool, &free_bufs);
         if (cl == nullptr) throw std::bad_alloc();
         ngx_buf_t *b = cl->buf;
@@ -131,76 +379,22 @@ public:
         cl->next = nullptr;
         *out_last = cl;
         out_last = &cl->next;
-        queued += f->len;
     }
 
-    // A frame only this subscriber needs (replay, gap): the buf becomes its owner.
-    void append_owned(std::string_view bytes) {
-        Frame *f = make_frame(bytes);
-        append(f);
-        frame_unref(f);
-    }
-
-    // Writes what is queued. NGX_OK: the stream goes on; NGX_DONE: it was finalized.
-    ngx_int_t send() {
-        if (finished) return NGX_DONE;
-        if (write_pending() != NGX_OK) return abort_stream(nullptr);
-        if (queued - released > kMaxUnsent) {
-            store_count_dropped_slow(wz->zone);
-            return abort_stream("subscriber did not read 1 MiB of events, closing it");
+    void copy_into(ngx_buf_t *b, Frame *f) {
+        u_char *start = b->start;
+        size_t capacity = size_t(b->end - b->start);
+        if (start == nullptr || capacity < f->len) {
+            capacity = std::max(size_t(f->len), kCopyBufferSize);
+            start = static_cast<u_char *>(ngx_palloc(request->pool, capacity));
+            if (start == nullptr) throw std::bad_alloc();
         }
-        return NGX_OK;
-    }
-
-    // Hands the queued bufs to nginx's filters; NGX_ERROR when the connection failed.
-    ngx_int_t write_pending() {
-        ngx_int_t rc = ngx_http_output_filter(request, pending);
-        reclaim_sent();
-        if (rc == NGX_ERROR) return NGX_ERROR;
-        return arm_write_timer();
-    }
-
-    // The stream ends cleanly: the client reconnects and resumes from its cursor.
-    void end_stream() {
-        stop();
-        ngx_http_request_t *r = request;
-        ngx_http_finalize_request(r, ngx_http_send_special(r, NGX_HTTP_LAST));
-    }
-
-    ngx_int_t abort_stream(const char *reason) {
-        ngx_http_request_t *r = request;
-        if (reason != nullptr) ngx_log_error(NGX_LOG_INFO, r->connection->log, 0, "channels: %s", reason);
-        stop();
-        ngx_http_finalize_request(r, NGX_ERROR);
-        return NGX_DONE;
-    }
-
-    // No more deliveries, pings or write timeouts (request cleanup frees the rest).
-    void stop() {
-        finished = true;
-        delivery_detach(this);
-        if (ping.timer_set) ngx_del_timer(&ping);
-        if (request->connection->write->timer_set) ngx_del_timer(request->connection->write);
-    }
-
-    ngx_int_t arm_write_timer() {
-        ngx_http_request_t *r = request;
-        ngx_event_t *wev = r->connection->write;
-        if (!r->connection->buffered && busy == nullptr) {
-            if (wev->timer_set) ngx_del_timer(wev);
-            return NGX_OK;
-        }
-        auto *clcf = static_cast<ngx_http_core_loc_conf_t *>(
-            ngx_http_get_module_loc_conf(r, ngx_http_core_module));
-        if (!wev->timer_set) ngx_add_timer(wev, clcf->send_timeout);
-        return ngx_handle_write_event(wev, clcf->send_lowat);
-    }
-
-    void leave_deleted_channels() {
-        leaving = false;
-        for (size_t i = 0; i < nlinks; i++) {
-            if (!links[i].active && links[i].channel != nullptr) delivery_leave(this, links[i]);
-        }
+        ngx_memzero(b, sizeof(ngx_buf_t));
+        b->start = start;
+        b->end = start + capacity;
+        b->pos = start;
+        b->last = ngx_cpymem(start, f->data, f->len);
+        b->temporary = 1;
     }
 
     // Moves what was just handed to nginx behind busy, then recycles the bufs at the head
@@ -219,7 +413,7 @@ public:
             ngx_buf_t *b = cl->buf;
             released += size_t(b->last - b->start);
             if (!copy_frames) {
-                frame_unref(reinterpret_cast<Frame *>(b->start - offsetof(Frame, data)));
+                frame_unref(frame_of(b));
                 b->start = b->end = nullptr;
             }
             cl->next = free_bufs;
@@ -228,81 +422,164 @@ public:
         if (busy == nullptr) busy_last = &busy;
     }
 
-    // Request cleanup: nothing of ours may stay referenced.
-    void release_all() {
-        if (!finished) stop();
-        if (copy_frames) return;   // copies live in the request pool
-        for (ngx_chain_t *chain : {busy, pending}) {
-            for (ngx_chain_t *cl = chain; cl != nullptr; cl = cl->next) {
-                ngx_buf_t *b = cl->buf;
-                if (b->tag != &kBufTag || b->start == nullptr) continue;
-                frame_unref(reinterpret_cast<Frame *>(b->start - offsetof(Frame, data)));
-                b->start = b->end = nullptr;
+    ngx_int_t arm_write_timer(bool blocked) {
+        ngx_event_t *wev = conn->write;
+        if (!blocked) {
+            if (wev->timer_set) ngx_del_timer(wev);
+            return NGX_OK;
+        }
+        if (!wev->timer_set) ngx_add_timer(wev, send_timeout);
+        return ngx_handle_write_event(wev, 0);
+    }
+
+    // ---- detached mode: a ring of frames written to the socket ----
+
+    void push_frame(Frame *f) {
+        if (count == capacity) {
+            uint32_t grown = capacity ? capacity * 2 : 8;
+            auto *bigger = static_cast<Frame **>(ngx_alloc(grown * sizeof(Frame *), conn->log));
+            if (bigger == nullptr) throw std::bad_alloc();
+            for (uint32_t i = 0; i < count; i++) bigger[i] = ring[(head + i) % capacity];
+            ngx_free(ring);
+            ring = bigger;
+            capacity = grown;
+            head = 0;
+        }
+        frame_ref(f);
+        ring[(head + count) % capacity] = f;
+        count++;
+    }
+
+    void pop_frame() {
+        Frame *f = ring[head];
+        released += f->len - head_sent;
+        head_sent = 0;
+        head = (head + 1) % capacity;
+        count--;
+        frame_unref(f);
+    }
+
+    // Consumes n written bytes from the front of the ring.
+    void consume(size_t n) {
+        while (n > 0) {
+            Frame *f = ring[head];
+            size_t left = f->len - head_sent;
+            if (n < left) {
+                head_sent += uint32_t(n);
+                released += n;
+                return;
             }
+            n -= left;
+            pop_frame();
         }
     }
 
-    ngx_event_t ping{};
-    ngx_msec_t  ping_interval = 0;
-
-private:
-    void copy_into(ngx_buf_t *b, Frame *f) {
-        u_char *start = b->start;
-        size_t capacity = size_t(b->end - b->start);
-        if (start == nullptr || capacity < f->len) {
-            capacity = std::max(size_t(f->len), kCopyBufferSize);
-            start = static_cast<u_char *>(ngx_palloc(request->pool, capacity));
-            if (start == nullptr) throw std::bad_alloc();
+    ssize_t write_some() {
+        ngx_connection_t *c = conn;
+        if (c->ssl != nullptr) {
+            Frame *f = ring[head];
+            return c->send(c, f->data + head_sent, f->len - head_sent);
         }
-        ngx_memzero(b, sizeof(ngx_buf_t));
-        b->start = start;
-        b->end = start + capacity;
-        b->pos = start;
-        b->last = ngx_cpymem(start, f->data, f->len);
-        b->temporary = 1;
+        struct iovec iov[kMaxIovecs];
+        size_t n = 0;
+        for (uint32_t i = 0; i < count && n < kMaxIovecs; i++, n++) {
+            Frame *f = ring[(head + i) % capacity];
+            size_t skip = i == 0 ? head_sent : 0;
+            iov[n].iov_base = f->data + skip;
+            iov[n].iov_len = f->len - skip;
+        }
+        ssize_t sent = writev(c->fd, iov, int(n));
+        if (sent >= 0) return sent;
+        if (ngx_socket_errno == NGX_EAGAIN || ngx_socket_errno == NGX_EINTR) {
+            c->write->ready = 0;
+            return NGX_AGAIN;
+        }
+        ngx_log_error(NGX_LOG_INFO, c->log, ngx_socket_errno, "writev() failed");
+        c->error = 1;
+        return NGX_ERROR;
     }
 
-    ngx_chain_t  *pending = nullptr;
-    ngx_chain_t **out_last = &pending;
-    ngx_chain_t  *free_bufs = nullptr;
-    ngx_chain_t  *busy = nullptr;
-    ngx_chain_t **busy_last = &busy;
-    size_t        queued = 0;     // bytes handed to nginx
-    size_t        released = 0;   // of those, bytes known to be sent
-    bool          multi = false;
-    bool          copy_frames = false;
-    bool          leaving = false;
-    bool          finished = false;
+    ngx_int_t write_frames() {
+        while (count > 0) {
+            ssize_t n = write_some();
+            if (n == NGX_ERROR) return NGX_ERROR;
+            if (n == NGX_AGAIN || n == 0) break;
+            conn->sent += n;
+            consume(size_t(n));
+        }
+        return arm_write_timer(count > 0);
+    }
+
+    static void ping_handler(ngx_event_t *ev) noexcept {
+        auto *sub = static_cast<SseSubscriber *>(ev->data);
+        try {
+            sub->ping();
+        } catch (...) {
+            sub->abort_stream("out of memory");
+        }
+    }
+
+    ngx_connection_t   *conn;
+    ngx_http_cleanup_t *cleanup = nullptr;
+    ngx_event_t         timer{};          // posted once to detach, then the ping timer
+    ngx_msec_t          ping_interval = 0;
+    ngx_msec_t          send_timeout = 0;
+    size_t              queued = 0;       // bytes queued for the client
+    size_t              released = 0;     // of those, bytes known to be sent
+    bool                multi = false;
+    bool                copy_frames = false;
+    bool                detached = false;
+    bool                leaving = false;
+    bool                ending = false;   // detached: close once the end chunk is out
+    // request mode
+    ngx_chain_t        *pending = nullptr;
+    ngx_chain_t       **out_last = &pending;
+    ngx_chain_t        *free_bufs = nullptr;
+    ngx_chain_t        *busy = nullptr;
+    ngx_chain_t       **busy_last = &busy;
+    // detached mode
+    Frame             **ring = nullptr;
+    uint32_t            capacity = 0, head = 0, count = 0, head_sent = 0;
+
+    void leave_deleted_channels() {
+        leaving = false;
+        for (size_t i = 0; i < nlinks; i++) {
+            if (!links[i].active && links[i].channel != nullptr) delivery_leave(this, links[i]);
+        }
+    }
 };
 
-void cleanup(void *data) noexcept {
-    auto *sub = static_cast<SseSubscriber *>(data);
-    sub->release_all();
-    sub->~SseSubscriber();
+void detached_read_handler(ngx_event_t *rev) noexcept {
+    auto *c = static_cast<ngx_connection_t *>(rev->data);
+    auto *sub = static_cast<SseSubscriber *>(c->data);
+    u_char discard[256];
+    for (;;) {
+        ssize_t n = c->recv(c, discard, sizeof(discard));
+        if (n == NGX_AGAIN) break;
+        if (n == 0 || n == NGX_ERROR) {
+            sub->client_closed();
+            return;
+        }
+    }
+    if (ngx_handle_read_event(rev, 0) != NGX_OK) sub->abort_stream(nullptr);
 }
 
-void ping_handler(ngx_event_t *ev) noexcept {
-    auto *sub = static_cast<SseSubscriber *>(ev->data);
-    ngx_connection_t *c = sub->request->connection;
-    try {
-        if (ping_frame == nullptr) ping_frame = make_frame(":\n\n");
-        sub->append(ping_frame);
-        if (sub->send() == NGX_OK) ngx_add_timer(ev, sub->ping_interval);
-    } catch (...) {
-        sub->abort_stream("out of memory");
-    }
-    ngx_http_run_posted_requests(c);
+void detached_write_handler(ngx_event_t *wev) noexcept {
+    auto *c = static_cast<ngx_connection_t *>(wev->data);
+    static_cast<SseSubscriber *>(c->data)->on_write_event();
+}
+
+// Request cleanup of a stream still in request mode.
+void cleanup(void *data) noexcept {
+    auto *sub = static_cast<SseSubscriber *>(data);
+    sub->release_request_mode();
+    sub->~SseSubscriber();
+    ngx_free(sub);
 }
 
 void write_handler(ngx_http_request_t *r) noexcept {
     auto *sub = static_cast<SseSubscriber *>(ngx_http_get_module_ctx(r, ngx_http_channels_module));
-    if (sub == nullptr) return;
-    if (r->connection->write->timedout) {
-        r->connection->timedout = 1;
-        sub->abort_stream("client timed out");
-        return;
-    }
-    sub->send();
+    if (sub != nullptr && !sub->finished) sub->on_write_event();
 }
 
 ngx_int_t send_stream_header(ngx_http_request_t *r) {
@@ -325,11 +602,8 @@ std::string stream_start(LocConf *lcf, const SubscribeResult &res, MessageId cur
     for (const GapInfo &gap : res.replay.gaps) {
         append_gap_event(out, gap.channel_id, cursor, gap.oldest);
     }
-    for (const MessageCopy &m : res.replay.items) {
-        char id[channels::kMaxIdText];
-        std::string_view event = !m.event.empty() ? m.event : (multi ? m.channel_id : std::string_view{});
-        channels::append_sse_event(out, {id, channels::format_id(m.id, id)}, event, m.data);
-    }
+    for (const MessageCopy &m : res.replay.items) out += message_event(m, multi);
+    if (out.empty()) out = ":\n\n";   // something to flush the header with
     return out;
 }
 
@@ -348,10 +622,13 @@ ngx_int_t handle(ngx_http_request_t *r) {
     ZoneConf *zone = zone_of(lcf);
     if (r->method & NGX_HTTP_HEAD || delivery_exiting() || zone->worker == nullptr) return empty_stream(r);
 
-    bool multi = args.list.count > 1;
-    auto *sub = new (ngx_pcalloc(r->pool, sizeof(SseSubscriber))) SseSubscriber(r, zone->worker, multi);
+    void *mem = ngx_alloc(sizeof(SseSubscriber), r->connection->log);
     ngx_http_cleanup_t *cln = ngx_http_cleanup_add(r, 0);
-    if (cln == nullptr) return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    if (mem == nullptr || cln == nullptr) {
+        ngx_free(mem);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+    auto *sub = new (mem) SseSubscriber(r, zone->worker, args.list.count > 1);
     cln->handler = cleanup;
     cln->data = sub;
     ngx_http_set_ctx(r, sub, ngx_http_channels_module);
@@ -370,19 +647,10 @@ ngx_int_t handle(ngx_http_request_t *r) {
 
     rc = send_stream_header(r);
     if (rc == NGX_ERROR || rc > NGX_OK) return rc;
-    std::string start = stream_start(lcf, res, q.cursor, multi);
-    if (start.empty()) start = ":\n\n";   // something to flush the header with
-    sub->append_owned(start);
+    sub->append_owned(stream_start(lcf, res, q.cursor, args.list.count > 1));
     r->read_event_handler = ngx_http_test_reading;
     r->write_event_handler = write_handler;
-    if (lcf->sse_ping > 0) {
-        sub->ping.handler = ping_handler;
-        sub->ping.data = sub;
-        sub->ping.log = r->connection->log;
-        sub->ping_interval = lcf->sse_ping;
-        ngx_add_timer(&sub->ping, lcf->sse_ping);
-    }
-    if (sub->write_pending() != NGX_OK) return NGX_ERROR;
+    if (sub->start(lcf, cln) != NGX_OK) return NGX_ERROR;
     r->main->count++;
     return NGX_DONE;
 }

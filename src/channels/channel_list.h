@@ -19,7 +19,7 @@ bool is_valid_event_type(std::string_view event);
 
 // Decodes %XX escapes once (both hex cases). An invalid escape ("%zz", a '%' near the end)
 // is copied literally. '+' is left as is. out must hold in.size() bytes; returns the
-// decoded length.
+// decoded length. out may be in.data() (decoding in place).
 size_t percent_decode(std::string_view in, char *out);
 
 enum class ListError {
