@@ -23,7 +23,7 @@ MODULE_SRCS := $(wildcard src/*.cpp src/*.h src/channels/*.cpp src/channels/*.h)
 PURE_SRCS   := $(wildcard src/channels/*.cpp)
 UNIT_SRCS   := $(wildcard t/unit/*.cpp)
 
-.PHONY: all deps run test unit prove bench clean fuzz sanitize
+.PHONY: all deps run test unit unit-asan prove bench clean fuzz sanitize
 
 all: $(MODULE)
 
@@ -44,11 +44,21 @@ $(MODULE): $(NGX_TREE)/objs/Makefile $(MODULE_SRCS)
 	$(MAKE) -C $(NGX_TREE) -f objs/Makefile modules
 	cp $(NGX_TREE)/objs/ngx_http_channels_module.so $@.tmp && mv -f $@.tmp $@   # running nginx keeps the old inode
 
-$(UNIT_BIN): $(PURE_SRCS) $(UNIT_SRCS) $(wildcard src/channels/*.h) $(BUILD)/.deps-ok
+$(UNIT_BIN): $(PURE_SRCS) $(UNIT_SRCS) $(wildcard src/channels/*.h t/unit/*.h) $(BUILD)/.deps-ok
 	$(CXX) $(UNIT_CXXFLAGS) -o $@ $(PURE_SRCS) $(UNIT_SRCS) -lgtest -lgtest_main -pthread
 
 unit: $(UNIT_BIN)
 	$(UNIT_BIN)
+
+# The pure logic under ASan+UBSan: catches reads past the end that plain tests miss.
+unit-asan: $(BUILD)/.deps-ok
+	$(CXX) $(UNIT_CXXFLAGS) -fsanitize=address,undefined -fno-sanitize-recover=all \
+	    -o $(BUILD)/unit_asan $(PURE_SRCS) $(UNIT_SRCS) -lgtest -lgtest_main -pthread
+	$(BUILD)/unit_asan
+
+# libFuzzer targets of the pure parsers and formatters (SECONDS=N per target, default 300).
+fuzz:
+	$(MAKE) -C fuzz run
 
 prove: $(MODULE)
 	CHANNELS_MODULE=$(MODULE) NGINX_BIN=$(NGINX_BIN) prove -j$(PROVE_JOBS) -r t/

@@ -87,8 +87,9 @@ void run_delivery(WorkerZone *wz) {
     wz->delivering = true;
     uint64_t delivered = 0;
     size_t entries = 0;
+    Batch batch;
     try {
-        Batch batch = store_read_log(wz->zone, wz->cursor, wanted_channel, wz);
+        batch = store_read_log(wz->zone, wz->cursor, wanted_channel, wz);
         entries = batch.items.size();
         for (const MessageCopy &m : batch.items) delivered += fan_out(wz, m);
         // Advanced only now: a retry after a failure skips, per subscriber cursor, what
@@ -99,7 +100,7 @@ void run_delivery(WorkerZone *wz) {
                       "channels: delivery pass failed (out of memory?); retrying");
         ngx_post_event(&wz->deliver_event, &ngx_posted_events);
     }
-    flush_touched(wz);
+    flush_touched(wz);   // while the batch, which subscribers may point into, is alive
     store_count_delivered(wz->zone, wz->record, delivered, entries);
     wz->delivering = false;
 }

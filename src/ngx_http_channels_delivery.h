@@ -60,7 +60,8 @@ struct SubscriberNode {
 // A parked request receiving messages. Lives in r->pool; a request cleanup detaches it.
 class Subscriber {
 public:
-    // One message of a channel it holds, after its cursor, in id order.
+    // One message of a channel it holds, after its cursor, in id order. m stays valid
+    // until the on_flush() of the same pass.
     virtual void on_message(const MessageCopy &m, Link &link, MessageFrames &frames) = 0;
     // End of a delivery pass that touched it.
     virtual void on_flush() = 0;

@@ -40,15 +40,32 @@ void append_message_json(std::string &out, const MessageCopy &m) {
     out += '}';
 }
 
-std::string batch_json(const Batch &batch) {
+// What one answer carries: at most answer_limit() messages, oldest first.
+struct Answer {
+    const MessageCopy *items[kMaxJsonMessages];
+    size_t n = 0;
+    bool gap = false;
+};
+
+Answer answer_of(const Batch &batch, size_t limit) {
+    Answer a;
+    for (const MessageCopy &m : batch.items) {
+        if (a.n == limit) break;
+        a.items[a.n++] = &m;
+    }
+    a.gap = !batch.gaps.empty();
+    return a;
+}
+
+std::string answer_json(const Answer &a) {
     std::string out = "{\"messages\":[";
-    for (size_t i = 0; i < batch.items.size(); i++) {
+    for (size_t i = 0; i < a.n; i++) {
         if (i) out += ',';
-        append_message_json(out, batch.items[i]);
+        append_message_json(out, *a.items[i]);
     }
     out += "],\"last_event_id\":";
-    append_json_id(out, batch.items.back().id);
-    if (!batch.gaps.empty()) out += ",\"gap\":true";
+    append_json_id(out, a.items[a.n - 1]->id);
+    if (a.gap) out += ",\"gap\":true";
     out += "}\n";
     return out;
 }
@@ -60,15 +77,14 @@ ngx_int_t common_headers(ngx_http_request_t *r, MessageId cursor) {
     return NGX_OK;
 }
 
-// 200 with what the batch holds (never empty).
-ngx_int_t answer_messages(ngx_http_request_t *r, const Batch &batch) {
+// 200 with what the answer holds (never empty).
+ngx_int_t answer_messages(ngx_http_request_t *r, const Answer &a) {
     LocConf *lcf = loc_conf(r);
-    const MessageCopy &last = batch.items.back();
     if (!lcf->longpoll_raw) {
-        if (common_headers(r, last.id) != NGX_OK) return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        return send_body(r, NGX_HTTP_OK, "application/json", batch_json(batch));
+        if (common_headers(r, a.items[a.n - 1]->id) != NGX_OK) return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        return send_body(r, NGX_HTTP_OK, "application/json", answer_json(a));
     }
-    const MessageCopy &m = batch.items.front();
+    const MessageCopy &m = *a.items[0];
     if (common_headers(r, m.id) != NGX_OK) return NGX_HTTP_INTERNAL_SERVER_ERROR;
     if (!m.event.empty() && add_header(r, "Event-Type", m.event) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -92,36 +108,35 @@ public:
         wz = zone;
     }
 
+    // Collects the pass's messages: the first pass that reaches a waiting request holds
+    // everything after its cursor, so the answer needs no second look at the zone.
     void on_message(const MessageCopy &m, Link &, MessageFrames &) override {
         cursor = m.id;
         if (m.kind == EntryKind::deleted) {
             deleted = true;
-        } else {
-            ready = true;
+            return;
         }
+        if (answer == nullptr) {
+            answer = static_cast<Answer *>(ngx_palloc(request->pool, sizeof(Answer)));
+            if (answer == nullptr) throw std::bad_alloc();
+            answer->n = 0;
+            answer->gap = false;
+        }
+        if (answer->n < answer_limit(loc_conf(request))) answer->items[answer->n++] = &m;
+        if (m.channel_trimmed > reply_cursor) answer->gap = true;
     }
 
     void on_flush() override {
-        if (deleted) {
+        if (deleted && (answer == nullptr || answer->n == 0)) {
             finish(answer_empty(request, kHttpGone, reply_cursor));
-        } else if (ready) {
-            ready = false;
-            answer_from_store();
+        } else if (answer != nullptr && answer->n > 0) {
+            finish(answer_messages(request, *answer));
         }
     }
 
     void on_shutdown() override { finish(answer_empty(request, NGX_HTTP_NO_CONTENT, reply_cursor)); }
 
     void on_timeout() { finish(answer_empty(request, NGX_HTTP_NO_CONTENT, reply_cursor)); }
-
-    // Reads everything after the client's cursor (the delivery pass only said "ready").
-    void answer_from_store() {
-        ChannelKey keys[channels::kMaxChannels];
-        for (size_t i = 0; i < nlinks; i++) keys[i] = links[i].key;
-        Batch batch = store_read(wz->zone, keys, nlinks, reply_cursor, answer_limit(loc_conf(request)));
-        if (batch.items.empty()) return;   // expired meanwhile: keep waiting
-        finish(answer_messages(request, batch));
-    }
 
     void stop() {
         delivery_detach(this);
@@ -142,8 +157,8 @@ private:
         ngx_http_run_posted_requests(c);
     }
 
-    bool ready = false;
-    bool deleted = false;
+    Answer *answer = nullptr;
+    bool    deleted = false;
 };
 
 void cleanup(void *data) noexcept {
@@ -190,7 +205,7 @@ ngx_int_t handle(ngx_http_request_t *r) {
     q.limit = answer_limit(lcf);
     q.attach_only_if_empty = true;
     SubscribeResult res = store_subscribe(zone, zone->worker->record, q);
-    if (!res.replay.items.empty()) return answer_messages(r, res.replay);
+    if (!res.replay.items.empty()) return answer_messages(r, answer_of(res.replay, q.limit));
     if (!res.attached) {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "channels: zone \"%V\" is full", &zone->name);
         return send_text(r, NGX_HTTP_SERVICE_UNAVAILABLE, "channel zone is full");

@@ -461,7 +461,7 @@ void copy_entries(Locked &z, const std::vector<Entry *> &entries, Batch &batch) 
     batch.items.reserve(batch.items.size() + entries.size());
     auto keep = [&batch](std::string_view s) {
         size_t at = batch.bytes.size();
-        batch.bytes.append(s.data(), s.size());
+        batch.bytes.insert(batch.bytes.end(), s.begin(), s.end());
         return at;
     };
     struct Offsets { size_t ch, ev, ct, data; };

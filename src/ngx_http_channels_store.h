@@ -42,11 +42,19 @@ struct GapInfo {
     MessageId oldest;              // oldest retained (zero when none)
 };
 
-// Messages copied out of the zone under one lock, in id order.
+// Messages copied out of the zone under one lock, in id order. The items' views point
+// into bytes, a vector (not a string: a moved short string would leave them dangling);
+// so a Batch moves but never copies.
 struct Batch {
+    Batch() = default;
+    Batch(Batch &&) = default;
+    Batch &operator=(Batch &&) = default;
+    Batch(const Batch &) = delete;
+    Batch &operator=(const Batch &) = delete;
+
     std::vector<MessageCopy> items;
     std::vector<GapInfo> gaps;
-    std::string bytes;
+    std::vector<char> bytes;
     MessageId position;            // the zone's newest id when the batch was read
     bool more = false;             // a limit cut the batch short
 };
