@@ -1,0 +1,79 @@
+package NodeRunner;
+
+# Runs a Node.js test script from t/js against an nginx serving conf-examples/demo.conf,
+# turning its PASS/FAIL/SKIP lines into Test::More tests. Shared by the browser and
+# EventSource tests.
+#
+#   my $t = NodeRunner::demo_nginx();              # started, www/ linked in
+#   NodeRunner::report($script, NodeRunner::run_node($script, @args));
+
+use strict;
+use warnings;
+use Exporter 'import';
+use File::Spec;
+use FindBin;
+use Test::More;
+use ChannelsTest;
+
+our @EXPORT_OK = qw(repo demo_nginx run_node report);
+
+sub repo { File::Spec->rel2abs("$FindBin::Bin/..") }
+
+# Installs t/js's npm packages if missing; fails the test file when that is impossible.
+sub ensure_deps {
+    my $repo = repo();
+    my $out = `sh '$repo/t/js/ensure-deps.sh' 2>&1`;
+    return 1 if $? == 0;
+    fail("npm packages for t/js: $out");
+    done_testing;
+    exit;
+}
+
+# conf-examples/demo.conf's http block, its ports 8080/8081 as %%PORT_0%%/%%PORT_1%%.
+sub demo_http_block {
+    open my $fh, '<', repo() . '/conf-examples/demo.conf' or die "demo.conf: $!";
+    my $text = do { local $/; <$fh> };
+    my ($http) = $text =~ /^http \{\n(.*?)^\}$/ms or die "demo.conf: no http block\n";
+    $http =~ s/127\.0\.0\.1:8080\b/127.0.0.1:%%PORT_0%%/g;
+    $http =~ s/127\.0\.0\.1:8081\b/127.0.0.1:%%PORT_1%%/g;
+    return $http;
+}
+
+sub demo_nginx {
+    ensure_deps();
+    my $t = ChannelsTest->new(workers => 2, conf => demo_http_block(), start => 0);
+    symlink(repo() . '/www', $t->prefix . '/www') or die "symlink www: $!";
+    $t->start;
+    return $t;
+}
+
+sub run_node {
+    my ($script, @args) = @_;
+    my $cmd = join ' ', 'node', map { "'$_'" } repo() . "/t/js/$script", @args;
+    my @lines = `$cmd 2>&1`;
+    chomp @lines;
+    push @lines, "EXIT $?";
+    return @lines;
+}
+
+# PASS/FAIL lines become tests, SKIP skips the file loudly, anything else is a note.
+sub report {
+    my ($script, @lines) = @_;
+    my ($exit) = map { /^EXIT (\d+)/ ? $1 : () } @lines;
+    if (my ($skip) = grep { /^SKIP / } @lines) {
+        diag('!' x 70);
+        diag("SKIPPED: $skip");
+        diag('!' x 70);
+        plan skip_all => $skip;
+    }
+    my $n = 0;
+    for (@lines) {
+        if (/^PASS (.*)/) { pass($1); $n++ }
+        elsif (/^FAIL (.*)/) { fail($1); $n++ }
+        elsif (!/^EXIT /) { note($_) }
+    }
+    ok($n > 0, "$script ran its tests");
+    is($exit, 0, "$script exited 0");
+}
+
+1;
