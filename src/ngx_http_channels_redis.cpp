@@ -319,6 +319,7 @@ void start_tail(RedisWorker *w) {
 
 struct PendingRequest {
     ngx_http_request_t *r;
+    ngx_http_cleanup_t *cleanup;   // disarmed once answered: p may be freed before r
     ZoneConf           *zone;
     ngx_event_t         timer;
     uint64_t            started_us;
@@ -337,6 +338,7 @@ void finish_request(PendingRequest *p, ngx_int_t rc) {
     ngx_http_request_t *r = p->r;
     if (r == nullptr) return;
     p->r = nullptr;
+    p->cleanup->handler = nullptr;
     if (p->timer.timer_set) ngx_del_timer(&p->timer);
     ngx_connection_t *c = r->connection;
     ngx_http_finalize_request(r, rc);
@@ -403,7 +405,7 @@ ngx_int_t run_script(ngx_http_request_t *r, ZoneConf *zone, const PublishInput &
         ngx_free(mem);
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
-    auto *p = new (mem) PendingRequest{r, zone, {}, now_us(), remove, {}, std::string(in.channel)};
+    auto *p = new (mem) PendingRequest{r, cln, zone, {}, now_us(), remove, {}, std::string(in.channel)};
     if (remove) p->before = store_info(zone, in.channel);
     cln->handler = request_gone;
     cln->data = p;
