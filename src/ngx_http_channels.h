@@ -88,6 +88,10 @@ ngx_int_t eval_channels(ngx_http_request_t *r, LocConf *lcf, ChannelArgs &args);
 // Common start of subscriber requests: GET/HEAD only (405 otherwise), body discarded,
 // channels evaluated (400 when bad). true: go on; false: answered, return *rc.
 bool subscriber_prelude(ngx_http_request_t *r, ChannelArgs &args, ngx_int_t *rc);
+// Watches a parked request for the client's close (ngx_http_test_reading). A close that
+// arrived while the request was being read raised no new edge-triggered event, so a read
+// event already ready is run once, posted.
+void watch_client_close(ngx_http_request_t *r);
 // Whether the query string has an argument of that name (with or without a value).
 bool has_arg(ngx_http_request_t *r, std::string_view name);
 // A request header's value by name (case-insensitive), or an empty string.

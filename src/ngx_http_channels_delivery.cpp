@@ -89,7 +89,7 @@ void run_delivery(WorkerZone *wz) {
     size_t entries = 0;
     Batch batch;
     try {
-        batch = store_read_log(wz->zone, wz->cursor, wanted_channel, wz);
+        batch = store_read_log(wz->zone, wz->record, wz->cursor, wanted_channel, wz);
         entries = batch.items.size();
         for (const MessageCopy &m : batch.items) delivered += fan_out(wz, m);
         // Advanced only now: a retry after a failure skips, per subscriber cursor, what

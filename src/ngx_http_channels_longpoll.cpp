@@ -123,7 +123,7 @@ public:
             answer->gap = false;
         }
         if (answer->n < answer_limit(loc_conf(request))) answer->items[answer->n++] = &m;
-        if (m.channel_trimmed > reply_cursor) answer->gap = true;
+        if (m.channel_dropped > reply_cursor) answer->gap = true;
     }
 
     void on_flush() override {
@@ -218,8 +218,8 @@ ngx_int_t handle(ngx_http_request_t *r) {
     sub->timeout.data = sub;
     sub->timeout.log = r->connection->log;
     ngx_add_timer(&sub->timeout, lcf->longpoll_timeout);
-    r->read_event_handler = ngx_http_test_reading;
     r->write_event_handler = ngx_http_request_empty_handler;
+    watch_client_close(r);
     r->main->count++;
     return NGX_DONE;
 }

@@ -454,6 +454,14 @@ bool subscriber_prelude(ngx_http_request_t *r, ChannelArgs &args, ngx_int_t *rc)
     return true;
 }
 
+void watch_client_close(ngx_http_request_t *r) {
+    r->read_event_handler = ngx_http_test_reading;
+    ngx_event_t *rev = r->connection->read;
+    if (r == r->main && rev->ready) {
+        ngx_post_event(rev, &ngx_posted_events);
+    }
+}
+
 bool has_arg(ngx_http_request_t *r, std::string_view name) {
     std::string_view args = view(r->args);
     while (!args.empty()) {

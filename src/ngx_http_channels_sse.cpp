@@ -120,7 +120,7 @@ public:
             append(frame);
             return;
         }
-        if (m.channel_trimmed > before) {
+        if (m.channel_dropped > before) {
             std::string text;
             append_gap_event(text, m.channel_id, before, m.channel_oldest);
             append_owned(text);
@@ -162,7 +162,7 @@ public:
         if (finished && !ending) return NGX_DONE;
         ngx_int_t rc = detached ? write_frames() : write_pending();
         if (rc != NGX_OK) return abort_stream(nullptr);
-        if (queued - released > kMaxUnsent) {
+        if (backlog() > kMaxUnsent) {
             store_count_dropped_slow(wz->zone);
             return abort_stream("subscriber did not read 1 MiB of events, closing it");
         }
@@ -171,6 +171,19 @@ public:
             return NGX_DONE;
         }
         return NGX_OK;
+    }
+
+    // Bytes queued behind the frame being written: a client that reads gets any single
+    // message whole, however large; one that stops reading is cut off past kMaxUnsent.
+    size_t backlog() const {
+        size_t unsent = queued - released;
+        size_t in_flight = 0;
+        if (detached) {
+            if (count > 0) in_flight = ring[head]->len - head_sent;
+        } else if (busy != nullptr) {
+            in_flight = size_t(busy->buf->last - busy->buf->start);   // released counts whole bufs
+        }
+        return unsent > in_flight ? unsent - in_flight : 0;
     }
 
     // Hands the queued bufs to nginx's filters (request mode).
@@ -648,8 +661,8 @@ ngx_int_t handle(ngx_http_request_t *r) {
     rc = send_stream_header(r);
     if (rc == NGX_ERROR || rc > NGX_OK) return rc;
     sub->append_owned(stream_start(lcf, res, q.cursor, args.list.count > 1));
-    r->read_event_handler = ngx_http_test_reading;
     r->write_event_handler = write_handler;
+    watch_client_close(r);
     if (sub->start(lcf, cln) != NGX_OK) return NGX_ERROR;
     r->main->count++;
     return NGX_DONE;

@@ -13,6 +13,13 @@ namespace {
 
 struct Channel;
 
+// Where an entry's in_channel link is.
+enum class EntryState : uint8_t {
+    retained,   // in its channel's messages: replayable
+    trimmed,    // out of its channel (history), in Shared::trimmed until every worker read it
+    marker,     // a channel-deleted marker: self-linked
+};
+
 // A retained message or a channel-deleted marker. One slab allocation, bytes inline.
 struct Entry {
     ngx_queue_t in_log;        // Shared::log, id order
@@ -24,6 +31,7 @@ struct Entry {
     uint8_t     event_len;
     uint8_t     ctype_len;     // 0: text/plain
     EntryKind   kind;
+    EntryState  state;
     u_char      bytes[1];      // event, content type, data
 
     std::string_view event() const { return {reinterpret_cast<const char *>(bytes), event_len}; }
@@ -49,10 +57,11 @@ struct Channel {
     ngx_queue_t messages;      // Entry::in_channel, id order
     ngx_queue_t lru;           // Shared::channels, least recently active first
     ngx_queue_t workers;       // WorkerSub::in_channel
-    MessageId   trimmed_upto;  // newest message id removed by history, ttl or eviction
+    MessageId   trimmed_upto;  // newest id no longer replayable (history, ttl, eviction)
+    MessageId   dropped_upto;  // newest id freed before every worker had read it
     uint64_t    last_active_ms;
     uint32_t    nmessages;
-    uint32_t    markers;       // channel-deleted entries still in the log
+    uint32_t    log_refs;      // its entries in the log but not in messages (trimmed, markers)
     uint32_t    subscribers;
     uint32_t    pins;          // held by an operation in progress
     uint8_t     exists;        // cleared by DELETE until the next publish or subscribe
@@ -70,6 +79,7 @@ struct WorkerRecord {
     uint32_t    number;        // ngx_worker: index of its wake-up eventfd
     uint64_t    connections;   // subscriber connections it holds
     ngx_queue_t subs;          // WorkerSub::in_record
+    MessageId   read_upto;     // the log up to here was read by this worker's delivery
     std::atomic<uint64_t> wakeups;
     std::atomic<uint64_t> entries_read;
 };
@@ -82,6 +92,7 @@ struct Shared {
     ngx_rbtree_t      tree;
     ngx_rbtree_node_t sentinel;
     ngx_queue_t       log;            // every Entry, id order: the publish log
+    ngx_queue_t       trimmed;        // Entry::in_channel of trimmed messages, about id order
     ngx_queue_t       channels;       // Channel::lru
     MessageId         last_id;
     MessageId         gc_floor;       // newest trimmed id of channels already collected
@@ -221,18 +232,65 @@ public:
         }
     }
 
+    // The oldest log position some worker holding subscribers has not read past.
+    MessageId min_read() const {
+        MessageId least = sh_->last_id;
+        for (const WorkerRecord &rec : sh_->workers) {
+            if (rec.pid != 0 && !ngx_queue_empty(&rec.subs)) least = std::min(least, rec.read_upto);
+        }
+        return least;
+    }
+
+    // Takes e out of the zone. A message some worker had not read yet is lost to that
+    // worker's subscribers: the channel remembers it so they are told (channel-gap).
     void remove_entry(Entry *e) {
         Channel *ch = e->channel;
         ngx_queue_remove(&e->in_log);
-        if (e->kind == EntryKind::message) {
-            ngx_queue_remove(&e->in_channel);
-            ch->nmessages--;
-            sh_->nmessages--;
-            ch->trimmed_upto = std::max(ch->trimmed_upto, e->id);
+        if (e->state == EntryState::retained) {
+            unlink_retained(e);
         } else {
-            ch->markers--;
+            if (e->state == EntryState::trimmed) {
+                ngx_queue_remove(&e->in_channel);   // a multi-statement macro: keep the braces
+            }
+            ch->log_refs--;
+        }
+        if (e->kind == EntryKind::message && e->id > min_read()) {
+            ch->dropped_upto = std::max(ch->dropped_upto, e->id);
         }
         ngx_slab_free_locked(pool_, e);
+    }
+
+    void unlink_retained(Entry *e) {
+        Channel *ch = e->channel;
+        ngx_queue_remove(&e->in_channel);
+        ch->nmessages--;
+        sh_->nmessages--;
+        ch->trimmed_upto = std::max(ch->trimmed_upto, e->id);
+    }
+
+    // History trimming: the message leaves its channel (no more replay) but stays in the
+    // log until every worker holding subscribers has read it, so live subscribers of a
+    // lagging worker still get it.
+    void trim_oldest(Channel *ch) {
+        Entry *e = channel_entry(ngx_queue_head(&ch->messages));
+        if (e->id <= min_read()) {
+            remove_entry(e);
+            return;
+        }
+        unlink_retained(e);
+        e->state = EntryState::trimmed;
+        ngx_queue_insert_tail(&sh_->trimmed, &e->in_channel);
+        ch->log_refs++;
+    }
+
+    // Frees trimmed messages every worker has read.
+    void release_read() {
+        MessageId least = min_read();
+        while (!ngx_queue_empty(&sh_->trimmed)) {
+            Entry *e = channel_entry(ngx_queue_head(&sh_->trimmed));
+            if (e->id > least) break;
+            remove_entry(e);
+        }
     }
 
     // Allocates, evicting the zone's oldest entries (then idle channels) while memory is short.
@@ -245,9 +303,10 @@ public:
     }
 
     bool evict_one() {
-        if (!ngx_queue_empty(&sh_->log)) {
-            Entry *e = log_entry(ngx_queue_head(&sh_->log));
-            if (e->kind == EntryKind::message) sh_->evicted++;
+        for (ngx_queue_t *q : {&sh_->trimmed, &sh_->log}) {
+            if (ngx_queue_empty(q)) continue;
+            Entry *e = q == &sh_->log ? log_entry(ngx_queue_head(q)) : channel_entry(ngx_queue_head(q));
+            if (e->state == EntryState::retained) sh_->evicted++;
             remove_entry(e);
             return true;
         }
@@ -263,7 +322,7 @@ public:
     }
 
     bool collectable(const Channel *ch) const {
-        return ch->nmessages == 0 && ch->markers == 0 && ch->subscribers == 0 && ch->pins == 0;
+        return ch->nmessages == 0 && ch->log_refs == 0 && ch->subscribers == 0 && ch->pins == 0;
     }
 
     void free_channel(Channel *ch) {
@@ -294,6 +353,7 @@ public:
         }
         e->time_ms = given != nullptr ? std::min(given->ms, now_) : now_;
         e->kind = kind;
+        e->state = kind == EntryKind::message ? EntryState::retained : EntryState::marker;
         e->data_len = uint32_t(in.data.size());
         e->event_len = uint8_t(in.event.size());
         e->ctype_len = uint8_t(in.content_type.size());
@@ -307,15 +367,13 @@ public:
             sh_->nmessages++;
         } else {
             ngx_queue_init(&e->in_channel);
-            ch->markers++;
+            ch->log_refs++;
         }
         return e;
     }
 
     void trim_history(Channel *ch) {
-        while (ch->nmessages > sh_->history) {
-            remove_entry(channel_entry(ngx_queue_head(&ch->messages)));
-        }
+        while (ch->nmessages > sh_->history) trim_oldest(ch);
     }
 
     uint64_t wake_mask(Channel *ch) const {
@@ -437,6 +495,7 @@ private:
         ch->len = uint8_t(id.size() - 1);
         ch->node.key = hash_id(id);
         ch->trimmed_upto = sh_->gc_floor;
+        ch->dropped_upto = sh_->gc_floor;
         ngx_queue_init(&ch->messages);
         ngx_queue_init(&ch->workers);
         ngx_queue_insert_tail(&sh_->channels, &ch->lru);
@@ -482,7 +541,7 @@ void copy_entries(Locked &z, const std::vector<Entry *> &entries, Batch &batch) 
         m.event = {base + offsets[i].ev, e->event_len};
         m.content_type = {base + offsets[i].ct, e->ctype_len};
         m.data = {base + offsets[i].data, e->data_len};
-        m.channel_trimmed = e->channel->trimmed_upto;
+        m.channel_dropped = e->channel->dropped_upto;
         m.channel_oldest = z.oldest_retained(e->channel);
         batch.items.push_back(m);
     }
@@ -511,6 +570,12 @@ void find_gaps(Locked &z, Channel *const *chs, size_t n, MessageId cursor, Batch
 }
 
 bool claim_subscription(Locked &z, Channel *const *chs, size_t n, uint32_t record) {
+    WorkerRecord &rec = z.sh()->workers[record];
+    if (ngx_queue_empty(&rec.subs)) {
+        // Its first subscriber: the worker starts reading the log from here (as
+        // delivery_attach() moves its cursor), so older entries need not wait for it.
+        rec.read_upto = z.sh()->last_id;
+    }
     WorkerSub *added[channels::kMaxChannels];
     size_t nadded = 0;
     for (size_t i = 0; i < n; i++) {
@@ -555,6 +620,7 @@ ngx_int_t store_init_zone(ngx_shm_zone_t *shm_zone, void *old_data) {
     auto *sh = new (mem) Shared{};
     ngx_rbtree_init(&sh->tree, &sh->sentinel, channels_rbtree_insert);
     ngx_queue_init(&sh->log);
+    ngx_queue_init(&sh->trimmed);
     ngx_queue_init(&sh->channels);
     for (WorkerRecord &rec : sh->workers) {
         ngx_queue_init(&rec.subs);
@@ -635,6 +701,7 @@ void store_worker_stop(ZoneConf *zone, ngx_int_t record) {
     ZoneLock lock(zone->shpool);
     Locked z(zone, now_ms());
     z.purge_record(uint32_t(record));
+    z.release_read();
 }
 
 void store_collect(ZoneConf *zone) {
@@ -642,6 +709,7 @@ void store_collect(ZoneConf *zone) {
     Locked z(zone, now_ms());
     z.expire(SIZE_MAX);
     z.purge_dead_records();
+    z.release_read();
     Shared *sh = zone->sh;
     // Channels are in order of last activity: stop at the first one still within ttl.
     // Busy channels are touched (sent to the back) so the walk stays short.
@@ -703,9 +771,9 @@ namespace {
 uint64_t delete_channel(Locked &z, ZoneConf *zone, Channel *ch, const MessageId *given) {
     uint64_t wake_mask = 0;
     ch->pins++;
-    while (!ngx_queue_empty(&ch->messages)) {
-        z.remove_entry(channel_entry(ngx_queue_head(&ch->messages)));
-    }
+    // Out of the channel, but still in the log for workers that have not delivered them:
+    // a message published just before the delete reaches subscribers before the marker.
+    while (!ngx_queue_empty(&ch->messages)) z.trim_oldest(ch);
     if (ch->subscribers > 0) {
         PublishInput marker{ch->name(), {}, {}, {}};
         if (z.append(ch, EntryKind::deleted, marker, given) == nullptr) {
@@ -751,6 +819,7 @@ uint64_t store_ingest(ZoneConf *zone, EntryKind kind, MessageId id, const Publis
         zone->sh->last_id = id;   // cannot be kept here; subscribers will see a gap
         if (ch != nullptr) {
             ch->trimmed_upto = std::max(ch->trimmed_upto, id);
+            ch->dropped_upto = std::max(ch->dropped_upto, id);
             z.unpin(ch);
         }
         return 0;
@@ -774,6 +843,7 @@ void store_mark_gap(ZoneConf *zone) {
     for (ngx_queue_t *q = ngx_queue_head(&sh->channels); q != ngx_queue_sentinel(&sh->channels);
          q = ngx_queue_next(q)) {
         lru_channel(q)->trimmed_upto = sh->last_id;
+        lru_channel(q)->dropped_upto = sh->last_id;
     }
 }
 
@@ -843,6 +913,7 @@ void store_unsubscribe(ZoneConf *zone, ngx_int_t record, const ChannelKey *keys,
             zone->sh->connections--;
         }
     }
+    z.release_read();   // this worker may need nothing any more
 }
 
 Batch store_read(ZoneConf *zone, const ChannelKey *keys, size_t n, MessageId cursor, size_t limit) {
@@ -862,7 +933,8 @@ Batch store_read(ZoneConf *zone, const ChannelKey *keys, size_t n, MessageId cur
     return batch;
 }
 
-Batch store_read_log(ZoneConf *zone, MessageId cursor, ChannelFilter wanted, void *ctx) {
+Batch store_read_log(ZoneConf *zone, ngx_int_t record, MessageId cursor, ChannelFilter wanted,
+                     void *ctx) {
     Batch batch;
     ZoneLock lock(zone->shpool);
     Locked z(zone, now_ms());
@@ -876,6 +948,8 @@ Batch store_read_log(ZoneConf *zone, MessageId cursor, ChannelFilter wanted, voi
     }
     copy_entries(z, entries, batch);
     batch.position = sh->last_id;
+    if (record >= 0) sh->workers[record].read_upto = sh->last_id;
+    z.release_read();
     return batch;
 }
 

@@ -30,7 +30,7 @@ struct MessageCopy {
     ChannelKey channel = 0;
     EntryKind kind = EntryKind::message;
     std::string_view channel_id, event, content_type, data;   // into Batch::bytes
-    MessageId channel_trimmed;     // the channel's newest id removed without a delete
+    MessageId channel_dropped;     // the channel's newest id freed before this worker read it
     MessageId channel_oldest;      // the channel's oldest retained id (zero when none)
 };
 
@@ -161,7 +161,8 @@ Batch store_read(ZoneConf *zone, const ChannelKey *keys, size_t n, MessageId cur
 // Log entries after cursor whose channel the worker holds subscribers of (wanted(ctx, key)),
 // plus gap info for those channels; used by a worker's delivery pass.
 using ChannelFilter = bool (*)(void *ctx, ChannelKey key);
-Batch store_read_log(ZoneConf *zone, MessageId cursor, ChannelFilter wanted, void *ctx);
+Batch store_read_log(ZoneConf *zone, ngx_int_t record, MessageId cursor, ChannelFilter wanted,
+                     void *ctx);
 
 // ---- counters ----
 void store_count_delivered(ZoneConf *zone, ngx_int_t record, uint64_t n, uint64_t entries);
