@@ -26,7 +26,10 @@
 namespace chn {
 namespace {
 
-constexpr size_t kMaxUnsent = 1024 * 1024;   // SPEC §4: cut off a subscriber beyond this
+constexpr size_t kMaxUnsent = 1024 * 1024;   // SPEC §4: queued past this, the subscriber is cut off
+constexpr ngx_msec_t kStallWindow = 1000;     // a replay that makes no progress this long: cut off
+constexpr size_t kReplayPage = 64;            // a replay is read from the store in pages
+constexpr size_t kReplayPageBytes = 256 * 1024;
 constexpr size_t kCopyBufferSize = 4096;
 constexpr size_t kMaxIovecs = 64;
 const char kBufTag = 0;                      // identifies our bufs in chains
@@ -110,8 +113,9 @@ public:
     }
 
     void on_message(const MessageCopy &m, Link &link, MessageFrames &frames) override {
+        if (catching_up && m.kind != EntryKind::deleted) return;   // the replay reads it
         MessageId before = cursor;
-        cursor = m.id;
+        if (!catching_up) cursor = std::max(cursor, m.id);   // the replay's position otherwise
         if (m.kind == EntryKind::deleted) {
             Frame *&frame = frames.slot(false, detached);
             if (frame == nullptr) frame = wire_frame(deleted_event(m), detached);
@@ -130,15 +134,36 @@ public:
         append(frame);
     }
 
+    // Entry points capture the connection first: ending or aborting a request-mode stream
+    // may free this object (request cleanup) before nginx's posted requests are run.
     void on_flush() override {
+        ngx_connection_t *c = request_connection();
         if (leaving) leave_deleted_channels();
         if (send() == NGX_OK && nactive == 0) end_stream();
-        run_posted();
+        run_posted(c);
     }
 
+    // The worker is going away: end the stream now. A client that cannot take the end at
+    // once is closed rather than allowed to hold the old worker (it resumes anyway).
     void on_shutdown() override {
-        if (send() == NGX_OK) end_stream();
-        run_posted();
+        ngx_connection_t *c = request_connection();
+        if (send() != NGX_OK) {
+            run_posted(c);
+            return;
+        }
+        if (detached) {
+            stop();
+            append(end_frame());
+            write_frames();   // one attempt
+            close_detached();
+            return;
+        }
+        if (conn->buffered || busy != nullptr) {
+            abort_stream("closing a stream that does not read, the worker is shutting down");
+        } else {
+            end_stream();
+        }
+        run_posted(c);
     }
 
     void append(Frame *f) {
@@ -161,11 +186,12 @@ public:
     ngx_int_t send() {
         if (finished && !ending) return NGX_DONE;
         ngx_int_t rc = detached ? write_frames() : write_pending();
-        if (rc != NGX_OK) return abort_stream(nullptr);
-        if (backlog() > kMaxUnsent) {
-            store_count_dropped_slow(wz->zone);
-            return abort_stream("subscriber did not read 1 MiB of events, closing it");
+        if (rc == NGX_OK && catching_up && !ending) {
+            refill();
+            rc = detached ? write_frames() : write_pending();
         }
+        if (rc != NGX_OK) return abort_stream(nullptr);
+        if (backlog() > kMaxUnsent) return cut_slow();
         if (ending && detached && count == 0) {
             close_detached();
             return NGX_DONE;
@@ -205,6 +231,37 @@ public:
         }
         ngx_http_request_t *r = request;
         ngx_http_finalize_request(r, ngx_http_send_special(r, NGX_HTTP_LAST));
+    }
+
+    ngx_int_t cut_slow() {
+        store_count_dropped_slow(wz->zone);
+        return abort_stream("subscriber stopped reading with more than 1 MiB unsent, closing it");
+    }
+
+    // A replay is paged in as the client reads, so its backlog stays small whether the client
+    // reads or not: a replay is judged by progress instead (none for kStallWindow: cut off).
+    bool watched_for_stall() const { return catching_up; }
+
+    // Queues the next page of a replay while little is queued. Live messages wait in the
+    // store meanwhile (on_message skips them), so the replay joins them in id order.
+    void refill() {
+        while (catching_up && backlog() < kReplayPageBytes) {
+            ChannelKey keys[channels::kMaxChannels];
+            size_t n = 0;
+            for (size_t i = 0; i < nlinks; i++) {
+                if (links[i].active) keys[n++] = links[i].key;
+            }
+            Batch page = store_read(wz->zone, keys, n, cursor, kReplayPage, kReplayPageBytes);
+            std::string text;
+            for (const GapInfo &gap : page.gaps) append_gap_event(text, gap.channel_id, cursor, gap.oldest);
+            if (!text.empty()) append_owned(text);
+            for (const MessageCopy &m : page.items) append_owned(message_event(m, multi));
+            if (!page.items.empty()) cursor = page.items.back().id;
+            if (!page.more) {
+                catching_up = false;
+                cursor = std::max(cursor, page.position);   // later ids come live
+            }
+        }
     }
 
     ngx_int_t abort_stream(const char *reason) {
@@ -251,6 +308,7 @@ public:
                            ngx_http_get_module_loc_conf(request, ngx_http_core_module))->send_timeout;
         timer.data = this;
         timer.log = conn->log;
+        refill();
         if (write_pending() != NGX_OK) return NGX_ERROR;
         if (may_detach()) {
             timer.handler = detach_handler;   // once the handler has returned
@@ -267,25 +325,38 @@ public:
     }
 
     void ping() {
+        ngx_connection_t *c = request_connection();
         append(ping_frame(detached));
         if (send() == NGX_OK && ping_interval > 0) ngx_add_timer(&timer, ping_interval);
-        run_posted();
+        run_posted(c);
     }
 
     void on_write_event() {
+        ngx_connection_t *c = request_connection();
         if (conn->write->timedout) {
             conn->timedout = 1;
-            abort_stream("client timed out");
+            if (watched_for_stall()) {
+                cut_slow();
+            } else {
+                abort_stream("client timed out");
+            }
         } else {
             send();
         }
-        run_posted();
+        run_posted(c);
     }
 
     // The client went away (detached streams notice it here; requests in test_reading).
     void client_closed() {
         ngx_log_error(NGX_LOG_INFO, conn->log, 0, "client prematurely closed connection");
         abort_stream(nullptr);
+    }
+
+    // Where live delivery takes over: after the replay's first page when more remains
+    // (the rest is paged in as the socket drains), else at the zone's position.
+    void set_start(const SubscribeResult &res) {
+        catching_up = res.replay.more;
+        cursor = catching_up ? res.replay.items.back().id : res.replay.position;
     }
 
     bool finished = false;
@@ -367,8 +438,11 @@ private:
         ngx_http_close_connection(c);
     }
 
-    void run_posted() {
-        if (!detached && request != nullptr) ngx_http_run_posted_requests(conn);
+    // A detached stream has no request, and its connection may be closed by now.
+    ngx_connection_t *request_connection() const { return detached ? nullptr : conn; }
+
+    static void run_posted(ngx_connection_t *c) {
+        if (c != nullptr) ngx_http_run_posted_requests(c);
     }
 
     // ---- request mode: chains through nginx's filters ----
@@ -435,13 +509,20 @@ private:
         if (busy == nullptr) busy_last = &busy;
     }
 
+    // While output waits: send_timeout, or the stall window when over the backlog limit or
+    // catching up; restarted whenever the client took something.
     ngx_int_t arm_write_timer(bool blocked) {
         ngx_event_t *wev = conn->write;
         if (!blocked) {
             if (wev->timer_set) ngx_del_timer(wev);
             return NGX_OK;
         }
-        if (!wev->timer_set) ngx_add_timer(wev, send_timeout);
+        bool watch = watched_for_stall();
+        if (!wev->timer_set || released != armed_at || watch != armed_watching) {
+            ngx_add_timer(wev, watch ? kStallWindow : send_timeout);
+            armed_at = released;
+            armed_watching = watch;
+        }
         return ngx_handle_write_event(wev, 0);
     }
 
@@ -539,6 +620,9 @@ private:
     ngx_msec_t          send_timeout = 0;
     size_t              queued = 0;       // bytes queued for the client
     size_t              released = 0;     // of those, bytes known to be sent
+    size_t              armed_at = 0;     // released when the write timer was armed
+    bool                armed_watching = false;   // and whether with the stall window
+    bool                catching_up = false;   // a replay is still being read in pages
     bool                multi = false;
     bool                copy_frames = false;
     bool                detached = false;
@@ -650,13 +734,15 @@ ngx_int_t handle(ngx_http_request_t *r) {
     q.list = &args.list;
     q.has_cursor = request_cursor(r, &q.cursor);
     q.first_message = lcf->first_message;
+    q.limit = kReplayPage;
+    q.byte_limit = kReplayPageBytes;
     SubscribeResult res = store_subscribe(zone, zone->worker->record, q);
     if (!res.attached) {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "channels: zone \"%V\" is full", &zone->name);
         return send_text(r, NGX_HTTP_SERVICE_UNAVAILABLE, "channel zone is full");
     }
     if (delivery_attach(sub, res, args.list.count) != NGX_OK) return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    sub->cursor = res.replay.position;
+    sub->set_start(res);
 
     rc = send_stream_header(r);
     if (rc == NGX_ERROR || rc > NGX_OK) return rc;

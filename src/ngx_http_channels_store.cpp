@@ -232,13 +232,16 @@ public:
         }
     }
 
-    // The oldest log position some worker holding subscribers has not read past.
-    MessageId min_read() const {
-        MessageId least = sh_->last_id;
-        for (const WorkerRecord &rec : sh_->workers) {
-            if (rec.pid != 0 && !ngx_queue_empty(&rec.subs)) least = std::min(least, rec.read_upto);
+    // Whether a worker holding subscribers of e's channel has not read the log up to e.
+    bool unread(const Entry *e) const {
+        const Channel *ch = e->channel;
+        for (const ngx_queue_t *q = ngx_queue_head(&ch->workers); q != ngx_queue_sentinel(&ch->workers);
+             q = ngx_queue_next(q)) {
+            const auto *ws = reinterpret_cast<const WorkerSub *>(
+                reinterpret_cast<const u_char *>(q) - offsetof(WorkerSub, in_channel));
+            if (sh_->workers[ws->record].read_upto < e->id) return true;
         }
-        return least;
+        return false;
     }
 
     // Takes e out of the zone. A message some worker had not read yet is lost to that
@@ -254,7 +257,7 @@ public:
             }
             ch->log_refs--;
         }
-        if (e->kind == EntryKind::message && e->id > min_read()) {
+        if (e->kind == EntryKind::message && unread(e)) {
             ch->dropped_upto = std::max(ch->dropped_upto, e->id);
         }
         ngx_slab_free_locked(pool_, e);
@@ -273,7 +276,7 @@ public:
     // lagging worker still get it.
     void trim_oldest(Channel *ch) {
         Entry *e = channel_entry(ngx_queue_head(&ch->messages));
-        if (e->id <= min_read()) {
+        if (!unread(e)) {
             remove_entry(e);
             return;
         }
@@ -283,12 +286,12 @@ public:
         ch->log_refs++;
     }
 
-    // Frees trimmed messages every worker has read.
+    // Frees trimmed messages read by every worker that needed them. Stops at the first
+    // still needed: its channel is active, so its workers are about to read it.
     void release_read() {
-        MessageId least = min_read();
         while (!ngx_queue_empty(&sh_->trimmed)) {
             Entry *e = channel_entry(ngx_queue_head(&sh_->trimmed));
-            if (e->id > least) break;
+            if (unread(e)) break;
             remove_entry(e);
         }
     }
@@ -547,11 +550,18 @@ void copy_entries(Locked &z, const std::vector<Entry *> &entries, Batch &batch) 
     }
 }
 
-// Orders entries of several channels by id, keeping at most limit.
-void order_entries(std::vector<Entry *> &entries, size_t limit, Batch &batch) {
+// Orders entries of several channels by id, keeping at most limit of them and (but for
+// the first) at most byte_limit bytes of data.
+void order_entries(std::vector<Entry *> &entries, size_t limit, size_t byte_limit, Batch &batch) {
     std::sort(entries.begin(), entries.end(), [](Entry *a, Entry *b) { return a->id < b->id; });
-    if (entries.size() > limit) {
-        entries.resize(limit);
+    size_t keep = 0, bytes = 0;
+    while (keep < entries.size() && keep < limit) {
+        bytes += entries[keep]->data_len;
+        if (keep > 0 && bytes > byte_limit) break;
+        keep++;
+    }
+    if (keep < entries.size()) {
+        entries.resize(keep);
         batch.more = true;
     }
 }
@@ -871,7 +881,7 @@ SubscribeResult store_subscribe(ZoneConf *zone, ngx_int_t record, const Subscrib
                     z.collect_last(chs[i], q.first_message, entries);
                 }
             }
-            order_entries(entries, q.limit, res.replay);
+            order_entries(entries, q.limit, q.byte_limit, res.replay);
             if (q.has_cursor) find_gaps(z, chs, list.count, q.cursor, res.replay);
             copy_entries(z, entries, res.replay);
             res.replay.position = zone->sh->last_id;
@@ -916,7 +926,8 @@ void store_unsubscribe(ZoneConf *zone, ngx_int_t record, const ChannelKey *keys,
     z.release_read();   // this worker may need nothing any more
 }
 
-Batch store_read(ZoneConf *zone, const ChannelKey *keys, size_t n, MessageId cursor, size_t limit) {
+Batch store_read(ZoneConf *zone, const ChannelKey *keys, size_t n, MessageId cursor, size_t limit,
+                 size_t byte_limit) {
     Batch batch;
     Channel *chs[channels::kMaxChannels];
     ZoneLock lock(zone->shpool);
@@ -926,7 +937,7 @@ Batch store_read(ZoneConf *zone, const ChannelKey *keys, size_t n, MessageId cur
         chs[i] = reinterpret_cast<Channel *>(keys[i]);
         z.collect_after(chs[i], cursor, entries);
     }
-    order_entries(entries, limit, batch);
+    order_entries(entries, limit, byte_limit, batch);
     find_gaps(z, chs, n, cursor, batch);
     copy_entries(z, entries, batch);
     batch.position = zone->sh->last_id;

@@ -87,6 +87,7 @@ struct SubscribeQuery {
     MessageId cursor;
     ngx_int_t first_message = kFirstNewest;   // used when !has_cursor
     size_t limit = SIZE_MAX;                  // replay at most this many messages
+    size_t byte_limit = SIZE_MAX;             // and this much data (but at least one)
     bool attach = true;                       // register as subscriber
     bool attach_only_if_empty = false;        // long-poll: wait only when nothing to send
 };
@@ -155,9 +156,9 @@ SubscribeResult store_subscribe(ZoneConf *zone, ngx_int_t record, const Subscrib
 // Drops one worker-local reference per key (subscriber gone or channel left).
 void store_unsubscribe(ZoneConf *zone, ngx_int_t record, const ChannelKey *keys, size_t n,
                        bool count_connection);
-// Messages of the given channels after cursor (long-poll answers after a wake-up).
-Batch store_read(ZoneConf *zone, const ChannelKey *keys, size_t n, MessageId cursor,
-                 size_t limit);
+// Messages of the given channels after cursor, in pages (an SSE replay catching up).
+Batch store_read(ZoneConf *zone, const ChannelKey *keys, size_t n, MessageId cursor, size_t limit,
+                 size_t byte_limit);
 // Log entries after cursor whose channel the worker holds subscribers of (wanted(ctx, key)),
 // plus gap info for those channels; used by a worker's delivery pass.
 using ChannelFilter = bool (*)(void *ctx, ChannelKey key);

@@ -1,0 +1,264 @@
+#!/usr/bin/perl
+# Fan-out (SPEC §4, issue 3): 4 workers, 1000 SSE subscribers spread over them (reuseport; the
+# stats' workers[] show the spread), 100 messages published from fresh connections, over a
+# keep-alive connection, and concurrently from three forked publishers: every subscriber gets
+# all 100, in id order, once. The 1000 streams are read by one process with IO::Select (a small
+# non-blocking stream reader below; the harness reads one stream at a time).
+# Also notes two figures: worker memory per idle subscriber and the time one publish takes to
+# reach all subscribers.
+use strict;
+use warnings;
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use Test::More;
+use IO::Select;
+use Time::HiRes ();
+use POSIX ();
+use ChannelsTest qw(id_cmp);
+
+# SSE_FANOUT_SUBSCRIBERS / SSE_FANOUT_WORKERS override the sizes for a quick benchmark run
+# (e.g. 10000 and 2; run with `prove -v` to see the figures).
+my $N = $ENV{SSE_FANOUT_SUBSCRIBERS} || 1000;    # subscribers
+my $W = $ENV{SSE_FANOUT_WORKERS} || 4;           # workers
+my $WC = int($N / $W * 1.5) + 1024;    # per worker; reuseport spreads the connections
+
+my $t = ChannelsTest->new(workers => $W, worker_connections => $WC, conf => <<"CONF");
+    channel_zone zone=events:8m history=200 ttl=1h;
+    server {
+        listen 127.0.0.1:%%PORT_0%% reuseport backlog=$WC;
+        location ~ ^/events/(?<ch>[^/]+)\$  { sse_channel \$ch; }
+    }
+    server {
+        listen 127.0.0.1:%%PORT_1%% reuseport;
+        location ~ ^/pub/(?<ch>[^/]+)\$     { publish_channel \$ch; }
+        location = /stats                  { channel_stats; }
+    }
+CONF
+
+sub zone { $t->zone_stats('/stats', 'events', port => 1) || {} }
+
+sub rss_anon_kb {
+    my $pid = shift;
+    open my $fh, '<', "/proc/$pid/status" or return 0;
+    while (<$fh>) { return $1 if /^RssAnon:\s+(\d+) kB/ }
+    return 0;
+}
+
+sub workers_rss { my $s = 0; $s += rss_anon_kb($_) for $t->worker_pids; $s }
+
+my $rss0 = workers_rss();
+
+# ---- 1000 subscribers
+my @subs;
+my $t0 = Time::HiRes::time();
+for my $i (1 .. $N) {
+    push @subs, Stream->new($t->port(0), '/events/fan');
+}
+my $sel = IO::Select->new(map { $_->{sock} } @subs);
+my %by_fd = map { fileno($_->{sock}) => $_ } @subs;
+
+# Reads whatever is readable until $done->() or the deadline.
+sub pump {
+    my ($done, $timeout) = @_;
+    my $deadline = Time::HiRes::time() + $timeout;
+    while (1) {
+        return 1 if $done->();
+        my $left = $deadline - Time::HiRes::time();
+        return 0 if $left <= 0;
+        for my $sock ($sel->can_read($left < 0.2 ? $left : 0.2)) {
+            my $s = $by_fd{ fileno $sock };
+            $s->read;
+            $sel->remove($sock) if $s->{eof};
+        }
+    }
+}
+
+ok(pump(sub { !grep { !$_->{head} } @subs }, 20), "$N stream headers received")
+    or diag(scalar(grep { !$_->{head} } @subs) . ' without a header');
+is(scalar(grep { ($_->{status} // 0) == 200 } @subs), $N, "all $N answered 200");
+my $z;
+ok($t->wait_for(sub { $z = zone(); ($z->{subscribers} // 0) == $N }, timeout => 20),
+   "stats: $N subscribers") or diag explain $z;
+my %per = map { $_->{pid} => $_->{subscribers} } @{ $z->{workers} || [] };
+is(scalar keys %per, $W, "stats list $W workers");
+my $min = (sort { $a <=> $b } values %per)[0] // 0;
+cmp_ok($min, '>=', int($N / $W / 2), "spread over the workers: " . join(' / ', map { $per{$_} } sort keys %per));
+my $sum = 0; $sum += $_ for values %per;
+is($sum, $N, 'the workers\' subscribers add up to the zone\'s');
+my $rss1 = workers_rss();
+note(sprintf('figure: %d idle subscribers opened in %.1fs; worker anonymous RSS %d KiB -> %d KiB, %.2f KiB per subscriber',
+             $N, Time::HiRes::time() - $t0, $rss0, $rss1, ($rss1 - $rss0) / $N));
+
+# ---- one publish, time to reach everyone
+{
+    my $t1 = Time::HiRes::time();
+    my $r = $t->http(POST => '/pub/fan', body => 'probe', port => 1);
+    is($r->{status}, 201, 'probe published');
+    is($r->{json}{subscribers}, $N, "probe: $N subscribers at publish time");
+    ok(pump(sub { !grep { @{ $_->{events} } < 1 } @subs }, 20), 'probe reached every subscriber');
+    note(sprintf('figure: one publish reached %d subscribers on %d workers in %.1f ms',
+                 $N, $W, (Time::HiRes::time() - $t1) * 1000));
+    my @bad = grep { ($_->{events}[0]{data} // '') ne 'probe' || $_->{events}[0]{id} ne $r->{json}{id} } @subs;
+    is(scalar @bad, 0, 'every subscriber got the probe with its id');
+    $_->{events} = [] for @subs;
+}
+
+# ---- 100 messages: 40 on fresh connections, 30 on one keep-alive connection, 30 from three
+# concurrent publishers
+my $z0 = zone();
+my @published;    # [id, data]
+for my $i (1 .. 40) {
+    my $r = $t->http(POST => '/pub/fan', body => "fresh-$i", port => 1);
+    push @published, [ $r->{json}{id}, "fresh-$i" ] if $r->{status} == 201;
+}
+{
+    my $c = $t->client(port => 1);
+    for my $i (1 .. 30) {
+        my $r = $c->request(POST => '/pub/fan', body => "keepalive-$i");
+        push @published, [ $r->{json}{id}, "keepalive-$i" ] if $r->{status} == 201;
+    }
+    $c->close;
+}
+{
+    my @kids;
+    for my $p (1 .. 3) {
+        my $file = $t->prefix . "/publisher-$p.txt";
+        my $pid = fork // die "fork: $!";
+        if (!$pid) {
+            open my $out, '>', $file or POSIX::_exit(2);
+            my $c = $p == 1 ? undef : $t->client(port => 1);
+            for my $i (1 .. 10) {
+                my $data = "concurrent$p-$i";
+                my $r = $c ? $c->request(POST => '/pub/fan', body => $data)
+                           : $t->http(POST => '/pub/fan', body => $data, port => 1);
+                print $out ($r->{status} == 201 ? "$r->{json}{id} $data\n" : "ERR $r->{status}\n");
+            }
+            close $out;
+            POSIX::_exit(0);
+        }
+        push @kids, [ $pid, $file ];
+    }
+    for my $k (@kids) {
+        waitpid $k->[0], 0;
+        open my $in, '<', $k->[1] or next;
+        for (<$in>) {
+            push @published, [ $1, $2 ] if /^(\S+-\S+) (\S+)$/;
+        }
+    }
+}
+is(scalar @published, 100, '100 messages published (40 fresh, 30 keep-alive, 3 x 10 concurrently)');
+my @want = sort { id_cmp($a->[0], $b->[0]) } @published;
+my $want = join ' ', map { "$_->[0]=$_->[1]" } @want;
+# each concurrent publisher's own messages are in its order
+for my $p (1 .. 3) {
+    my @mine = map { $_->[1] } grep { $_->[1] =~ /^concurrent$p-/ } @want;
+    is(join(',', @mine), join(',', map { "concurrent$p-$_" } 1 .. 10), "publisher $p: its ids follow its order");
+}
+
+my $t2 = Time::HiRes::time();
+ok(pump(sub { !grep { @{ $_->{events} } < 100 && !$_->{eof} } @subs }, 30), 'every stream got 100 events (or ended)');
+note(sprintf('figure: 100 messages x %d subscribers read in %.1fs after the last publish', $N, Time::HiRes::time() - $t2));
+my @bad;
+for my $i (0 .. $#subs) {
+    my $got = join ' ', map { "$_->{id}=$_->{data}" } @{ $subs[$i]{events} };
+    push @bad, $i if $got ne $want;
+    diag("subscriber $i got " . scalar(@{ $subs[$i]{events} }) . " events" . ($subs[$i]{eof} ? ' and the stream ended' : ''))
+        if $got ne $want && @bad <= 5;
+}
+is(scalar @bad, 0, "all $N subscribers got all 100 messages, in id order, once");
+my $z1;
+ok($t->wait_for(sub { $z1 = zone(); $z1->{delivered} - $z0->{delivered} == 100 * $N }, timeout => 10),
+   "stats: delivered grew by 100 x $N") or diag("delivered grew by " . ($z1->{delivered} - $z0->{delivered}));
+is($z1->{dropped_slow}, 0, 'no subscriber was dropped as slow');
+
+# ---- close them all
+close $_->{sock} for @subs;
+ok($t->wait_for(sub { (zone()->{subscribers} // -1) == 0 }, timeout => 20), 'stats: 0 subscribers after closing all');
+
+done_testing;
+
+# ---------------------------------------------------------------- a non-blocking stream reader
+
+package Stream;
+
+use strict;
+use warnings;
+use IO::Socket::INET;
+use Socket ();
+use Errno ();
+
+sub new {
+    my ($class, $port, $path, %o) = @_;
+    my $sock = IO::Socket::INET->new(Proto => 'tcp') or die "socket: $!\n";
+    # A receive buffer set before connecting also limits the window the client advertises.
+    setsockopt($sock, Socket::SOL_SOCKET(), Socket::SO_RCVBUF(), $o{rcvbuf}) or die "SO_RCVBUF: $!\n" if $o{rcvbuf};
+    connect($sock, Socket::pack_sockaddr_in($port, Socket::inet_aton('127.0.0.1'))) or die "connect: $!\n";
+    my $req = "GET $path HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n";
+    $req .= "$_: $o{headers}{$_}\r\n" for sort keys %{ $o{headers} || {} };
+    $req .= "\r\n";
+    defined syswrite($sock, $req) or die "write: $!\n";
+    $sock->blocking(0);
+    return bless { sock => $sock, in => '', head => 0, left => 0, state => 'size', text => '', events => [],
+                   eof => 0, ended => 0 }, $class;
+}
+
+sub read {
+    my $self = shift;
+    while (1) {
+        my $n = sysread($self->{sock}, $self->{in}, 262144, length $self->{in});
+        if (!defined $n) {
+            last if $!{EAGAIN} || $!{EWOULDBLOCK};
+            next if $!{EINTR};
+            $self->{eof} = 1;
+            last;
+        }
+        if ($n == 0) { $self->{eof} = 1; last }
+    }
+    $self->_process;
+}
+
+sub _process {
+    my $self = shift;
+    if (!$self->{head}) {
+        return unless $self->{in} =~ /\r\n\r\n/;
+        my $head = substr($self->{in}, 0, $+[0], '');
+        ($self->{status}) = $head =~ m{^HTTP/1\.\d (\d{3})};
+        $self->{chunked} = $head =~ /^Transfer-Encoding:\s*chunked/mi ? 1 : 0;
+        $self->{head} = 1;
+    }
+    if (!$self->{chunked}) {
+        $self->{text} .= $self->{in};
+        $self->{in} = '';
+    }
+    while ($self->{chunked} && length $self->{in}) {
+        if ($self->{state} eq 'size') {
+            last unless $self->{in} =~ s/^([0-9a-fA-F]+)\r\n//;
+            $self->{left} = hex $1;
+            $self->{state} = $self->{left} ? 'data' : 'end';
+        } elsif ($self->{state} eq 'data') {
+            my $take = substr($self->{in}, 0, $self->{left}, '');
+            $self->{text} .= $take;
+            $self->{left} -= length $take;
+            $self->{state} = 'crlf' unless $self->{left};
+        } elsif ($self->{state} eq 'crlf') {
+            last if length $self->{in} < 2;
+            substr($self->{in}, 0, 2, '') eq "\r\n" or die "bad chunk framing\n";
+            $self->{state} = 'size';
+        } else {
+            $self->{ended} = 1;    # last chunk
+            last;
+        }
+    }
+    # Events as this module frames them: LF line ends, a blank line after each.
+    while ($self->{text} =~ /\n\n/) {
+        my $block = substr($self->{text}, 0, $+[0], '');
+        my %e;
+        for my $line (split /\n/, $block) {
+            next if $line =~ /^:/;
+            my ($k, $v) = $line =~ /^([^:]*):? ?(.*)$/s;
+            if ($k eq 'data') { $e{data} = defined $e{data} ? "$e{data}\n$v" : $v }
+            else { $e{$k} = $v }
+        }
+        push @{ $self->{events} }, \%e if defined $e{data};
+    }
+}
