@@ -5,6 +5,7 @@
 // its answer from the store), its channel is deleted (410), the timeout passes or the
 // worker shuts down (204 with its cursor).
 
+#include <algorithm>
 #include <new>
 
 #include "channels/json.h"
@@ -211,7 +212,8 @@ ngx_int_t handle(ngx_http_request_t *r) {
         return send_text(r, NGX_HTTP_SERVICE_UNAVAILABLE, "channel zone is full");
     }
     if (delivery_attach(sub, res, args.list.count) != NGX_OK) return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    sub->cursor = res.replay.position;
+    // Never below the client's own cursor: a host still mirroring Redis may get older ids.
+    sub->cursor = has_cursor ? std::max(res.replay.position, client_cursor) : res.replay.position;
     sub->reply_cursor = has_cursor ? client_cursor : res.replay.position;
 
     sub->timeout.handler = timeout_handler;

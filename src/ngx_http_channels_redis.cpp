@@ -30,7 +30,7 @@ constexpr ngx_msec_t kReplyTimeout = 5000;
 constexpr const char *kLogMaxLen = "100000";   // entries kept in the shared log stream
 constexpr const char *kReadBatch = "512";
 
-// KEYS: channel stream, shared log, last id. ARGV: now ms, history, ttl ms, log max length,
+// KEYS: channel stream, shared log, last id, floor. ARGV: now ms, history, ttl ms, log max length,
 // channel, event, content type, data, kind ("m" message, "d" delete).
 constexpr const char kScript[] = R"lua(
 local now = tonumber(ARGV[1])
@@ -43,6 +43,7 @@ if last then
 end
 local id = string.format('%d-%d', ms, seq)
 redis.call('SET', KEYS[3], id)
+if not last then redis.call('SET', KEYS[4], id) end
 if ARGV[9] == 'd' then
   local existed = redis.call('DEL', KEYS[1])
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], id, 'c', ARGV[5], 'x', '1')
@@ -73,6 +74,7 @@ struct RedisWorker {
     bool        stopping = false;
     uint64_t    latency_us = 0;        // of the last publish round trip
     uint64_t    failures = 0;
+    ngx_queue_t awaiting{};            // publishes stored in Redis, not yet mirrored here
 };
 
 namespace {
@@ -240,11 +242,11 @@ std::string_view reply_text(const redisReply *r) {
 }
 
 // One log entry: [id, [field, value, ...]].
-void ingest_entry(RedisWorker *w, const redisReply *entry) {
-    if (entry->type != REDIS_REPLY_ARRAY || entry->elements != 2) return;
+uint64_t ingest_entry(RedisWorker *w, const redisReply *entry) {
+    if (entry->type != REDIS_REPLY_ARRAY || entry->elements != 2) return 0;
     std::optional<MessageId> id = channels::parse_id(reply_text(entry->element[0]));
     const redisReply *fields = entry->element[1];
-    if (!id || fields->type != REDIS_REPLY_ARRAY) return;
+    if (!id || fields->type != REDIS_REPLY_ARRAY) return 0;
     PublishInput in;
     EntryKind kind = EntryKind::message;
     for (size_t i = 0; i + 1 < fields->elements; i += 2) {
@@ -256,11 +258,12 @@ void ingest_entry(RedisWorker *w, const redisReply *entry) {
         else if (name == "d") in.data = value;
         else if (name == "x") kind = EntryKind::deleted;
     }
-    if (!channels::is_valid_channel_id(in.channel)) return;
-    store_ingest(w->zone, kind, *id, in);
+    if (!channels::is_valid_channel_id(in.channel)) return 0;
+    return store_ingest(w->zone, kind, *id, in);
 }
 
 void read_log(RedisWorker *w);
+void acknowledge_mirrored(RedisWorker *w);
 
 void on_log_reply(redisAsyncContext *, void *reply_ptr, void *data) {
     auto *w = static_cast<RedisWorker *>(data);
@@ -272,14 +275,17 @@ void on_log_reply(redisAsyncContext *, void *reply_ptr, void *data) {
         return;
     }
     if (reply->type == REDIS_REPLY_ARRAY) {
+        uint64_t wake = 0;
         for (size_t s = 0; s < reply->elements; s++) {
             const redisReply *stream = reply->element[s];
             if (stream->type != REDIS_REPLY_ARRAY || stream->elements != 2) continue;
             const redisReply *entries = stream->element[1];
-            for (size_t i = 0; i < entries->elements; i++) ingest_entry(w, entries->element[i]);
+            for (size_t i = 0; i < entries->elements; i++) wake |= ingest_entry(w, entries->element[i]);
         }
-        // Every worker mirrors the log itself, so it only needs to deliver locally.
-        delivery_notify(w->zone, uint64_t(1) << (ngx_worker & 63));
+        // Itself, and the workers with subscribers of what it mirrored first (their own
+        // tail may be down or behind).
+        delivery_notify(w->zone, wake | (uint64_t(1) << (ngx_worker & 63)));
+        acknowledge_mirrored(w);
     }
     read_log(w);
 }
@@ -309,9 +315,19 @@ void on_last_id(redisAsyncContext *, void *reply_ptr, void *data) {
     }
 }
 
+// PREFIX#floor is the first id after Redis last started empty: older cursors may point
+// into history nobody holds any more.
+void on_floor(redisAsyncContext *, void *reply_ptr, void *data) {
+    auto *w = static_cast<RedisWorker *>(data);
+    auto *reply = static_cast<redisReply *>(reply_ptr);
+    if (reply == nullptr || w->stopping) return;
+    if (std::optional<MessageId> floor = channels::parse_id(reply_text(reply))) store_raise_floor(w->zone, *floor);
+}
+
 void start_tail(RedisWorker *w) {
-    std::string last_key = key(*w->zone->redis, "#last");
+    std::string last_key = key(*w->zone->redis, "#last"), floor_key = key(*w->zone->redis, "#floor");
     send_argv(&w->log, on_last_id, w, {"GET", last_key});
+    send_argv(&w->log, on_floor, w, {"GET", floor_key});
     read_log(w);
 }
 
@@ -326,7 +342,18 @@ struct PendingRequest {
     bool                remove;
     ChannelInfo         before;   // DELETE: the local state it answers with
     std::string         channel;
+    // A publish is acknowledged only once this host mirrors it, so that a 201 is never
+    // lost with Redis: this host's subscribers get it whatever happens to Redis after.
+    ngx_queue_t         in_awaiting{};
+    bool                awaiting = false;
+    MessageId           id;
+    uint32_t            messages = 0;
 };
+
+PendingRequest *awaiting_request(ngx_queue_t *q) {
+    return reinterpret_cast<PendingRequest *>(reinterpret_cast<u_char *>(q) -
+                                              offsetof(PendingRequest, in_awaiting));
+}
 
 uint64_t now_us() {
     struct timeval tv;
@@ -349,6 +376,17 @@ ngx_int_t unavailable(ngx_http_request_t *r) {
     return send_text(r, NGX_HTTP_SERVICE_UNAVAILABLE, "redis unavailable");
 }
 
+ngx_int_t answer_published(PendingRequest *p) {
+    PublishResult res;
+    res.id = p->id;
+    res.messages = p->messages;
+    res.subscribers = store_info(p->zone, p->channel).subscribers;   // this host's own
+    return send_body(p->r, NGX_HTTP_CREATED, "application/json", published_json(p->channel, res));
+}
+
+bool mirrored(const PendingRequest *p) { return store_last_id(p->zone) >= p->id; }
+
+// The script's answer; NGX_AGAIN: stored, to be acknowledged once mirrored here.
 ngx_int_t answer(PendingRequest *p, const redisReply *reply) {
     ngx_http_request_t *r = p->r;
     if (reply == nullptr || reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
@@ -365,35 +403,69 @@ ngx_int_t answer(PendingRequest *p, const redisReply *reply) {
         if (!p->before.exists && count == 0) return send_text(r, NGX_HTTP_NOT_FOUND, "channel not found");
         return send_body(r, NGX_HTTP_OK, "application/json", info_json(p->channel, p->before));
     }
-    PublishResult res;
-    res.id = *id;
-    res.messages = count;
-    res.subscribers = store_info(p->zone, p->channel).subscribers;   // this host's own
-    return send_body(r, NGX_HTTP_CREATED, "application/json", published_json(p->channel, res));
+    p->id = *id;
+    p->messages = count;
+    return mirrored(p) ? answer_published(p) : NGX_AGAIN;
 }
 
-void on_script_reply(redisAsyncContext *, void *reply_ptr, void *data) {
-    auto *p = static_cast<PendingRequest *>(data);
-    if (p->r != nullptr) {
-        if (p->zone->redis_worker != nullptr) p->zone->redis_worker->latency_us = now_us() - p->started_us;
-        ngx_int_t rc = guarded(ngx_cycle->log, [&] { return answer(p, static_cast<redisReply *>(reply_ptr)); });
-        finish_request(p, rc);
+void free_request(PendingRequest *p) {
+    if (p->awaiting) {
+        ngx_queue_remove(&p->in_awaiting);   // a multi-statement macro: keep the braces
     }
+    if (p->timer.timer_set) ngx_del_timer(&p->timer);
     p->~PendingRequest();
     ngx_free(p);
 }
 
+// After this worker mirrored more of the log: acknowledge what is now here.
+void acknowledge_mirrored(RedisWorker *w) {
+    ngx_queue_t *q = ngx_queue_head(&w->awaiting);
+    while (q != ngx_queue_sentinel(&w->awaiting)) {
+        PendingRequest *p = awaiting_request(q);
+        q = ngx_queue_next(q);
+        if (!mirrored(p)) continue;
+        finish_request(p, guarded(ngx_cycle->log, [p] { return answer_published(p); }));
+        free_request(p);
+    }
+}
+
+void on_script_reply(redisAsyncContext *, void *reply_ptr, void *data) {
+    auto *p = static_cast<PendingRequest *>(data);
+    RedisWorker *w = p->zone->redis_worker;
+    if (p->r != nullptr) {
+        if (w != nullptr) w->latency_us = now_us() - p->started_us;
+        ngx_int_t rc = guarded(ngx_cycle->log, [&] { return answer(p, static_cast<redisReply *>(reply_ptr)); });
+        if (rc == NGX_AGAIN && w != nullptr && !w->stopping) {
+            p->awaiting = true;   // the timer still runs: see reply_timeout()
+            ngx_queue_insert_tail(&w->awaiting, &p->in_awaiting);
+            return;
+        }
+        finish_request(p, rc == NGX_AGAIN ? unavailable(p->r) : rc);
+    }
+    free_request(p);
+}
+
 void reply_timeout(ngx_event_t *ev) noexcept {
     auto *p = static_cast<PendingRequest *>(ev->data);
-    ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0, "channels: redis did not answer in time");
-    finish_request(p, unavailable(p->r));
+    if (!p->awaiting) {
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0, "channels: redis did not answer in time");
+        finish_request(p, unavailable(p->r));   // p is freed when hiredis gives it back
+        return;
+    }
+    // Stored in Redis but not seen here: acknowledged if another worker mirrored it.
+    finish_request(p, mirrored(p) ? answer_published(p) : unavailable(p->r));
+    free_request(p);
 }
 
 // The request went away first: the reply, when it comes, only frees p.
 void request_gone(void *data) noexcept {
     auto *p = static_cast<PendingRequest *>(data);
     p->r = nullptr;
-    if (p->timer.timer_set) ngx_del_timer(&p->timer);
+    if (p->awaiting) {
+        free_request(p);
+    } else if (p->timer.timer_set) {
+        ngx_del_timer(&p->timer);
+    }
 }
 
 ngx_int_t run_script(ngx_http_request_t *r, ZoneConf *zone, const PublishInput &in, bool remove) {
@@ -405,7 +477,8 @@ ngx_int_t run_script(ngx_http_request_t *r, ZoneConf *zone, const PublishInput &
         ngx_free(mem);
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
-    auto *p = new (mem) PendingRequest{r, cln, zone, {}, now_us(), remove, {}, std::string(in.channel)};
+    auto *p = new (mem) PendingRequest{r, cln, zone, {}, now_us(), remove, {}, std::string(in.channel),
+                                       {}, false, {}, 0};
     if (remove) p->before = store_info(zone, in.channel);
     cln->handler = request_gone;
     cln->data = p;
@@ -415,11 +488,12 @@ ngx_int_t run_script(ngx_http_request_t *r, ZoneConf *zone, const PublishInput &
     ngx_add_timer(&p->timer, kReplyTimeout);
 
     const RedisConf &conf = *zone->redis;
-    std::string stream = key(conf, in.channel), log = key(conf, "#log"), last = key(conf, "#last");
+    std::string stream = key(conf, in.channel), log = key(conf, "#log"), last = key(conf, "#last"),
+                floor = key(conf, "#floor");
     std::string now = std::to_string(now_ms()), history = std::to_string(zone->history),
                 ttl = std::to_string(zone->ttl);
     send_argv(&w->cmd, on_script_reply, p,
-              {"EVAL", kScript, "3", stream, log, last, now, history, ttl, kLogMaxLen, in.channel,
+              {"EVAL", kScript, "4", stream, log, last, floor, now, history, ttl, kLogMaxLen, in.channel,
                in.event, in.content_type, in.data, remove ? "d" : "m"});
     r->main->count++;   // answered from on_script_reply
     return NGX_DONE;
@@ -523,6 +597,7 @@ ngx_int_t redis_init_worker(ngx_cycle_t *cycle, ZoneConf *zone) {
         link->retry.cancelable = 1;
     }
     w->log.tail = true;
+    ngx_queue_init(&w->awaiting);
     zone->redis_worker = w;
     connect_link(&w->cmd);
     connect_link(&w->log);
@@ -533,6 +608,11 @@ void redis_stop_worker(ZoneConf *zone) {
     RedisWorker *w = zone->redis_worker;
     if (w == nullptr || w->stopping) return;
     w->stopping = true;
+    while (!ngx_queue_empty(&w->awaiting)) {
+        PendingRequest *p = awaiting_request(ngx_queue_head(&w->awaiting));
+        finish_request(p, mirrored(p) ? answer_published(p) : unavailable(p->r));
+        free_request(p);
+    }
     for (RedisLink *link : {&w->cmd, &w->log}) {
         if (link->retry.timer_set) ngx_del_timer(&link->retry);
         if (link->ac != nullptr) redisAsyncFree(link->ac);   // pending callbacks get no reply

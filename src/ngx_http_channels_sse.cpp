@@ -354,9 +354,11 @@ public:
 
     // Where live delivery takes over: after the replay's first page when more remains
     // (the rest is paged in as the socket drains), else at the zone's position.
-    void set_start(const SubscribeResult &res) {
+    // Never below the client's own cursor: a host still mirroring Redis may get older ids.
+    void set_start(const SubscribeResult &res, const SubscribeQuery &q) {
         catching_up = res.replay.more;
         cursor = catching_up ? res.replay.items.back().id : res.replay.position;
+        if (q.has_cursor) cursor = std::max(cursor, q.cursor);
     }
 
     bool finished = false;
@@ -742,7 +744,7 @@ ngx_int_t handle(ngx_http_request_t *r) {
         return send_text(r, NGX_HTTP_SERVICE_UNAVAILABLE, "channel zone is full");
     }
     if (delivery_attach(sub, res, args.list.count) != NGX_OK) return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    sub->set_start(res);
+    sub->set_start(res, q);
 
     rc = send_stream_header(r);
     if (rc == NGX_ERROR || rc > NGX_OK) return rc;

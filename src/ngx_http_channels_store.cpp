@@ -841,6 +841,18 @@ uint64_t store_ingest(ZoneConf *zone, EntryKind kind, MessageId id, const Publis
     return mask;
 }
 
+void store_raise_floor(ZoneConf *zone, MessageId floor) {
+    ZoneLock lock(zone->shpool);
+    Shared *sh = zone->sh;
+    if (floor <= sh->gc_floor) return;
+    sh->gc_floor = floor;
+    for (ngx_queue_t *q = ngx_queue_head(&sh->channels); q != ngx_queue_sentinel(&sh->channels);
+         q = ngx_queue_next(q)) {
+        Channel *ch = lru_channel(q);
+        ch->trimmed_upto = std::max(ch->trimmed_upto, floor);
+    }
+}
+
 MessageId store_last_id(ZoneConf *zone) {
     ZoneLock lock(zone->shpool);
     return zone->sh->last_id;

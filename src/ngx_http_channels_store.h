@@ -150,6 +150,8 @@ MessageId store_last_id(ZoneConf *zone);
 // Every retained cursor now counts as possibly short of messages (the shared log lost
 // data): resuming clients get channel-gap.
 void store_mark_gap(ZoneConf *zone);
+// Cursors older than floor cannot be replayed (resuming clients get channel-gap).
+void store_raise_floor(ZoneConf *zone, MessageId floor);
 
 // ---- subscriber side ----
 SubscribeResult store_subscribe(ZoneConf *zone, ngx_int_t record, const SubscribeQuery &q);
