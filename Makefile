@@ -23,7 +23,7 @@ MODULE_SRCS := $(wildcard src/*.cpp src/*.h src/channels/*.cpp src/channels/*.h)
 PURE_SRCS   := $(wildcard src/channels/*.cpp)
 UNIT_SRCS   := $(wildcard t/unit/*.cpp)
 
-.PHONY: all deps run test unit unit-asan prove bench clean fuzz sanitize
+.PHONY: all deps run test unit unit-asan prove bench clean fuzz sanitize valgrind
 
 all: $(MODULE)
 
@@ -70,6 +70,15 @@ run: $(MODULE)
 
 bench: $(MODULE)
 	@$(MAKE) -C bench MODULE=$(MODULE) NGINX_BIN=$(NGINX_BIN)
+
+# The module built with ASan+UBSan, loaded into the unchanged nginx binary, and every test.
+sanitize: $(BUILD)/.deps-ok
+	NGINX_SRC=$(NGINX_SRC) NGINX_BIN=$(NGINX_BIN) PROVE_JOBS=$(PROVE_JOBS) \
+	DEBIAN_CC_OPT='$(DEBIAN_CC_OPT)' DEBIAN_LD_OPT='$(DEBIAN_LD_OPT)' sh tools/sanitize.sh
+
+# valgrind memcheck of a single-process nginx over publish, SSE, long-poll, delete and stats.
+valgrind: $(MODULE)
+	CHANNELS_MODULE=$(MODULE) NGINX_BIN=$(NGINX_BIN) sh tools/valgrind.sh
 
 clean:
 	rm -rf $(BUILD)

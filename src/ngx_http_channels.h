@@ -112,6 +112,12 @@ ngx_int_t add_cursor_header(ngx_http_request_t *r, MessageId id);
 // Wall clock in milliseconds (nginx's cached time).
 uint64_t now_ms();
 
+// Copies bytes and returns the end; an empty view may have no pointer at all, which
+// memcpy must not be given.
+inline u_char *copy_bytes(u_char *dst, std::string_view bytes) {
+    return bytes.empty() ? dst : ngx_cpymem(dst, bytes.data(), bytes.size());
+}
+
 inline void append_id(std::string &out, MessageId id) {
     char text[channels::kMaxIdText];
     out.append(text, channels::format_id(id, text));

@@ -211,7 +211,7 @@ Frame *frame_new(std::string_view bytes) {
     if (f == nullptr) return nullptr;
     f->refs = 1;
     f->len = uint32_t(bytes.size());
-    ngx_memcpy(f->data, bytes.data(), bytes.size());
+    copy_bytes(f->data, bytes);
     return f;
 }
 
@@ -251,7 +251,10 @@ void delivery_exit_worker(MainConf *mcf) {
     ZoneConf **zs = zones(mcf);
     for (ngx_uint_t i = 0; i < mcf->zones.nelts; i++) {
         redis_stop_worker(zs[i]);
-        if (zs[i]->worker != nullptr) store_worker_stop(zs[i], zs[i]->worker->record);
+        if (zs[i]->worker == nullptr) continue;
+        store_worker_stop(zs[i], zs[i]->worker->record);
+        delete zs[i]->worker;
+        zs[i]->worker = nullptr;
     }
 }
 

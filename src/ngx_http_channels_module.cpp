@@ -521,9 +521,8 @@ ngx_int_t add_header(ngx_http_request_t *r, std::string_view name, std::string_v
     h->next = nullptr;   // header chains exist from nginx 1.23 on
 #endif
     h->key = {name.size(), mem};
-    ngx_memcpy(mem, name.data(), name.size());
-    h->value = {value.size(), mem + name.size()};
-    ngx_memcpy(mem + name.size(), value.data(), value.size());
+    h->value = {value.size(), copy_bytes(mem, name)};
+    copy_bytes(h->value.data, value);
     return NGX_OK;
 }
 

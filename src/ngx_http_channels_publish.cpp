@@ -110,7 +110,7 @@ ngx_int_t body_bytes(ngx_http_request_t *r, std::string_view *data) {
     for (ngx_chain_t *cl = r->request_body->bufs; cl; cl = cl->next) {
         ngx_buf_t *b = cl->buf;
         if (!b->in_file) {
-            p = ngx_cpymem(p, b->pos, b->last - b->pos);
+            p = copy_bytes(p, {reinterpret_cast<char *>(b->pos), size_t(b->last - b->pos)});
             continue;
         }
         size_t size = size_t(b->file_last - b->file_pos);

@@ -31,15 +31,16 @@ constexpr const char *kLogMaxLen = "100000";   // entries kept in the shared log
 constexpr const char *kReadBatch = "512";
 
 // KEYS: channel stream, shared log, last id, floor. ARGV: now ms, history, ttl ms, log max length,
-// channel, event, content type, data, kind ("m" message, "d" delete).
+// channel, event, content type, data, kind ("m" message, "d" delete), the publishing host's
+// last id (so ids never go back, even when Redis lost #last and a clock is behind).
 constexpr const char kScript[] = R"lua(
 local now = tonumber(ARGV[1])
 local ms, seq = now, 0
 local last = redis.call('GET', KEYS[3])
-if last then
-  local lms, lseq = string.match(last, '^(%d+)-(%d+)$')
+for _, seen in ipairs({last or '0-0', ARGV[10]}) do
+  local lms, lseq = string.match(seen, '^(%d+)-(%d+)$')
   lms, lseq = tonumber(lms), tonumber(lseq)
-  if lms and lms >= ms then ms, seq = lms, lseq + 1 end
+  if lms and (lms > ms or (lms == ms and lseq >= seq)) then ms, seq = lms, lseq + 1 end
 end
 local id = string.format('%d-%d', ms, seq)
 redis.call('SET', KEYS[3], id)
@@ -492,9 +493,11 @@ ngx_int_t run_script(ngx_http_request_t *r, ZoneConf *zone, const PublishInput &
                 floor = key(conf, "#floor");
     std::string now = std::to_string(now_ms()), history = std::to_string(zone->history),
                 ttl = std::to_string(zone->ttl);
+    char host_last[channels::kMaxIdText];
+    size_t host_last_len = channels::format_id(store_last_id(zone), host_last);
     send_argv(&w->cmd, on_script_reply, p,
               {"EVAL", kScript, "4", stream, log, last, floor, now, history, ttl, kLogMaxLen, in.channel,
-               in.event, in.content_type, in.data, remove ? "d" : "m"});
+               in.event, in.content_type, in.data, remove ? "d" : "m", {host_last, host_last_len}});
     r->main->count++;   // answered from on_script_reply
     return NGX_DONE;
 }

@@ -360,9 +360,7 @@ public:
         e->data_len = uint32_t(in.data.size());
         e->event_len = uint8_t(in.event.size());
         e->ctype_len = uint8_t(in.content_type.size());
-        u_char *p = ngx_cpymem(e->bytes, in.event.data(), in.event.size());
-        p = ngx_cpymem(p, in.content_type.data(), in.content_type.size());
-        ngx_memcpy(p, in.data.data(), in.data.size());
+        copy_bytes(copy_bytes(copy_bytes(e->bytes, in.event), in.content_type), in.data);
         ngx_queue_insert_tail(&sh_->log, &e->in_log);
         if (kind == EntryKind::message) {
             ngx_queue_insert_tail(&ch->messages, &e->in_channel);
