@@ -305,6 +305,16 @@ ngx_int_t delivery_attach(Subscriber *sub, const SubscribeResult &res, size_t n)
     return NGX_OK;
 }
 
+ngx_int_t delivery_attach_request(Subscriber *sub, const SubscribeResult &res, size_t n) {
+    ngx_http_request_t *r = sub->request;
+    if (!res.attached) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "channels: zone \"%V\" is full",
+                      &sub->wz->zone->name);
+        return send_text(r, NGX_HTTP_SERVICE_UNAVAILABLE, "channel zone is full");
+    }
+    return delivery_attach(sub, res, n) == NGX_OK ? NGX_OK : NGX_HTTP_INTERNAL_SERVER_ERROR;
+}
+
 namespace {
 
 // Unlinks a link from its local channel; returns whether it was still linked.

@@ -101,6 +101,9 @@ void delivery_exit_worker(MainConf *mcf);
 // Registers a subscriber whose store_subscribe() attached it; keys from the result.
 // Returns NGX_ERROR (and undoes the store's attachment) when memory is short.
 ngx_int_t delivery_attach(Subscriber *sub, const SubscribeResult &res, size_t nchannels);
+// For a subscriber request: attaches it when the store did, else answers 503 (the zone
+// has no memory for its channels). NGX_OK: attached; anything else: the handler's result.
+ngx_int_t delivery_attach_request(Subscriber *sub, const SubscribeResult &res, size_t nchannels);
 // Unregisters it from every channel (request cleanup).
 void delivery_detach(Subscriber *sub);
 // Drops one channel (deleted); the subscriber keeps the others.

@@ -192,9 +192,10 @@ ngx_int_t handle(ngx_http_request_t *r) {
         return answer_empty(r, NGX_HTTP_NO_CONTENT, has_cursor ? client_cursor : current_position(zone));
     }
 
-    auto *sub = new (ngx_pcalloc(r->pool, sizeof(LongpollSubscriber))) LongpollSubscriber(r, zone->worker);
+    void *mem = ngx_palloc(r->pool, sizeof(LongpollSubscriber));
     ngx_http_cleanup_t *cln = ngx_http_cleanup_add(r, 0);
-    if (cln == nullptr) return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    if (mem == nullptr || cln == nullptr) return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    auto *sub = new (mem) LongpollSubscriber(r, zone->worker);
     cln->handler = cleanup;
     cln->data = sub;
 
@@ -207,11 +208,7 @@ ngx_int_t handle(ngx_http_request_t *r) {
     q.attach_only_if_empty = true;
     SubscribeResult res = store_subscribe(zone, zone->worker->record, q);
     if (!res.replay.items.empty()) return answer_messages(r, answer_of(res.replay, q.limit));
-    if (!res.attached) {
-        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "channels: zone \"%V\" is full", &zone->name);
-        return send_text(r, NGX_HTTP_SERVICE_UNAVAILABLE, "channel zone is full");
-    }
-    if (delivery_attach(sub, res, args.list.count) != NGX_OK) return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    if ((rc = delivery_attach_request(sub, res, args.list.count)) != NGX_OK) return rc;
     // Never below the client's own cursor: a host still mirroring Redis may get older ids.
     sub->cursor = has_cursor ? std::max(res.replay.position, client_cursor) : res.replay.position;
     sub->reply_cursor = has_cursor ? client_cursor : res.replay.position;

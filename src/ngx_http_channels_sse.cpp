@@ -739,11 +739,7 @@ ngx_int_t handle(ngx_http_request_t *r) {
     q.limit = kReplayPage;
     q.byte_limit = kReplayPageBytes;
     SubscribeResult res = store_subscribe(zone, zone->worker->record, q);
-    if (!res.attached) {
-        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "channels: zone \"%V\" is full", &zone->name);
-        return send_text(r, NGX_HTTP_SERVICE_UNAVAILABLE, "channel zone is full");
-    }
-    if (delivery_attach(sub, res, args.list.count) != NGX_OK) return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    if ((rc = delivery_attach_request(sub, res, args.list.count)) != NGX_OK) return rc;
     sub->set_start(res, q);
 
     rc = send_stream_header(r);

@@ -862,8 +862,10 @@ void store_mark_gap(ZoneConf *zone) {
     sh->gc_floor = sh->last_id;
     for (ngx_queue_t *q = ngx_queue_head(&sh->channels); q != ngx_queue_sentinel(&sh->channels);
          q = ngx_queue_next(q)) {
+        // Just past the last id: what was lost came after it, so live subscribers (whose
+        // cursor is at most the last id) are told with the next message.
         lru_channel(q)->trimmed_upto = sh->last_id;
-        lru_channel(q)->dropped_upto = sh->last_id;
+        lru_channel(q)->dropped_upto = MessageId{sh->last_id.ms, sh->last_id.seq + 1};
     }
 }
 
