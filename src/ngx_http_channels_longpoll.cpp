@@ -184,8 +184,10 @@ ngx_int_t handle(ngx_http_request_t *r) {
     MessageId client_cursor;
     bool has_cursor = request_cursor(r, &client_cursor);
 
-    if (r->method & NGX_HTTP_HEAD) {
-        if (add_header(r, "Cache-Control", "no-cache") != NGX_OK) return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    if (r->method & NGX_HTTP_HEAD) {   // the headers a GET would carry, at once
+        if (common_headers(r, has_cursor ? client_cursor : current_position(zone)) != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
         return send_body(r, NGX_HTTP_OK, lcf->longpoll_raw ? "text/plain" : "application/json", {});
     }
     if (delivery_exiting() || zone->worker == nullptr) {
