@@ -27,7 +27,7 @@ namespace chn {
 namespace {
 
 constexpr size_t kMaxUnsent = 1024 * 1024;   // SPEC §4: queued past this, the subscriber is cut off
-constexpr ngx_msec_t kStallWindow = 1000;     // a replay that makes no progress this long: cut off
+constexpr ngx_msec_t kStallWindow = 5000;     // a replay that makes no progress this long: cut off
 constexpr size_t kReplayPage = 64;            // a replay is read from the store in pages
 constexpr size_t kReplayPageBytes = 256 * 1024;
 constexpr size_t kCopyBufferSize = 4096;
