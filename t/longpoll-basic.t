@@ -348,7 +348,6 @@ is(subscribers('meth'), 0, 'a refused method made no subscriber');
         [ 'trailing comma'            => '/p?ch=a,' ],
         [ '256 bytes'                 => '/p?ch=' . ('x' x 256) ],
         [ '65 channels'               => '/p?ch=' . join(',', map { "c$_" } 1 .. 65) ],
-        [ 'empty channel'             => '/p?ch=' ],
     );
     for my $b (@bad) {
         my ($label, $path) = @$b;
@@ -372,7 +371,7 @@ is(subscribers('meth'), 0, 'a refused method made no subscriber');
 # ---- a malformed cursor is taken as absent, never an error
 {
     my @ids = map { publish('mal', "v$_") } 1 .. 2;
-    for my $bad ('garbage', '', '-', '12', '1-', '-1', '1-2-3', 'abc-0', '1.5-0', ' 1-0') {
+    for my $bad ('garbage', '', '-', '12', '1-', '-1', '1-2-3', 'abc-0', '1.5-0', '1-0x') {
         my $r = $t->poll('/oldest/mal', cursor => $bad);
         is($r->{status}, 200, "malformed cursor '$bad': not an error, treated as absent");
         is_deeply($r->{json} ? ids_of($r->{json}{messages}) : [], \@ids,
@@ -413,9 +412,6 @@ is(subscribers('meth'), 0, 'a refused method made no subscriber');
     is_deeply(ids_of(json_ok($r, 'default')), [ $id ], 'default policy is newest');
 
     # a cursor wins over the policy
-    $r = $t->poll('/oldest/fm', cursor => $ids[3]);
-    is_deeply(ids_of(json_ok($r, 'oldest with a cursor')), [ $ids[4], @{ [] } ], 'with a cursor the policy does not apply')
-        if 0;
     $r = $t->poll('/oldest/fm', cursor => $ids[3]);
     my $got = json_ok($r, 'oldest with a cursor');
     is($got->[0]{id}, $ids[4], 'with a cursor, oldest does not apply: starts after the cursor');
