@@ -60,7 +60,9 @@ unit-asan: $(BUILD)/.deps-ok
 fuzz:
 	$(MAKE) -C fuzz run
 
+# The browser and EventSource tests' npm packages are installed once, before the parallel run.
 prove: $(MODULE)
+	sh t/js/ensure-deps.sh
 	CHANNELS_MODULE=$(MODULE) NGINX_BIN=$(NGINX_BIN) prove -j$(PROVE_JOBS) -r t/
 
 test: $(MODULE) unit prove
