@@ -9,6 +9,9 @@
 
 #include "ngx_http_channels_redis.h"
 
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -26,6 +29,9 @@ ngx_event_t       collect_timer;         // housekeeping in worker 0 only
 bool              shutting_down;
 
 constexpr ngx_msec_t kCollectInterval = 1000;
+constexpr uint64_t kTrimAfter = 256;     // subscribers gone since the last trim
+
+uint64_t          gone_since_trim;       // subscribers detached since the heap was trimmed
 
 ZoneConf **zones(MainConf *mcf) { return static_cast<ZoneConf **>(mcf->zones.elts); }
 
@@ -269,8 +275,9 @@ ngx_int_t delivery_attach(Subscriber *sub, const SubscribeResult &res, size_t n)
         // walk the log published while the worker had none.
         wz->cursor = std::max(wz->cursor, res.replay.position);
     }
-    // On the heap, not in the request pool: an SSE stream may outlive its request.
-    sub->links = static_cast<Link *>(ngx_calloc(n * sizeof(Link), ngx_cycle->log));
+    sub->links = static_cast<Link *>(sub->links_pool != nullptr
+                                         ? ngx_pcalloc(sub->links_pool, n * sizeof(Link))
+                                         : ngx_calloc(n * sizeof(Link), ngx_cycle->log));
     size_t linked = 0;
     try {
         if (sub->links == nullptr) throw std::bad_alloc();
@@ -357,7 +364,15 @@ void delivery_detach(Subscriber *sub) {
     }
     sub->nactive = 0;
     sub->attached = false;
-    ngx_free(sub->links);
+    // Thousands of parked requests leave freed memory between live blocks, which glibc
+    // keeps; once a worker's subscribers are all gone, it goes back to the system.
+    if (++gone_since_trim >= kTrimAfter && wz->channels.empty()) {
+        gone_since_trim = 0;
+#if defined(__GLIBC__)
+        malloc_trim(0);
+#endif
+    }
+    if (sub->links_pool == nullptr) ngx_free(sub->links);
     sub->links = nullptr;
     sub->nlinks = 0;
 }

@@ -78,6 +78,10 @@ public:
     SubscriberNode      in_touched;      // WorkerZone::touched
     bool                touched = false;
     bool                attached = false;
+    // Where links are allocated: a request pool for subscribers that end with their request
+    // (small heap blocks per waiter would keep glibc from giving memory back), or the heap
+    // (nullptr) for SSE streams, which may outlive theirs.
+    ngx_pool_t         *links_pool = nullptr;
 
 protected:
     ~Subscriber() = default;

@@ -107,6 +107,7 @@ public:
     LongpollSubscriber(ngx_http_request_t *r, WorkerZone *zone) {
         request = r;
         wz = zone;
+        links_pool = r->pool;   // it ends with its request
     }
 
     // Collects the pass's messages: the first pass that reaches a waiting request holds
