@@ -18,6 +18,7 @@ use IO::Select;
 use POSIX ();
 use Time::HiRes qw(time);
 use ChannelsTest qw(id_cmp);
+use Children;   # t/lib/Children.pm: forked helpers reporting through pipes
 
 my $RELOADS = $ENV{CHANNELS_SLOW} ? 100 : 20;
 my $SSE_SUBS = 6;
@@ -53,42 +54,6 @@ my $stop_file = $t->prefix . '/stop-publishing';
 
 # ---------------------------------------------------------------- child processes
 
-my @children;
-sub spawn {
-    my ($kind, $code) = @_;
-    pipe(my $rd, my $wr) or die "pipe: $!";
-    my $pid = fork // die "fork: $!";
-    if (!$pid) {
-        close $rd;
-        $wr->autoflush(1);
-        my $ok = eval { $code->($wr); 1 };
-        print $wr "ERROR $@\n" unless $ok;
-        close $wr;
-        POSIX::_exit(0);
-    }
-    close $wr;
-    my $c = { pid => $pid, fh => $rd, kind => $kind, lines => [], buf => '', open => 1 };
-    push @children, $c;
-    return $c;
-}
-sub pump {
-    my ($cond, $timeout) = @_;
-    my $deadline = time + $timeout;
-    while (1) {
-        return 1 if $cond->();
-        my $left = $deadline - time;
-        return 0 if $left <= 0;
-        my %by_fh = map { ($_->{fh} => $_) } grep { $_->{open} } @children;
-        my @ready = IO::Select->new(map { $_->{fh} } values %by_fh)->can_read($left > 0.2 ? 0.2 : $left);
-        for my $fh (@ready) {
-            my $c = $by_fh{$fh};
-            my $n = sysread($fh, $c->{buf}, 65536, length $c->{buf});
-            if (!$n) { $c->{open} = 0; next }
-            while ($c->{buf} =~ s/^([^\n]*)\n//) { push @{ $c->{lines} }, $1 }
-        }
-    }
-}
-sub has_line { my ($c, $re) = @_; scalar grep { /$re/ } @{ $c->{lines} } }
 
 # SSE client: resumes with Last-Event-ID whenever its stream ends; counts clean and unclean ends.
 sub sse_subscriber {

@@ -20,6 +20,7 @@ use Digest::MD5 qw(md5_hex);
 use MIME::Base64 ();
 use Time::HiRes qw(time);
 use ChannelsTest qw(id_cmp);
+use Children;   # t/lib/Children.pm: forked helpers reporting through pipes
 
 my $PUBLISHES = $ENV{CHANNELS_SLOW} ? 200_000 : 20_000;
 my $PUBLISHERS = 2;
@@ -77,43 +78,6 @@ sub json_data {
     return $d;
 }
 
-my @children;
-sub spawn {
-    my ($kind, $code) = @_;
-    pipe(my $rd, my $wr) or die "pipe: $!";
-    my $pid = fork // die "fork: $!";
-    if (!$pid) {
-        close $rd;
-        $wr->autoflush(1);
-        srand($$);
-        my $ok = eval { $code->($wr); 1 };
-        print $wr "ERROR $@\n" unless $ok;
-        close $wr;
-        POSIX::_exit(0);
-    }
-    close $wr;
-    my $c = { pid => $pid, fh => $rd, kind => $kind, lines => [], buf => '', open => 1 };
-    push @children, $c;
-    return $c;
-}
-sub pump {
-    my ($cond, $timeout) = @_;
-    my $deadline = time + $timeout;
-    while (1) {
-        return 1 if $cond->();
-        my $left = $deadline - time;
-        return 0 if $left <= 0;
-        my %by_fh = map { ($_->{fh} => $_) } grep { $_->{open} } @children;
-        return 0 unless %by_fh;
-        my @ready = IO::Select->new(map { $_->{fh} } values %by_fh)->can_read($left > 0.2 ? 0.2 : $left);
-        for my $fh (@ready) {
-            my $c = $by_fh{$fh};
-            my $n = sysread($fh, $c->{buf}, 65536, length $c->{buf});
-            if (!$n) { $c->{open} = 0; next }
-            while ($c->{buf} =~ s/^([^\n]*)\n//) { push @{ $c->{lines} }, $1 }
-        }
-    }
-}
 sub done_all { my @c = @_; sub { !grep { $_->{open} } @c } }
 
 my $stop_file = $t->prefix . '/stop';
@@ -196,7 +160,7 @@ is($huge->{body}, "message too large for zone\n", '507 reason');
 open my $fh, '>', $stop_file or die;
 close $fh;
 ok(pump(done_all(@subs, $reader), 20), 'verifiers finished');
-waitpid($_->{pid}, 0) for @children;
+waitpid($_->{pid}, 0) for children();
 
 # ---------------------------------------------------------------- answers
 
