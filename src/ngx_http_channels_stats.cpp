@@ -153,10 +153,22 @@ ngx_int_t handle(ngx_http_request_t *r) {
     ZoneConf *one = zone_of(loc_conf(r));
     ZoneConf **zones = one ? &one : static_cast<ZoneConf **>(mcf->zones.elts);
     size_t n = one ? 1 : mcf->zones.nelts;
+    ngx_str_t name{};
+    bool named;
+    if (decoded_arg(r, "zone", &name, &named) != NGX_OK) return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    if (named) {   // ?zone=NAME picks one of the zones this location shows
+        ZoneConf **found = nullptr;
+        for (size_t i = 0; i < n; i++) {
+            if (view(zones[i]->name) == view(name)) found = &zones[i];
+        }
+        if (found == nullptr) return send_text(r, NGX_HTTP_NOT_FOUND, "no such channel zone");
+        zones = found;
+        n = 1;
+    }
 
     if (has_arg(r, "channels")) {
         if (n != 1) {
-            return send_text(r, NGX_HTTP_BAD_REQUEST, "channel listing needs one zone: use zone=");
+            return send_text(r, NGX_HTTP_BAD_REQUEST, "channel listing needs one zone: add &zone=NAME");
         }
         return list_channels(r, zones[0]);
     }
