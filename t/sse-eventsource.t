@@ -32,7 +32,8 @@ my $t = ChannelsTest->new(workers => 2, conf => <<'CONF');
     }
 CONF
 
-my $pid = IPC::Open2::open2(my $from, my $to, 'node', repo() . "/t/js/$SCRIPT",
+# stderr joins stdout, so a script that fails outside a test still shows why (as notes)
+my $pid = IPC::Open2::open2(my $from, my $to, 'sh', '-c', 'exec node "$@" 2>&1', 'node', repo() . "/t/js/$SCRIPT",
                             'http://127.0.0.1:' . $t->port(0), 'http://127.0.0.1:' . $t->port(1));
 $to->autoflush(1);
 my @lines;

@@ -25,14 +25,25 @@ const nextLine = () => (queued.length ? Promise.resolve(queued.shift()) : new Pr
 
 const tag = Math.random().toString(36).slice(2, 10);
 
+// A reload makes the old workers close idle keep-alive connections; a pooled one may be
+// closed just as it is reused ("other side closed", nothing was processed): retry once.
+async function fetchAgain(url, init) {
+  try {
+    return await fetch(url, init);
+  } catch (err) {
+    if (err?.cause?.code !== 'UND_ERR_SOCKET') throw err;
+    return fetch(url, init);
+  }
+}
+
 async function publish(channel, data, headers = {}) {
-  const res = await fetch(`${internal}/pub/${channel}`, { method: 'POST', body: data, headers });
+  const res = await fetchAgain(`${internal}/pub/${channel}`, { method: 'POST', body: data, headers });
   assert(res.status === 201, `publish to ${channel}: HTTP ${res.status}`);
   return (await res.json()).id;
 }
 
 async function subscribers(channel) {
-  const res = await fetch(`${internal}/pub/${channel}`);
+  const res = await fetchAgain(`${internal}/pub/${channel}`);
   return res.status === 200 ? (await res.json()).subscribers : 0;
 }
 
