@@ -11,7 +11,7 @@ BUILD       := $(CURDIR)/build
 NGX_TREE    := $(BUILD)/nginx
 MODULE      := $(BUILD)/ngx_http_channels_module.so
 UNIT_BIN    := $(BUILD)/unit_tests
-PROVE_JOBS  ?= 4
+PROVE_JOBS  ?= 2
 CXX         ?= g++
 UNIT_CXXFLAGS := -std=c++17 -O1 -g -Wall -Wextra -Werror -Isrc
 

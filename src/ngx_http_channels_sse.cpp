@@ -199,6 +199,13 @@ public:
         return NGX_OK;
     }
 
+    // Bytes the client has taken, counting the part of the buffer in flight (a replay page
+    // is one large buffer: a reading client must not look stalled while it drains).
+    size_t sent_so_far() const {
+        if (detached || busy == nullptr) return released;
+        return released + size_t(busy->buf->pos - busy->buf->start);
+    }
+
     // Bytes queued behind the frame being written: a client that reads gets any single
     // message whole, however large; one that stops reading is cut off past kMaxUnsent.
     size_t backlog() const {
@@ -520,9 +527,10 @@ private:
             return NGX_OK;
         }
         bool watch = watched_for_stall();
-        if (!wev->timer_set || released != armed_at || watch != armed_watching) {
+        size_t progress = sent_so_far();
+        if (!wev->timer_set || progress != armed_at || watch != armed_watching) {
             ngx_add_timer(wev, watch ? kStallWindow : send_timeout);
-            armed_at = released;
+            armed_at = progress;
             armed_watching = watch;
         }
         return ngx_handle_write_event(wev, 0);
@@ -622,7 +630,7 @@ private:
     ngx_msec_t          send_timeout = 0;
     size_t              queued = 0;       // bytes queued for the client
     size_t              released = 0;     // of those, bytes known to be sent
-    size_t              armed_at = 0;     // released when the write timer was armed
+    size_t              armed_at = 0;     // sent_so_far() when the write timer was armed
     bool                armed_watching = false;   // and whether with the stall window
     bool                catching_up = false;   // a replay is still being read in pages
     bool                multi = false;
