@@ -9,11 +9,8 @@ use warnings;
 use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
-use IO::Select;
-use IPC::Open2 ();
-use Time::HiRes ();
 use ChannelsTest qw(id_parse);
-use NodeRunner qw(repo report);
+use NodeRunner qw(repo report run_node_with_reloads);
 
 my $SCRIPT = 'sse-browser.mjs';
 NodeRunner::ensure_deps();
@@ -57,36 +54,8 @@ HTML
 close $html;
 $t->start;
 
-my $script = repo() . "/t/js/$SCRIPT";
-my $pid = IPC::Open2::open2(my $from, my $to, 'node', $script,
-                            'http://127.0.0.1:' . $t->port(0), 'http://127.0.0.1:' . $t->port(1));
-$to->autoflush(1);
-my @lines;
-my $buf = '';
-my $deadline = Time::HiRes::time() + 120;
-my $sel = IO::Select->new($from);
-my $eof = 0;
-while (!$eof && Time::HiRes::time() < $deadline) {
-    next unless $sel->can_read(1);
-    my $n = sysread($from, $buf, 4096, length $buf);
-    $eof = 1 unless $n;
-    while ($buf =~ s/^(.*)\n//) {
-        my $l = $1;
-        if ($l eq 'RELOAD') {
-            my $ok = $t->reload(timeout => 15);
-            print $to ($ok ? "RELOADED ok\n" : "RELOADED failed\n");
-            push @lines, 'NOTE reload ' . ($ok ? 'done' : 'FAILED');
-        } else {
-            push @lines, $l;
-        }
-    }
-}
-if (!$eof) {
-    kill 'TERM', $pid;
-    push @lines, "FAIL $SCRIPT did not finish within 120s";
-}
-waitpid $pid, 0;
-push @lines, 'EXIT ' . ($? >> 8);
+my ($out) = run_node_with_reloads($t, $SCRIPT, 120);
+my @lines = @$out;
 
 my ($got) = map { /^GOTIDS (.*)/ ? $1 : () } @lines;
 report($SCRIPT, grep { !/^GOTIDS / } @lines);

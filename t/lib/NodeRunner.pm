@@ -15,7 +15,7 @@ use FindBin;
 use Test::More;
 use ChannelsTest;
 
-our @EXPORT_OK = qw(repo demo_nginx run_node report);
+our @EXPORT_OK = qw(repo demo_nginx run_node run_node_with_reloads report);
 
 sub repo { File::Spec->rel2abs("$FindBin::Bin/..") }
 
@@ -54,6 +54,48 @@ sub run_node {
     chomp @lines;
     push @lines, "EXIT $?";
     return @lines;
+}
+
+# Runs a script that may ask for `nginx -s reload` by printing RELOAD: the reload is done
+# and answered "RELOADED ok" (or "RELOADED failed") on its stdin. The script's stderr joins
+# its output, so a failure outside a test still shows why. Returns the output lines (with
+# "EXIT n" last) and how many reloads it asked for.
+sub run_node_with_reloads {
+    my ($t, $script, $timeout) = @_;
+    require IPC::Open2;
+    require IO::Select;
+    require Time::HiRes;
+    my $pid = IPC::Open2::open2(my $from, my $to, 'sh', '-c', 'exec node "$@" 2>&1', 'node',
+                                repo() . "/t/js/$script",
+                                'http://127.0.0.1:' . $t->port(0), 'http://127.0.0.1:' . $t->port(1));
+    $to->autoflush(1);
+    my @lines;
+    my ($buf, $eof, $reloads) = ('', 0, 0);
+    my $deadline = Time::HiRes::time() + $timeout;
+    my $sel = IO::Select->new($from);
+    while (!$eof && Time::HiRes::time() < $deadline) {
+        next unless $sel->can_read(1);
+        my $n = sysread($from, $buf, 4096, length $buf);
+        $eof = 1 unless $n;
+        while ($buf =~ s/^(.*)\n//) {
+            my $l = $1;
+            if ($l ne 'RELOAD') {
+                push @lines, $l;
+                next;
+            }
+            my $ok = $t->reload(timeout => 15);
+            $reloads++;
+            print $to ($ok ? "RELOADED ok\n" : "RELOADED failed\n");
+            push @lines, 'NOTE reload ' . ($ok ? 'done' : 'FAILED');
+        }
+    }
+    if (!$eof) {
+        kill 'TERM', $pid;
+        push @lines, "FAIL $script did not finish within ${timeout}s";
+    }
+    waitpid $pid, 0;
+    push @lines, 'EXIT ' . ($? >> 8);
+    return (\@lines, $reloads);
 }
 
 # PASS/FAIL lines become tests, SKIP skips the file loudly, anything else is a note.
