@@ -6,10 +6,10 @@
 // exactly as the WHATWG parser defines; typed events go to their listeners; several channels
 // name their events; and when `nginx -s reload` (done by the Perl side on "RELOAD") ends the
 // stream, the client reconnects on its own with Last-Event-ID and misses nothing.
-import { createInterface } from 'node:readline';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { EventSource } from 'eventsource';
 import { test, run, assert, equal, waitFor } from './runner.mjs';
+import { reloadNginx, fetchAgain } from './reload-peer.mjs';
 
 const [base, internal] = process.argv.slice(2);
 if (!base || !internal) {
@@ -17,24 +17,7 @@ if (!base || !internal) {
   process.exit(2);
 }
 
-const lines = createInterface({ input: process.stdin });
-const waiting = [];
-const queued = [];
-lines.on('line', (l) => (waiting.length ? waiting.shift()(l) : queued.push(l)));
-const nextLine = () => (queued.length ? Promise.resolve(queued.shift()) : new Promise((r) => waiting.push(r)));
-
 const tag = Math.random().toString(36).slice(2, 10);
-
-// A reload makes the old workers close idle keep-alive connections; a pooled one may be
-// closed just as it is reused ("other side closed", nothing was processed): retry once.
-async function fetchAgain(url, init) {
-  try {
-    return await fetch(url, init);
-  } catch (err) {
-    if (err?.cause?.code !== 'UND_ERR_SOCKET') throw err;
-    return fetch(url, init);
-  }
-}
 
 async function publish(channel, data, headers = {}) {
   const res = await fetchAgain(`${internal}/pub/${channel}`, { method: 'POST', body: data, headers });
@@ -134,9 +117,7 @@ test('reload ends the stream; the client reconnects with Last-Event-ID and misse
     }
   })();
   await waitFor(() => n >= 3, { what: 'publishing' });
-  console.log('RELOAD');
-  const answer = await nextLine();
-  assert(/^RELOADED ok/.test(answer), `the reload failed: ${answer}`);
+  await reloadNginx();
   await waitFor(() => c.opens() >= 2, { what: 'the client reconnected', timeout: 10000 });
   const atReopen = n;
   await waitFor(() => n >= atReopen + 5, { what: 'five more after the reconnect' });
