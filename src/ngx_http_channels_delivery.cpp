@@ -30,6 +30,7 @@ bool              shutting_down;
 
 constexpr ngx_msec_t kCollectInterval = 1000;
 constexpr uint64_t kTrimAfter = 256;     // subscribers gone since the last trim
+constexpr size_t kFlushSlice = 1024;     // subscribers written to between event-loop turns
 
 uint64_t          gone_since_trim;       // subscribers detached since the heap was trimmed
 
@@ -47,6 +48,7 @@ bool wanted_channel(void *ctx, ChannelKey key) {
 void touch(WorkerZone *wz, Subscriber *sub) {
     if (sub->touched) return;
     sub->touched = true;
+    sub->touched_pass = wz->pass;
     sub->in_touched.owner = sub;
     ngx_queue_insert_tail(&wz->touched, &sub->in_touched.queue);
 }
@@ -79,34 +81,65 @@ uint64_t fan_out(WorkerZone *wz, const MessageCopy &m) {
     return n;
 }
 
+// Batches no queued subscriber can point into: those older than the pass that queued
+// the head of the touched queue (queued in pass order), or all once it is empty.
+void release_batches(WorkerZone *wz) {
+    uint64_t oldest_needed = ngx_queue_empty(&wz->touched)
+        ? UINT64_MAX : owner(ngx_queue_head(&wz->touched))->touched_pass;
+    while (!wz->batches.empty() && wz->batches.front().pass < oldest_needed) wz->batches.pop_front();
+}
+
+// Writes to at most kFlushSlice subscribers, then lets the event loop run (publishes
+// are accepted and their messages join the writes still to come) before the rest.
 void flush_touched(WorkerZone *wz) {
-    while (!ngx_queue_empty(&wz->touched)) {
+    for (size_t n = 0; n < kFlushSlice && !ngx_queue_empty(&wz->touched); n++) {
         Subscriber *sub = owner(ngx_queue_head(&wz->touched));
         ngx_queue_remove(&sub->in_touched.queue);
         sub->touched = false;
         sub->on_flush();
     }
+    release_batches(wz);
+    if (!ngx_queue_empty(&wz->touched) && !wz->flush_event.posted) {
+        ngx_post_event(&wz->flush_event, &ngx_posted_next_events);
+    }
+}
+
+void flush_handler(ngx_event_t *ev) noexcept { flush_touched(static_cast<WorkerZone *>(ev->data)); }
+
+void wake_flush_handler(ngx_event_t *) noexcept;
+
+// Other workers are woken before this one writes to its own subscribers: they then
+// deliver in parallel instead of after this worker's whole pass.
+void wake_others_now() {
+    if (!wake_flush_event.posted) return;
+    ngx_delete_posted_event(&wake_flush_event);
+    wake_flush_handler(&wake_flush_event);
 }
 
 void run_delivery(WorkerZone *wz) {
     if (wz->delivering) return;
     wz->delivering = true;
+    wake_others_now();
     uint64_t delivered = 0;
     size_t entries = 0;
-    Batch batch;
     try {
-        batch = store_read_log(wz->zone, wz->record, wz->cursor, wanted_channel, wz);
+        Batch batch = store_read_log(wz->zone, wz->record, wz->cursor, wanted_channel, wz);
         entries = batch.items.size();
-        for (const MessageCopy &m : batch.items) delivered += fan_out(wz, m);
+        MessageId position = batch.position;
+        if (entries > 0) {
+            // Stored first: subscribers keep pointers to its items until their on_flush().
+            wz->batches.push_back(PassBatch{++wz->pass, std::move(batch)});
+            for (const MessageCopy &m : wz->batches.back().batch.items) delivered += fan_out(wz, m);
+        }
         // Advanced only now: a retry after a failure skips, per subscriber cursor, what
         // was already handed out.
-        wz->cursor = batch.position;
+        wz->cursor = position;
     } catch (...) {
         ngx_log_error(NGX_LOG_ALERT, ngx_cycle->log, 0,
                       "channels: delivery pass failed (out of memory?); retrying");
         ngx_post_event(&wz->deliver_event, &ngx_posted_events);
     }
-    flush_touched(wz);   // while the batch, which subscribers may point into, is alive
+    flush_touched(wz);
     store_count_delivered(wz->zone, wz->record, delivered, entries);
     wz->delivering = false;
 }
@@ -205,6 +238,9 @@ WorkerZone *start_zone(ngx_cycle_t *cycle, ZoneConf *zone) {
     wz->deliver_event.handler = deliver_handler;
     wz->deliver_event.data = wz;
     wz->deliver_event.log = cycle->log;
+    wz->flush_event.handler = flush_handler;
+    wz->flush_event.data = wz;
+    wz->flush_event.log = cycle->log;
     return wz;
 }
 

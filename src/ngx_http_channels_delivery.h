@@ -3,6 +3,7 @@
 // entries once per worker and hands them to local subscribers in id order.
 #pragma once
 
+#include <deque>
 #include <unordered_map>
 
 #include "ngx_http_channels.h"
@@ -61,7 +62,7 @@ struct SubscriberNode {
 class Subscriber {
 public:
     // One message of a channel it holds, after its cursor, in id order. m stays valid
-    // until the on_flush() of the same pass.
+    // until its on_flush() (which may come after later passes: flushing is sliced).
     virtual void on_message(const MessageCopy &m, Link &link, MessageFrames &frames) = 0;
     // End of a delivery pass that touched it.
     virtual void on_flush() = 0;
@@ -76,6 +77,7 @@ public:
     size_t              nactive = 0;
     SubscriberNode      in_zone;         // WorkerZone::subscribers
     SubscriberNode      in_touched;      // WorkerZone::touched
+    uint64_t            touched_pass = 0;    // the pass that queued it for on_flush()
     bool                touched = false;
     bool                attached = false;
     // Where links are allocated: a request pool for subscribers that end with their request
@@ -87,14 +89,23 @@ protected:
     ~Subscriber() = default;
 };
 
+// A delivery pass's messages, kept while a subscriber it touched awaits on_flush().
+struct PassBatch {
+    uint64_t pass;
+    Batch    batch;
+};
+
 struct WorkerZone {
     ZoneConf   *zone = nullptr;
     ngx_int_t   record = -1;             // this worker's record in the zone
     MessageId   cursor;                  // newest publish-log id read
     std::unordered_map<ChannelKey, LocalChannel *> channels;
     ngx_queue_t subscribers{};
-    ngx_queue_t touched{};
+    ngx_queue_t touched{};               // awaiting on_flush(), oldest pass first
+    std::deque<PassBatch> batches;       // what touched subscribers may point into
+    uint64_t    pass = 0;
     ngx_event_t deliver_event{};         // posted after a local publish or a wake-up
+    ngx_event_t flush_event{};           // the rest of a sliced flush, after other events
     bool        delivering = false;
 };
 
