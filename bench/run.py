@@ -596,7 +596,8 @@ set title '1-message burst: publish -> last delivery'
 plot '{dat}' using 1:2 with linespoints lw 2 title 'this module', \\
      '' using 1:3 with linespoints lw 2 title 'nchan', \\
      '' using 1:4 with linespoints lw 2 dt 2 title 'epoll ceiling'
-set title '100 messages at 1k msg/s: first publish -> last delivery (log scale)'
+set title '100 messages at 1k msg/s: first publish -> last delivery'
+set ylabel 'ms (log scale)'
 set logscale y
 plot '{dat}' using 1:5 with linespoints lw 2 title 'this module', \\
      '' using 1:6 with linespoints lw 2 title 'nchan', \\
