@@ -109,10 +109,13 @@ sub report {
         plan skip_all => $skip;
     }
     my $n = 0;
+    # Notes are shown only by prove -v; when something failed they become diagnostics, so
+    # a failure in a parallel run (CI) still shows what the script printed.
+    my $failed = ($exit // 1) != 0 || grep { /^FAIL / } @lines;
     for (@lines) {
         if (/^PASS (.*)/) { pass($1); $n++ }
         elsif (/^FAIL (.*)/) { fail($1); $n++ }
-        elsif (!/^EXIT /) { note($_) }
+        elsif (!/^EXIT /) { $failed ? diag($_) : note($_) }
     }
     ok($n > 0, "$script ran its tests");
     is($exit, 0, "$script exited 0");
