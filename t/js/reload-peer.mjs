@@ -18,13 +18,18 @@ export async function reloadNginx() {
 
 // A reload makes the old workers close idle keep-alive connections; a pooled one may be
 // closed just as it is reused ("other side closed": nginx closes an idle keep-alive
-// connection without reading what arrived on it, so nothing was processed): retry once.
+// connection without reading what arrived on it, so nothing was processed). The pool may
+// hold several such connections: retry on each, a few times.
+const RETRIES = 5;
+
 export async function fetchAgain(url, init) {
-  try {
-    return await fetch(url, init);
-  } catch (err) {
-    if (err?.cause?.code !== 'UND_ERR_SOCKET') throw err;
-    console.log(`NOTE ${init?.method ?? 'GET'} ${url} retried: ${err.cause.message}`);
-    return fetch(url, init);
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await fetch(url, init);
+    } catch (err) {
+      const code = err?.cause?.code;
+      if (attempt > RETRIES || (code !== 'UND_ERR_SOCKET' && code !== 'ECONNRESET')) throw err;
+      console.log(`NOTE ${init?.method ?? 'GET'} ${url} retried: ${code} ${err.cause.message}`);
+    }
   }
 }

@@ -83,6 +83,8 @@ export async function run({ before, after } = {}) {
 }
 
 function oneLine(err) {
-  const text = err instanceof AssertionError ? err.message : (err && err.stack) || String(err);
+  let text = err instanceof AssertionError ? err.message : (err && err.stack) || String(err);
+  // fetch() failures say why only in their cause (ECONNREFUSED, UND_ERR_SOCKET, ...).
+  if (err?.cause) text += ` | cause: ${err.cause.code ?? ''} ${err.cause.message ?? err.cause}`;
   return text.replace(/\s*\n\s*/g, ' | ');
 }
