@@ -64,7 +64,7 @@ public:
     // One message of a channel it holds, after its cursor, in id order. m stays valid
     // until its on_flush() (which may come after later passes: flushing is sliced).
     virtual void on_message(const MessageCopy &m, Link &link, MessageFrames &frames) = 0;
-    // End of a delivery pass that touched it.
+    // Its turn to write, after the pass (or passes) that touched it.
     virtual void on_flush() = 0;
     // The worker is shutting down (reload or stop).
     virtual void on_shutdown() = 0;

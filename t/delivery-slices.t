@@ -36,18 +36,6 @@ my $t = ChannelsTest->new(workers => 1, worker_connections => $SSE + 2 * $POLL +
     }
 CONF
 
-sub publish {
-    my ($client, $data) = @_;
-    my $r = $t->http(POST => '/pub/wide', body => $data, port => 1, client => $client);
-    die "publish: $r->{status} $r->{body}\n" unless $r->{status} == 201 && $r->{json};
-    return $r->{json}{id};
-}
-
-sub subscribers {
-    my $r = $t->http(GET => '/pub/wide', port => 1);
-    return $r->{status} == 200 && $r->{json} ? $r->{json}{subscribers} : 0;
-}
-
 # A long-poll request whose answer is read to the end (Connection: close).
 sub poll_open {
     my ($cursor) = @_;
@@ -105,14 +93,14 @@ sub poll_answer {
 
 # The channel exists with one message, so every waiter's cursor is its id.
 my $pub = $t->client(port => 1);
-my $start = publish($pub, 'start');
+my $start = $t->publish('wide', 'start', client => $pub);
 
 my @streams = map { Stream->new($t->port(0), '/sse/wide', headers => { 'Last-Event-ID' => $start }) } 1 .. $SSE;
 my @polls = map { poll_open($start) } 1 .. $POLL;
-ok($t->wait_for(sub { subscribers() == $SSE + $POLL }, timeout => 30),
-   "one worker holds $SSE streams and $POLL waiting long-polls") or diag('subscribers: ' . subscribers());
+ok($t->wait_for(sub { $t->subscribers('wide') == $SSE + $POLL }, timeout => 30),
+   "one worker holds $SSE streams and $POLL waiting long-polls") or diag('subscribers: ' . $t->subscribers('wide'));
 
-my @sent = map { my $d = "m$_-" . ('x' x ($_ * 7)); { id => publish($pub, $d), data => $d } } 1 .. $MSGS;
+my @sent = map { my $d = "m$_-" . ('x' x ($_ * 7)); { id => $t->publish('wide', $d, client => $pub), data => $d } } 1 .. $MSGS;
 ok((grep { id_cmp($sent[$_ - 1]{id}, $sent[$_]{id}) < 0 } 1 .. $#sent) == $#sent, 'ids increase');
 
 ok(pump_all(\@streams, sub { $_[0]->read }, sub { $_[0]{eof} || @{ $_[0]{events} } >= $MSGS }, 60),

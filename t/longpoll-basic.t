@@ -39,22 +39,9 @@ my $t = ChannelsTest->new(workers => 2, conf => <<'CONF');
 CONF
 
 # Publishes; returns the id. %o: headers, query (appended to the path).
-sub publish {
-    my ($ch, $data, %o) = @_;
-    my $path = "/pub/$ch" . (defined $o{query} ? "?$o{query}" : '');
-    my $r = $t->http(POST => $path, body => $data, port => 1, headers => $o{headers} // {});
-    die "publish to $ch: $r->{status} $r->{body}\n" unless $r->{status} == 201 && $r->{json};
-    return $r->{json}{id};
-}
-
-sub subscribers {
-    my $r = $t->http(GET => "/pub/$_[0]", port => 1);
-    return $r->{status} == 200 && $r->{json} ? $r->{json}{subscribers} : 0;
-}
-
 sub wait_subscribers {
     my ($ch, $n) = @_;
-    return $t->wait_for(sub { subscribers($ch) == $n }, timeout => 10);
+    return $t->wait_for(sub { $t->subscribers($ch) == $n }, timeout => 10);
 }
 
 # Checks what every long-poll answer carries; returns the Last-Event-ID.
@@ -90,8 +77,8 @@ my $MARK = $t->log_mark;
 
 # ---- an immediate answer when messages after the cursor are retained (header or argument)
 {
-    my $c0 = publish('imm', 'zero');
-    my @ids = map { publish('imm', "m$_") } 1 .. 3;
+    my $c0 = $t->publish('imm', 'zero');
+    my @ids = map { $t->publish('imm', "m$_") } 1 .. 3;
     for my $in ('header', 'arg') {
         my $r = $t->poll('/long/imm', cursor => $c0, cursor_in => $in);
         my $m = json_ok($r, "cursor in $in, 3 retained after it");
@@ -104,8 +91,8 @@ my $MARK = $t->log_mark;
     my $r = $t->poll('/long/imm', cursor => $ids[1]);
     is_deeply(ids_of(json_ok($r, 'cursor = 2nd id')), [ $ids[2] ], 'cursor = 2nd id: only the 3rd message');
     # a cursor taken from another channel resumes by id order
-    my $other = publish('imm-other', 'x');
-    my $c4 = publish('imm', 'm4');
+    my $other = $t->publish('imm-other', 'x');
+    my $c4 = $t->publish('imm', 'm4');
     $r = $t->poll('/long/imm', cursor => $other);
     is_deeply(ids_of(json_ok($r, 'cursor from another channel')), [ $c4 ],
               'a cursor of another channel: the messages published after it');
@@ -113,11 +100,11 @@ my $MARK = $t->log_mark;
 
 # ---- waiting, then woken by a publish
 {
-    my $c = publish('wake', 'before');
+    my $c = $t->publish('wake', 'before');
     my $p = $t->poll_start('/long/wake', cursor => $c);
     ok(wait_subscribers('wake', 1), 'the request waits: the channel has 1 subscriber');
     ok(!$p->ready, 'no answer while nothing was published');
-    my $id = publish('wake', 'after');
+    my $id = $t->publish('wake', 'after');
     my $r = $p->result(timeout => 10);
     my $m = json_ok($r, 'woken');
     cmp_ok($r->{elapsed}, '<', 10, 'answered on the publish, not at the 20 s timeout');
@@ -128,7 +115,7 @@ my $MARK = $t->log_mark;
 
 # ---- woken across workers: waiters on both workers, one publish reaches all of them
 {
-    my $c = publish('xw', 'before');
+    my $c = $t->publish('xw', 'before');
     my @p;
     my $both = 0;
     my $workers;
@@ -143,7 +130,7 @@ my $MARK = $t->log_mark;
     ok($both, scalar(@p) . ' waiters: both workers hold at least one')
         or diag explain $workers;
     my $wk0 = { map { $_->{pid} => $_->{wakeups} } @$workers };
-    my $id = publish('xw', 'to all');
+    my $id = $t->publish('xw', 'to all');
     my $ok = 0;
     for my $p (@p) {
         my $r = $p->result(timeout => 10);
@@ -155,7 +142,7 @@ my $MARK = $t->log_mark;
 
 # ---- json fields: id, channel, event (only when typed), data, content_type
 {
-    my $c = publish('fields', 'before');
+    my $c = $t->publish('fields', 'before');
     my @cases = (
         [ 'untyped, no Content-Type'     => 'plain',  {},                                         undef, 'text/plain' ],
         [ 'Event-Type header'            => 'typed',  { 'Event-Type' => 'alert' },                'alert', 'text/plain' ],
@@ -168,7 +155,7 @@ my $MARK = $t->log_mark;
           'E:1', 'application/x-thing' ],
         [ 'empty data'                   => '',       {},                                         undef, 'text/plain' ],
     );
-    my @ids = map { publish('fields', $_->[1], headers => $_->[2], query => $_->[5]) } @cases;
+    my @ids = map { $t->publish('fields', $_->[1], headers => $_->[2], query => $_->[5]) } @cases;
     my $r = $t->poll('/long/fields', cursor => $c);
     my $m = json_ok($r, 'fields');
     is(scalar @$m, scalar @cases, 'one entry per message');
@@ -194,7 +181,7 @@ my $MARK = $t->log_mark;
 
 # ---- JSON escaping: control characters, quotes, backslashes; non-ASCII UTF-8 passed through
 {
-    my $c = publish('esc', 'before');
+    my $c = $t->publish('esc', 'before');
     my $ctl = join '', map { chr } 0 .. 31, 127;
     my @cases = (
         [ 'all control characters' => $ctl ],
@@ -204,7 +191,7 @@ my $MARK = $t->log_mark;
         [ 'U+2028, U+2029, BOM'    => "a\xe2\x80\xa8b\xe2\x80\xa9c\xef\xbb\xbf" ],
         [ 'newlines and tabs'      => "line1\r\nline2\n\tindented\r" ],
     );
-    my @ids = map { publish('esc', $_->[1], headers => { 'Content-Type' => 'text/plain; charset=utf-8' }) } @cases;
+    my @ids = map { $t->publish('esc', $_->[1], headers => { 'Content-Type' => 'text/plain; charset=utf-8' }) } @cases;
     my $r = $t->poll('/long/esc', cursor => $c);
     my $m = json_ok($r, 'escaping');
     (my $json_text = $r->{body}) =~ s/\n\z//;   # the answer ends with a newline (README)
@@ -225,7 +212,7 @@ my $MARK = $t->log_mark;
 
 # ---- data that is not valid UTF-8: base64 with "encoding":"base64", decodes back to the bytes
 {
-    my $c = publish('b64', 'before');
+    my $c = $t->publish('b64', 'before');
     my @cases = (
         [ '0xFF 0xFE and NUL'          => "\xff\xfe\x00abc" ],
         [ 'lone continuation byte'     => "ab\x80cd" ],
@@ -236,7 +223,7 @@ my $MARK = $t->log_mark;
         [ 'Latin-1 text'               => "caf\xe9" ],
         [ 'all 256 byte values'        => join('', map { chr } 0 .. 255) ],
     );
-    my @ids = map { publish('b64', $_->[1], headers => { 'Content-Type' => 'application/octet-stream' }) } @cases;
+    my @ids = map { $t->publish('b64', $_->[1], headers => { 'Content-Type' => 'application/octet-stream' }) } @cases;
     my $r = $t->poll('/long/b64', cursor => $c);
     my $m = json_ok($r, 'base64');
     ok(eval { JSON::PP->new->utf8->decode($r->{body}); 1 }, 'the body is valid UTF-8 JSON') or diag "$@";
@@ -253,8 +240,8 @@ my $MARK = $t->log_mark;
 
 # ---- at most 100 messages per answer; the next poll gets the rest
 {
-    my $c = publish('many', 'before');
-    my @ids = map { publish('many', "n$_") } 1 .. 150;
+    my $c = $t->publish('many', 'before');
+    my @ids = map { $t->publish('many', "n$_") } 1 .. 150;
     my $r = $t->poll('/poll/many', cursor => $c);
     my $m = json_ok($r, '150 retained');
     is(scalar @$m, 100, 'the first answer holds 100 messages');
@@ -270,8 +257,8 @@ my $MARK = $t->log_mark;
 
 # ---- timeout: 204 with the unchanged cursor, no body
 {
-    my $c = publish('to', 'x');
-    publish('to-other', 'y');    # a later message of another channel: does not move this cursor
+    my $c = $t->publish('to', 'x');
+    $t->publish('to-other', 'y');    # a later message of another channel: does not move this cursor
     for my $in ('header', 'arg') {
         my $r = $t->poll('/poll/to', cursor => $c, cursor_in => $in);
         is($r->{status}, 204, "timeout (cursor in $in): 204") or diag explain $r;
@@ -286,13 +273,13 @@ my $MARK = $t->log_mark;
 
 # ---- timeout without a cursor: a cursor after which nothing is missed
 {
-    my @old = map { publish('nc', "old$_") } 1 .. 2;
+    my @old = map { $t->publish('nc', "old$_") } 1 .. 2;
     my $r = $t->poll('/poll/nc');
     is($r->{status}, 204, 'no cursor, nothing new: 204');
     my $cur = common_ok($r, 'no cursor, timeout');
     ok(defined $cur && id_cmp($cur, $old[-1]) >= 0, 'its cursor is not before the newest retained message')
         or diag "cursor $cur, newest $old[-1]";
-    my $id = publish('nc', 'right after');
+    my $id = $t->publish('nc', 'right after');
     $r = $t->poll('/poll/nc', cursor => $cur);
     is_deeply(ids_of(json_ok($r, 'poll with it')), [ $id ], 'the next poll gets exactly the message published right after');
 
@@ -300,14 +287,14 @@ my $MARK = $t->log_mark;
     $r = $t->poll('/poll/nc-new');
     is($r->{status}, 204, 'new channel, no cursor: 204');
     $cur = common_ok($r, 'new channel, no cursor');
-    $id = publish('nc-new', 'first ever');
+    $id = $t->publish('nc-new', 'first ever');
     $r = $t->poll('/poll/nc-new', cursor => $cur);
     is_deeply(ids_of(json_ok($r, 'new channel, poll with it')), [ $id ], 'new channel: the first message is not missed');
 }
 
 # ---- HEAD: 200 at once, headers only
 {
-    my $c = publish('head', 'x');
+    my $c = $t->publish('head', 'x');
     my $t0 = Time::HiRes::time();
     my $r = $t->http(HEAD => '/long/head', headers => { 'Last-Event-ID' => $c });
     my $dt = Time::HiRes::time() - $t0;
@@ -321,7 +308,7 @@ my $MARK = $t->log_mark;
     my $cl = $t->client;
     $r = $cl->request(HEAD => '/long/head');
     is($r->{status}, 200, 'HEAD on keep-alive: 200');
-    publish('head', 'y');
+    $t->publish('head', 'y');
     $r = $cl->request(GET => '/long/head', headers => { 'Last-Event-ID' => $c });
     is($r->{status}, 200, 'a GET after the HEAD on the same connection: 200');
     is($r->{json} && $r->{json}{messages}[0]{data}, 'y', 'with the message');
@@ -334,7 +321,7 @@ for my $method (qw(POST PUT DELETE PATCH OPTIONS)) {
     is($r->{status}, 405, "$method: 405");
     like($r->{headers}{allow} // '', qr/^GET, HEAD$/, "$method: Allow: GET, HEAD");
 }
-is(subscribers('meth'), 0, 'a refused method made no subscriber');
+is($t->subscribers('meth'), 0, 'a refused method made no subscriber');
 
 # ---- bad channel ids: 400 with a one-line reason, logged at info, never above
 {
@@ -370,7 +357,7 @@ is(subscribers('meth'), 0, 'a refused method made no subscriber');
 
 # ---- a malformed cursor is taken as absent, never an error
 {
-    my @ids = map { publish('mal', "v$_") } 1 .. 2;
+    my @ids = map { $t->publish('mal', "v$_") } 1 .. 2;
     for my $bad ('garbage', '', '-', '12', '1-', '-1', '1-2-3', 'abc-0', '1.5-0', '1-0x') {
         my $r = $t->poll('/oldest/mal', cursor => $bad);
         is($r->{status}, 200, "malformed cursor '$bad': not an error, treated as absent");
@@ -379,14 +366,14 @@ is(subscribers('meth'), 0, 'a refused method made no subscriber');
     }
     my $p = $t->poll_start('/newest/mal', cursor => 'nonsense');
     ok(wait_subscribers('mal', 1), 'malformed cursor with first_message newest: waits');
-    my $id = publish('mal', 'v3');
+    my $id = $t->publish('mal', 'v3');
     my $r = $p->result(timeout => 10);
     is_deeply($r->{json} ? ids_of($r->{json}{messages}) : [], [ $id ], '... and gets only the new message');
 }
 
 # ---- channel_first_message: what a request without a cursor gets
 {
-    my @ids = map { publish('fm', "f$_") } 1 .. 5;
+    my @ids = map { $t->publish('fm', "f$_") } 1 .. 5;
 
     my $r = $t->poll('/oldest/fm');
     my $m = json_ok($r, 'oldest');
@@ -400,14 +387,14 @@ is(subscribers('meth'), 0, 'a refused method made no subscriber');
 
     my $p = $t->poll_start('/newest/fm');
     ok(wait_subscribers('fm', 1), 'newest: waits');
-    my $id = publish('fm', 'f6');
+    my $id = $t->publish('fm', 'f6');
     $r = $p->result(timeout => 10);
     is_deeply(ids_of(json_ok($r, 'newest')), [ $id ], 'newest: only the message published while waiting');
 
     # default (no directive) is newest
     $p = $t->poll_start('/long/fm');
     ok(wait_subscribers('fm', 1), 'default: waits');
-    $id = publish('fm', 'f7');
+    $id = $t->publish('fm', 'f7');
     $r = $p->result(timeout => 10);
     is_deeply(ids_of(json_ok($r, 'default')), [ $id ], 'default policy is newest');
 
@@ -420,7 +407,7 @@ is(subscribers('meth'), 0, 'a refused method made no subscriber');
     for my $loc ('oldest', 'last2') {
         my $p = $t->poll_start("/$loc/fm-empty-$loc");
         ok(wait_subscribers("fm-empty-$loc", 1), "$loc on an empty channel: waits");
-        my $id = publish("fm-empty-$loc", 'first');
+        my $id = $t->publish("fm-empty-$loc", 'first');
         my $r = $p->result(timeout => 10);
         is_deeply(ids_of(json_ok($r, "$loc, empty channel")), [ $id ], "$loc on an empty channel: gets the first message");
     }
@@ -428,13 +415,13 @@ is(subscribers('meth'), 0, 'a refused method made no subscriber');
 
 # ---- waiting requests count as subscribers (channel info and zone stats), and stop counting
 {
-    my $c = publish('cnt', 'x');
+    my $c = $t->publish('cnt', 'x');
     my $z0 = $t->zone_stats('/stats', 'events', port => 1)->{subscribers};
     my @p = map { $t->poll_start('/long/cnt', cursor => $c) } 1 .. 3;
     ok(wait_subscribers('cnt', 3), 'three waiting requests: channel info counts 3');
     ok($t->wait_for(sub { $t->zone_stats('/stats', 'events', port => 1)->{subscribers} == $z0 + 3 }),
        'zone stats count them too');
-    publish('cnt', 'y');
+    $t->publish('cnt', 'y');
     $_->result(timeout => 10) for @p;
     ok(wait_subscribers('cnt', 0), 'answered: 0');
 }

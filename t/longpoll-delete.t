@@ -33,18 +33,6 @@ my $t = ChannelsTest->new(workers => 2, conf => <<'CONF');
     }
 CONF
 
-sub publish {
-    my ($ch, $data, $loc) = @_;
-    my $r = $t->http(POST => '/' . ($loc // 'pub') . "/$ch", body => $data, port => 1);
-    die "publish to $ch: $r->{status} $r->{body}\n" unless $r->{status} == 201 && $r->{json};
-    return $r->{json}{id};
-}
-
-sub subscribers {
-    my $r = $t->http(GET => "/pub/$_[0]", port => 1);
-    return $r->{status} == 200 && $r->{json} ? $r->{json}{subscribers} : 0;
-}
-
 sub gone_ok {
     my ($r, $label) = @_;
     is($r->{status}, 410, "$label: 410") or diag explain $r;
@@ -56,23 +44,23 @@ sub gone_ok {
 
 # ---- DELETE while waiting: 410 for every waiter, on both workers; others keep waiting
 {
-    my $c = publish('del', 'x');
-    publish('keep', 'k');
+    my $c = $t->publish('del', 'x');
+    $t->publish('keep', 'k');
     my (@p, $workers);
     my $both = 0;
     for my $try (1 .. 60) {
         push @p, $t->poll_start('/poll/del', cursor => $c);
-        next unless $t->wait_for(sub { subscribers('del') == @p }, timeout => 10);
+        next unless $t->wait_for(sub { $t->subscribers('del') == @p }, timeout => 10);
         $workers = ($t->zone_stats('/stats', 'events', port => 1) || {})->{workers} || [];
         if (@p >= 4 && 2 == grep { ($_->{subscribers} // 0) >= 1 } @$workers) { $both = 1; last }
     }
     ok($both, scalar(@p) . ' waiters on both workers') or diag explain $workers;
     my $raw = $t->poll_start('/raw/del', cursor => $c);
     my $other = $t->poll_start('/poll/keep', cursor => $c);
-    my $keep_cursor = publish('keep', 'k2');
+    my $keep_cursor = $t->publish('keep', 'k2');
     my $other_r = $other->result(timeout => 10);    # answered at once: a message after $c
     my $keep = $t->poll_start('/poll/keep', cursor => $keep_cursor);
-    ok($t->wait_for(sub { subscribers('del') == @p + 1 && subscribers('keep') == 1 }, timeout => 10),
+    ok($t->wait_for(sub { $t->subscribers('del') == @p + 1 && $t->subscribers('keep') == 1 }, timeout => 10),
        'all waiting (json, raw, and one on another channel)');
 
     my $d = $t->http(DELETE => '/pub/del', port => 1);
@@ -86,8 +74,8 @@ sub gone_ok {
     is($n410, scalar @p, 'every json waiter: 410');
     gone_ok($raw->result(timeout => 10), 'raw waiter');
     ok(!$keep->ready, 'a waiter on another channel is not answered');
-    is(subscribers('keep'), 1, '... and still counted');
-    my $k3 = publish('keep', 'k3');
+    is($t->subscribers('keep'), 1, '... and still counted');
+    my $k3 = $t->publish('keep', 'k3');
     my $r = $keep->result(timeout => 10);
     is($r->{status}, 200, 'it gets its next message');
     is($r->{json} && $r->{json}{messages}[0]{id}, $k3, '... the right one');
@@ -95,8 +83,8 @@ sub gone_ok {
     # the channel is gone; polling it again waits on a new empty channel
     is($t->http(GET => '/pub/del', port => 1)->{status}, 404, 'after DELETE the channel info is 404');
     my $p2 = $t->poll_start('/poll/del', cursor => $c);
-    ok($t->wait_for(sub { subscribers('del') == 1 }, timeout => 10), 'polling it again waits (the channel exists again, empty)');
-    my $id = publish('del', 'reborn');
+    ok($t->wait_for(sub { $t->subscribers('del') == 1 }, timeout => 10), 'polling it again waits (the channel exists again, empty)');
+    my $id = $t->publish('del', 'reborn');
     $r = $p2->result(timeout => 10);
     is($r->{status}, 200, 'and a new message reaches it');
     is($r->{json} && $r->{json}{messages}[0]{id}, $id, '... with its id');
@@ -105,20 +93,20 @@ sub gone_ok {
 
 # ---- a multi-channel waiter: DELETE of one of its channels answers 410 (SPEC §3: long-poll: 410)
 {
-    my $c = publish('ma', 'x');
-    publish('mb', 'y');
-    $c = publish('ma', 'z');
+    my $c = $t->publish('ma', 'x');
+    $t->publish('mb', 'y');
+    $c = $t->publish('ma', 'z');
     my $p = $t->poll_start('/m?ch=ma,mb', cursor => $c);
-    ok($t->wait_for(sub { subscribers('mb') == 1 }, timeout => 10), 'waiting on ma,mb');
+    ok($t->wait_for(sub { $t->subscribers('mb') == 1 }, timeout => 10), 'waiting on ma,mb');
     is($t->http(DELETE => '/pub/mb', port => 1)->{status}, 200, 'DELETE mb');
     gone_ok($p->result(timeout => 10), 'multi-channel waiter, one channel deleted');
-    ok($t->wait_for(sub { subscribers('ma') == 0 }, timeout => 10), 'no longer counted on the other channel');
+    ok($t->wait_for(sub { $t->subscribers('ma') == 0 }, timeout => 10), 'no longer counted on the other channel');
 }
 
 # ---- DELETE of a channel nobody waits on, then a poll with an old cursor: no 410, it waits
 {
-    my $c = publish('dd', 'x');
-    publish('dd', 'y');
+    my $c = $t->publish('dd', 'x');
+    $t->publish('dd', 'y');
     is($t->http(DELETE => '/pub/dd', port => 1)->{status}, 200, 'DELETE dd (no waiter)');
     my $r = $t->poll('/short/dd', cursor => $c);
     is($r->{status}, 204, 'a later poll with an old cursor: the deleted messages are gone, 204 at the timeout');
@@ -126,8 +114,8 @@ sub gone_ok {
 
 # ---- gap: history 5, a cursor whose successors were evicted
 {
-    my $c1 = publish('g', 'g1', 'spub');
-    my @ids = map { publish('g', "g$_", 'spub') } 2 .. 11;    # g7..g11 retained
+    my $c1 = $t->publish('g', 'g1', location => 'spub');
+    my @ids = map { $t->publish('g', "g$_", location => 'spub') } 2 .. 11;    # g7..g11 retained
     my @kept = @ids[5 .. 9];
     my $info = $t->http(GET => '/spub/g', port => 1)->{json};
     is($info->{messages}, 5, 'history 5: 5 retained');
@@ -157,8 +145,8 @@ sub gone_ok {
     is(scalar @{ $j->{messages} || [] }, 3, 'the 3 after it');
 
     # a cursor older than the channel itself: nothing of this channel was lost
-    my $before = publish('g-other', 'o', 'spub');
-    my @n = map { publish('g-new', "n$_", 'spub') } 1 .. 3;
+    my $before = $t->publish('g-other', 'o', location => 'spub');
+    my @n = map { $t->publish('g-new', "n$_", location => 'spub') } 1 .. 3;
     $r = $t->poll('/gap/g-new', cursor => $before);
     $j = json_decode($r->{body}) || {};
     ok(!exists $j->{gap}, 'a cursor from before a new channel\'s first message: no gap (nothing evicted)');
@@ -168,16 +156,16 @@ sub gone_ok {
     my $p = $t->poll_start('/gap/g', cursor => $kept[-1]);
     ok($t->wait_for(sub { my $r = $t->http(GET => '/spub/g', port => 1); $r->{json} && $r->{json}{subscribers} == 1 },
                     timeout => 10), 'a request waits on g');
-    my $id = publish('g', 'g12', 'spub');
+    my $id = $t->publish('g', 'g12', location => 'spub');
     $r = $p->result(timeout => 10);
     $j = json_decode($r->{body}) || {};
     is_deeply([ map { $_->{id} } @{ $j->{messages} || [] } ], [ $id ], 'woken with the new message');
     ok(!exists $j->{gap}, 'no gap (the eviction was of messages before its cursor)');
 
     # multi-channel: one channel lost messages after the cursor, the other did not
-    my $mc = publish('gm1', 'a0', 'spub');
-    publish('gm2', 'b1', 'spub');
-    publish('gm1', "a$_", 'spub') for 1 .. 7;    # a0..a2 of gm1 evicted (history 5)
+    my $mc = $t->publish('gm1', 'a0', location => 'spub');
+    $t->publish('gm2', 'b1', location => 'spub');
+    $t->publish('gm1', "a$_", location => 'spub') for 1 .. 7;    # a0..a2 of gm1 evicted (history 5)
     $r = $t->poll('/gapm?ch=gm1,gm2', cursor => $mc);
     $j = json_decode($r->{body}) || {};
     is($j->{gap}, JSON::PP::true(), 'multi-channel: one channel lost messages after the cursor: gap');

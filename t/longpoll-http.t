@@ -59,18 +59,7 @@ SKIP: {
 }
 $t->start;
 
-sub publish {
-    my ($ch, $data, %h) = @_;
-    my $r = $t->http(POST => "/pub/$ch", body => $data, port => 1, headers => \%h);
-    die "publish to $ch: $r->{status} $r->{body}\n" unless $r->{status} == 201 && $r->{json};
-    return $r->{json}{id};
-}
-
-sub subscribers {
-    my $r = $t->http(GET => "/pub/$_[0]", port => 1);
-    return $r->{status} == 200 && $r->{json} ? $r->{json}{subscribers} : 0;
-}
-sub wait_subscribers { my ($ch, $n) = @_; $t->wait_for(sub { subscribers($ch) == $n }, timeout => 10) }
+sub wait_subscribers { my ($ch, $n) = @_; $t->wait_for(sub { $t->subscribers($ch) == $n }, timeout => 10) }
 
 sub slurp { my $f = shift; open my $fh, '<:raw', $f or return ''; local $/; my $c = <$fh>; $c // '' }
 
@@ -81,8 +70,8 @@ sub msg_ids {
 
 # ================================================================ HTTP/1.1 keep-alive
 {
-    my $c0 = publish('ka', 'zero');
-    my $m1 = publish('ka', 'one');
+    my $c0 = $t->publish('ka', 'zero');
+    my $m1 = $t->publish('ka', 'one');
     my $cl = $t->client;
     my @expect;    # [method uri status] per request on this connection
 
@@ -94,7 +83,7 @@ sub msg_ids {
 
     $cl->send_request(GET => '/poll/ka', headers => { 'Last-Event-ID' => $m1 });
     ok(wait_subscribers('ka', 1), 'keep-alive #2: waits');
-    my $m2 = publish('ka', 'two');
+    my $m2 = $t->publish('ka', 'two');
     $r = $cl->read_response(timeout => 10);
     is($r->{status}, 200, 'keep-alive #2: woken');
     is_deeply(msg_ids($r->{body}), [ $m2 ], 'keep-alive #2: the new message');
@@ -118,7 +107,7 @@ sub msg_ids {
     is($r->{body}, "channel deleted\n", 'keep-alive #5: body');
     push @expect, 'GET /poll/ka-del 410';
 
-    my $m3 = publish('ka', 'three');
+    my $m3 = $t->publish('ka', 'three');
     $r = $cl->request(GET => '/poll/ka', headers => { 'Last-Event-ID' => $m2 });
     is_deeply(msg_ids($r->{body}), [ $m3 ], 'keep-alive #6: after a 410 the connection still serves polls');
     push @expect, 'GET /poll/ka 200';
@@ -131,7 +120,7 @@ sub msg_ids {
     is_deeply(msg_ids($r->{body}), [ $m3 ], 'pipelined #1: answered at once');
     push @expect, 'GET /poll/ka 200';
     ok(wait_subscribers('ka', 1), 'pipelined #2: waits');
-    my $m4 = publish('ka', 'four');
+    my $m4 = $t->publish('ka', 'four');
     $r = $cl->read_response(timeout => 10);
     is($r->{status}, 200, 'pipelined #2: woken');
     is_deeply(msg_ids($r->{body}), [ $m4 ], 'pipelined #2: the new message');
@@ -203,8 +192,8 @@ SKIP: {
     };
 
     # immediate
-    my $c0 = publish('h2', 'zero');
-    my $m1 = publish('h2', "one \xc3\xa9");
+    my $c0 = $t->publish('h2', 'zero');
+    my $m1 = $t->publish('h2', "one \xc3\xa9");
     my ($rc, $out) = $curl->('fg', [ "$base/poll/h2", "$P/h2a", [ '-H', "Last-Event-ID: $c0" ] ]);
     is($rc, 0, 'h2 immediate: curl exit 0') or diag $out;
     like($out, qr/^2 200$/m, 'h2 immediate: HTTP/2, 200');
@@ -218,7 +207,7 @@ SKIP: {
     # waiting, then woken
     my ($pid) = $curl->('bg', [ "$base/poll/h2", "$P/h2b", [ '-H', "Last-Event-ID: $m1" ] ]);
     ok(wait_subscribers('h2', 1), 'h2 waiting: subscribed');
-    my $m2 = publish('h2', 'two');
+    my $m2 = $t->publish('h2', 'two');
     is($wait_pid->($pid), 0, 'h2 waiting: curl finished after the publish');
     is_deeply(msg_ids(slurp("$P/h2b")), [ $m2 ], 'h2 waiting: woken with the message');
     is($head->("$P/h2b")->{'last-event-id'}, $m2, 'h2 waiting: last-event-id');
@@ -231,7 +220,7 @@ SKIP: {
 
     # raw binary
     my $bin = join '', map { chr } 0 .. 255, reverse 0 .. 255;
-    my $b1 = publish('h2raw', $bin, 'Content-Type' => 'application/octet-stream', 'Event-Type' => 'bin');
+    my $b1 = $t->publish('h2raw', $bin, headers => { 'Content-Type' => 'application/octet-stream', 'Event-Type' => 'bin' });
     ($rc, $out) = $curl->('fg', [ "$base/raw/h2raw", "$P/h2d", [ '-H', "Last-Event-ID: $c0" ] ]);
     like($out, qr/^2 200$/m, 'h2 raw: 200');
     ok(slurp("$P/h2d") eq $bin, 'h2 raw: the exact bytes');
@@ -247,7 +236,7 @@ SKIP: {
     ok(wait_subscribers('h2', 0), 'h2 HEAD: no subscriber left');
 
     # 410 on DELETE
-    my $d0 = publish('h2del', 'x');
+    my $d0 = $t->publish('h2del', 'x');
     ($pid) = $curl->('bg', [ "$base/poll/h2del", "$P/h2f", [ '-H', "Last-Event-ID: $d0" ] ]);
     ok(wait_subscribers('h2del', 1), 'h2 delete: waiting');
     is($t->http(DELETE => '/pub/h2del', port => 1)->{status}, 200, 'h2 delete: DELETE');
@@ -256,16 +245,16 @@ SKIP: {
     is(slurp("$P/h2f"), "channel deleted\n", 'h2 delete: body');
 
     # two waiting streams multiplexed on one connection
-    my $x0 = publish('h2x', 'x');
-    my $y0 = publish('h2y', 'y');
+    my $x0 = $t->publish('h2x', 'x');
+    my $y0 = $t->publish('h2y', 'y');
     my $mark = -s "$P/logs/h2.log" // 0;
     my ($pid2, $outf) = $curl->('bg', [ "$base/poll/h2x", "$P/h2g", [ '-H', "Last-Event-ID: $y0" ] ],
                                       [ "$base/poll/h2y", "$P/h2h", [ '-H', "Last-Event-ID: $y0" ] ]);
     ok(wait_subscribers('h2x', 1) && wait_subscribers('h2y', 1), 'h2 multiplexed: both streams waiting');
-    my $x1 = publish('h2x', 'x1');
+    my $x1 = $t->publish('h2x', 'x1');
     ok($t->wait_for(sub { -s "$P/h2g" }, timeout => 10), 'h2 multiplexed: the first stream is answered');
-    is(subscribers('h2y'), 1, 'h2 multiplexed: the other stream still waits');
-    my $y1 = publish('h2y', 'y1');
+    is($t->subscribers('h2y'), 1, 'h2 multiplexed: the other stream still waits');
+    my $y1 = $t->publish('h2y', 'y1');
     is($wait_pid->($pid2), 0, 'h2 multiplexed: curl finished');
     is_deeply(msg_ids(slurp("$P/h2g")), [ $x1 ], 'h2 multiplexed: stream 1 got its message');
     is_deeply(msg_ids(slurp("$P/h2h")), [ $y1 ], 'h2 multiplexed: stream 2 got its message');
@@ -276,7 +265,7 @@ SKIP: {
     like($log[0] // '', qr/ HTTP\/2\.0 /, 'h2 multiplexed: logged as HTTP/2.0');
 
     # a client that goes away while waiting
-    my $z0 = publish('h2gone', 'x');
+    my $z0 = $t->publish('h2gone', 'x');
     $mark = $t->log_mark;
     ($pid) = $curl->('bg', [ "$base/poll/h2gone", "$P/h2i", [ '-H', "Last-Event-ID: $z0" ] ]);
     ok(wait_subscribers('h2gone', 1), 'h2 abort: waiting');

@@ -30,18 +30,6 @@ my $t = ChannelsTest->new(workers => 2, conf => <<'CONF');
     }
 CONF
 
-sub publish {
-    my ($ch, $data, %h) = @_;
-    my $r = $t->http(POST => "/pub/$ch", body => $data, port => 1, headers => \%h);
-    die "publish to $ch: $r->{status} $r->{body}\n" unless $r->{status} == 201 && $r->{json};
-    return $r->{json}{id};
-}
-
-sub subscribers {
-    my $r = $t->http(GET => "/pub/$_[0]", port => 1);
-    return $r->{status} == 200 && $r->{json} ? $r->{json}{subscribers} : 0;
-}
-
 sub zone_subscribers { ($t->zone_stats('/stats', 'events', port => 1) || {})->{subscribers} // -1 }
 
 sub msgs_ok {
@@ -62,10 +50,10 @@ sub pairs { [ map { "$_->{channel}=$_->{id}" } @{ $_[0] } ] }
 # ---- interleaved publishes on three channels (and one not subscribed): one answer in id order
 my (@all, $c0);
 {
-    $c0 = publish('ma', 'start');
+    $c0 = $t->publish('ma', 'start');
     my @seq = qw(ma mb ma mc mb mb md ma mc md ma);
     for my $i (0 .. $#seq) {
-        my $id = publish($seq[$i], "$seq[$i]:$i");
+        my $id = $t->publish($seq[$i], "$seq[$i]:$i");
         push @all, { channel => $seq[$i], id => $id, data => "$seq[$i]:$i" };
     }
     my @want = grep { $_->{channel} ne 'md' } @all;
@@ -97,9 +85,9 @@ my (@all, $c0);
 
 # ---- the 100-message limit counts messages of all channels together
 {
-    my $c = publish('la', 'start');
+    my $c = $t->publish('la', 'start');
     my @ids;
-    for my $i (1 .. 130) { push @ids, publish($i % 2 ? 'la' : 'lb', "l$i") }
+    for my $i (1 .. 130) { push @ids, $t->publish($i % 2 ? 'la' : 'lb', "l$i") }
     my $r = $t->poll('/m?ch=la,lb', cursor => $c);
     my $m = msgs_ok($r, '130 across two channels');
     is(scalar @$m, 100, 'the first answer: 100 messages');
@@ -110,31 +98,31 @@ my (@all, $c0);
 
 # ---- waiting on several channels: woken by any of them; counted once in the zone
 {
-    my $c = publish('wa', 'x');
+    my $c = $t->publish('wa', 'x');
     my $z0 = zone_subscribers();
     for my $which ('wa', 'wb', 'wc') {
         my $p = $t->poll_start('/mlong?ch=wa,wb,wc', cursor => $c);
-        ok($t->wait_for(sub { subscribers('wa') == 1 && subscribers('wb') == 1 && subscribers('wc') == 1 }, timeout => 10),
+        ok($t->wait_for(sub { $t->subscribers('wa') == 1 && $t->subscribers('wb') == 1 && $t->subscribers('wc') == 1 }, timeout => 10),
            "waiting on wa,wb,wc: each channel counts it");
         is(zone_subscribers(), $z0 + 1, 'the zone counts it once');
         ok(!$p->ready, 'no answer yet');
-        my $id = publish($which, "to $which");
+        my $id = $t->publish($which, "to $which");
         my $r = $p->result(timeout => 10);
         my $m = msgs_ok($r, "woken by $which");
         is_deeply(pairs($m), [ "$which=$id" ], "woken by $which: that message, with its channel");
         cmp_ok($r->{elapsed}, '<', 10, "woken by $which: not at the timeout");
         $c = $id;
     }
-    ok($t->wait_for(sub { !grep { subscribers($_) } qw(wa wb wc) }, timeout => 10), 'answered: no subscriber left');
+    ok($t->wait_for(sub { !grep { $t->subscribers($_) } qw(wa wb wc) }, timeout => 10), 'answered: no subscriber left');
 }
 
 # ---- several CHANNEL arguments, one of them empty (skipped)
 {
-    my $c = publish('x.k1', 'x');
+    my $c = $t->publish('x.k1', 'x');
     my $p = $t->poll_start('/two?k=k1', cursor => $c);
-    ok($t->wait_for(sub { subscribers('x.k1') == 1 && subscribers('y.k1') == 1 }, timeout => 10),
+    ok($t->wait_for(sub { $t->subscribers('x.k1') == 1 && $t->subscribers('y.k1') == 1 }, timeout => 10),
        'longpoll_channel x.$arg_k y.$arg_k $arg_extra (empty): waits on x.k1 and y.k1');
-    my $id = publish('y.k1', 'why');
+    my $id = $t->publish('y.k1', 'why');
     my $r = $p->result(timeout => 10);
     is_deeply(pairs(msgs_ok($r, 'several arguments')), [ "y.k1=$id" ], 'woken by the second argument\'s channel');
     $r = $t->poll('/two?k=k1&extra=z1,z2', cursor => $c);
@@ -146,7 +134,7 @@ my (@all, $c0);
     my %last;
     for my $i (1 .. 9) {
         my $ch = ('fa', 'fb', 'fc')[$i % 3];
-        $last{$ch} = publish($ch, "f$i");
+        $last{$ch} = $t->publish($ch, "f$i");
     }
     my $r = $t->poll('/last1?ch=fa,fb,fc,fempty');
     my $m = msgs_ok($r, '-1 over four channels (one empty)');

@@ -31,18 +31,6 @@ my $t = ChannelsTest->new(workers => 2, conf => <<'CONF');
     }
 CONF
 
-sub publish {
-    my ($ch, $data, %h) = @_;
-    my $r = $t->http(POST => "/pub/$ch", body => $data, port => 1, headers => \%h);
-    die "publish to $ch: $r->{status} $r->{body}\n" unless $r->{status} == 201 && $r->{json};
-    return $r->{json}{id};
-}
-
-sub subscribers {
-    my $r = $t->http(GET => "/pub/$_[0]", port => 1);
-    return $r->{status} == 200 && $r->{json} ? $r->{json}{subscribers} : 0;
-}
-
 sub hexdump { my $s = shift; $s = substr($s, 0, 48) . '...' if length $s > 48; unpack('H*', $s) }
 
 # Checks one raw answer against [label, data, content type or undef, event or undef, id].
@@ -81,12 +69,12 @@ my @cases = (
 
 # ---- walk: one message per answer, following Last-Event-ID
 {
-    my $c0 = publish('walk', 'before');
+    my $c0 = $t->publish('walk', 'before');
     for my $case (@cases) {
         my %h;
         $h{'Content-Type'} = $case->[2] if defined $case->[2];
         $h{'Event-Type'} = $case->[3] if defined $case->[3];
-        push @$case, publish('walk', $case->[1], %h);
+        push @$case, $t->publish('walk', $case->[1], headers => \%h);
     }
     my $cur = $c0;
     for my $case (@cases) {
@@ -107,14 +95,14 @@ my @cases = (
 
 # ---- several messages published while waiting: one per answer, none lost
 {
-    my $c0 = publish('burst', 'x');
+    my $c0 = $t->publish('burst', 'x');
     my $p = $t->poll_start('/rawlong/burst', cursor => $c0);
-    ok($t->wait_for(sub { subscribers('burst') == 1 }, timeout => 10), 'a raw request waits');
+    ok($t->wait_for(sub { $t->subscribers('burst') == 1 }, timeout => 10), 'a raw request waits');
     my @want;
     for my $i (1 .. 5) {
         my $data = "\x00burst $i\xff";
         push @want, [ "burst $i", $data, 'application/octet-stream', "n$i" ];
-        push @{ $want[-1] }, publish('burst', $data, 'Content-Type' => 'application/octet-stream', 'Event-Type' => "n$i");
+        push @{ $want[-1] }, $t->publish('burst', $data, headers => { 'Content-Type' => 'application/octet-stream', 'Event-Type' => "n$i" });
     }
     my $r = $p->result(timeout => 10);
     raw_ok($r, $want[0], 'woken by the first of 5');
@@ -129,11 +117,11 @@ my @cases = (
 
 # ---- waiting, then a binary message from the other server block (either worker)
 {
-    my $c0 = publish('wait', 'x');
+    my $c0 = $t->publish('wait', 'x');
     my @p = map { $t->poll_start('/rawlong/wait', cursor => $c0) } 1 .. 6;
-    ok($t->wait_for(sub { subscribers('wait') == 6 }, timeout => 10), 'six raw requests wait');
+    ok($t->wait_for(sub { $t->subscribers('wait') == 6 }, timeout => 10), 'six raw requests wait');
     my $data = "\xff\x00" x 1000;
-    my $id = publish('wait', $data, 'Content-Type' => 'application/octet-stream');
+    my $id = $t->publish('wait', $data, headers => { 'Content-Type' => 'application/octet-stream' });
     my $good = 0;
     for my $p (@p) {
         my $r = $p->result(timeout => 10);
@@ -146,13 +134,13 @@ my @cases = (
 
 # ---- multi-channel raw: one message per answer in id order across channels
 {
-    my $c0 = publish('ra', 'x');
+    my $c0 = $t->publish('ra', 'x');
     my @want;
     for my $i (1 .. 6) {
         my $ch = $i % 2 ? 'ra' : 'rb';
         my $data = "$ch\x00$i";
         push @want, [ "$ch #$i", $data, 'application/octet-stream', undef ];
-        push @{ $want[-1] }, publish($ch, $data, 'Content-Type' => 'application/octet-stream');
+        push @{ $want[-1] }, $t->publish($ch, $data, headers => { 'Content-Type' => 'application/octet-stream' });
     }
     my $cur = $c0;
     for my $w (@want) {
@@ -164,14 +152,14 @@ my @cases = (
 
 # ---- first_message oldest with raw: the oldest retained, one at a time
 {
-    my @ids = map { publish('old', "o$_") } 1 .. 3;
+    my @ids = map { $t->publish('old', "o$_") } 1 .. 3;
     my $r = $t->poll('/rawold/old');
     raw_ok($r, [ 'oldest', 'o1', undef, undef, $ids[0] ], 'raw, first_message oldest, no cursor');
 }
 
 # ---- HEAD: 200, no body, at once
 {
-    my $c0 = publish('head', 'x');
+    my $c0 = $t->publish('head', 'x');
     my $t0 = Time::HiRes::time();
     my $r = $t->http(HEAD => '/rawlong/head', headers => { 'Last-Event-ID' => $c0 });
     is($r->{status}, 200, 'HEAD on a raw location: 200');

@@ -31,13 +31,6 @@ my $CONF = <<'CONF';
 CONF
 my $t = ChannelsTest->new(workers => 2, conf => $CONF);
 
-sub publish {
-    my ($ch, $data) = @_;
-    my $r = $t->http(POST => "/pub/$ch", body => $data, port => 1);
-    die "publish to $ch: $r->{status} $r->{body}\n" unless $r->{status} == 201 && $r->{json};
-    return $r->{json}{id};
-}
-
 sub zone { $t->zone_stats('/stats', 'events', port => 1) || {} }
 
 # Ids a (json or raw) answer delivered.
@@ -72,8 +65,8 @@ sub start_waiters {
 }
 
 my @kinds = (['/poll/r1', 1], ['/raw/r1', 1], ['/m?ch=r1,r2', 1], ['/poll/r1', 0], ['/m?ch=r2,r1', 0]);
-my $old = publish('r1', 'kept across the reload');
-my $c = publish('r2', 'cursor');
+my $old = $t->publish('r1', 'kept across the reload');
+my $c = $t->publish('r2', 'cursor');
 
 # ---- reload while waiting: 204 at once with the cursor, old workers exit
 {
@@ -109,7 +102,7 @@ my $c = publish('r2', 'cursor');
     ok(!grep({ my $o = $_; grep { $_ == $o } @new_workers } @old_workers), 'the workers are new');
 
     # published meanwhile, then the re-poll on the new workers
-    my @m = (publish('r1', 'meanwhile 1'), publish('r2', 'meanwhile 2'), publish('r1', 'meanwhile 3'));
+    my @m = ($t->publish('r1', 'meanwhile 1'), $t->publish('r2', 'meanwhile 2'), $t->publish('r1', 'meanwhile 3'));
     cmp_ok(id_cmp($m[0], $c), '>', 0, 'ids keep increasing across the reload');
     my $good = 0;
     for my $w (@w) {
@@ -135,10 +128,10 @@ my $c = publish('r2', 'cursor');
 
 # ---- a publish racing the reload: received once, in the old answer or by the re-poll
 {
-    my $c2 = publish('r1', 'before race');
+    my $c2 = $t->publish('r1', 'before race');
     my @w = start_waiters($c2, ['/poll/r1', 1], ['/m?ch=r1,r2', 1]);
     ok($t->reload(wait_old => 0), 'reload (not waiting for the old workers)');
-    my $m1 = publish('r1', 'race 1');
+    my $m1 = $t->publish('r1', 'race 1');
     my $good = 0;
     my %first;
     for my $w (@w) {
@@ -160,7 +153,7 @@ my $c = publish('r2', 'cursor');
 
 # ---- graceful shutdown while waiting: 204 at once, nginx exits
 {
-    my $c3 = publish('r1', 'before quit');
+    my $c3 = $t->publish('r1', 'before quit');
     my @w = start_waiters($c3, ['/poll/r1', 1], ['/raw/r1', 1]);
     my $t0 = Time::HiRes::time();
     ok($t->stop(graceful => 1, timeout => 10), 'nginx -s quit: nginx exits with requests waiting');

@@ -43,23 +43,9 @@ my $t = ChannelsTest->new(workers => 2, conf => <<'CONF');
     }
 CONF
 
-sub publish {
-    my ($ch, $data, %o) = @_;
-    my $loc = $o{loc} // 'pub';
-    my $r = $t->http(POST => "/$loc/$ch", body => $data, port => 1);
-    die "publish to $ch: $r->{status} $r->{body}\n" unless $r->{status} == 201;
-    return $r->{json}{id};
-}
-
-sub subscribers {
-    my ($ch, $loc) = @_;
-    my $r = $t->http(GET => '/' . ($loc // 'pub') . "/$ch", port => 1);
-    return $r->{status} == 200 ? $r->{json}{subscribers} : 0;
-}
-
 sub wait_subscribed {
     my ($ch, $n, $loc) = @_;
-    return $t->wait_for(sub { subscribers($ch, $loc) >= $n }, timeout => 5);
+    return $t->wait_for(sub { $t->subscribers($ch, location => $loc) >= $n }, timeout => 5);
 }
 
 # Reads events until one with data $last arrives (or the deadline); returns them.
@@ -85,7 +71,7 @@ my @ids;
 my $n = 0;
 for my $how ('header', 'arg', 'arg, percent-encoded') {
     my $cur = 'cur' . ++$n;
-    @ids = map { publish($cur, "m$_") } 1 .. 6;
+    @ids = map { $t->publish($cur, "m$_") } 1 .. 6;
     my $cursor = $ids[2];    # after m3
     my $s;
     if ($how eq 'header') {
@@ -101,34 +87,34 @@ for my $how ('header', 'arg', 'arg, percent-encoded') {
     is(datas(@replay), 'm4,m5,m6', "cursor in $how: replays what came after it");
     is(ids(@replay), join(',', @ids[3 .. 5]), "cursor in $how: with their ids");
     ok(wait_subscribed($cur, 1), "cursor in $how: subscribed");
-    my $id7 = publish($cur, 'live7');
-    my $id8 = publish($cur, 'live8');
+    my $id7 = $t->publish($cur, 'live7');
+    my $id8 = $t->publish($cur, 'live8');
     my @live = read_until($s, 'live8');
     is(datas(@live), 'live7,live8', "cursor in $how: then live, nothing missed or repeated");
     is(ids(@live), "$id7,$id8", "cursor in $how: live ids");
     push @ids, $id7, $id8;
     $s->close;
-    ok($t->wait_for(sub { subscribers($cur) == 0 }, timeout => 5), "cursor in $how: closed");
+    ok($t->wait_for(sub { $t->subscribers($cur) == 0 }, timeout => 5), "cursor in $how: closed");
 }
 
 # The newest id as cursor: nothing replayed, live only.
 {
-    publish('cur', 'before-newest');
-    push @ids, publish('cur', 'newest');
+    $t->publish('cur', 'before-newest');
+    push @ids, $t->publish('cur', 'newest');
     my $s = $t->sse_open('/events/cur', headers => { 'Last-Event-ID' => $ids[-1] });
     ok(wait_subscribed('cur', 1), 'cursor = newest id: subscribed');
-    publish('cur', 'after-newest');
+    $t->publish('cur', 'after-newest');
     my $e = $s->next_event(timeout => 5);
     is($e && $e->{data}, 'after-newest', 'cursor = newest id: the first event is the next message');
     $s->close;
-    $t->wait_for(sub { subscribers('cur') == 0 }, timeout => 5);
+    $t->wait_for(sub { $t->subscribers('cur') == 0 }, timeout => 5);
 }
 
 # A cursor of another channel (ids are zone-wide): replays what this channel has after it.
 {
-    my $a1 = publish('zw-a', 'a1');
-    my $b1 = publish('zw-b', 'b1');
-    my $a2 = publish('zw-a', 'a2');
+    my $a1 = $t->publish('zw-a', 'a1');
+    my $b1 = $t->publish('zw-b', 'b1');
+    my $a2 = $t->publish('zw-a', 'a2');
     my $s = $t->sse_open('/events/zw-a', headers => { 'Last-Event-ID' => $b1 });
     my @ev = read_until($s, 'a2');
     is(datas(@ev), 'a2', "a cursor from another channel: replay after it (zone-wide ids)");
@@ -142,7 +128,7 @@ for my $how ('header', 'arg', 'arg, percent-encoded') {
     for my $cursor (@bad, 'arg:abc', 'arg:') {
         $i++;
         my $ch = "bad$i";
-        publish($ch, 'old');
+        $t->publish($ch, 'old');
         my $s;
         if ($cursor =~ /^arg:(.*)/) {
             $s = $t->sse_open("/events/$ch?last_event_id=$1");
@@ -152,7 +138,7 @@ for my $how ('header', 'arg', 'arg, percent-encoded') {
         my $label = "malformed cursor '$cursor'";
         is($s->status, 200, "$label: 200");
         ok(wait_subscribed($ch, 1), "$label: subscribed");
-        publish($ch, 'new');
+        $t->publish($ch, 'new');
         my $e = $s->next_event(timeout => 5);
         is($e && $e->{data}, 'new', "$label: treated as absent (newest: no replay of 'old')");
         $s->close;
@@ -161,7 +147,7 @@ for my $how ('header', 'arg', 'arg, percent-encoded') {
 
 # ---- channel_first_message
 {
-    my @fm = map { publish('fm', "f$_") } 1 .. 5;
+    my @fm = map { $t->publish('fm', "f$_") } 1 .. 5;
     my %cases = (
         events => [ 'default (newest)', '' ],
         newest => [ 'newest',           '' ],
@@ -170,7 +156,7 @@ for my $how ('header', 'arg', 'arg, percent-encoded') {
     );
     my %s = map { $_ => $t->sse_open("/$_/fm") } sort keys %cases;
     ok(wait_subscribed('fm', scalar keys %cases), 'first-message streams subscribed');
-    publish('fm', 'live');
+    $t->publish('fm', 'live');
     for my $loc (sort keys %cases) {
         my ($label, $want) = @{ $cases{$loc} };
         my @ev = read_until($s{$loc}, 'live');
@@ -183,7 +169,7 @@ for my $how ('header', 'arg', 'arg, percent-encoded') {
     is(datas(@ev), 'f5,live', 'oldest with a cursor: the cursor decides');
     $s->close;
     # -N with fewer retained than N.
-    publish('fm2', 'only');
+    $t->publish('fm2', 'only');
     $s = $t->sse_open('/last3/fm2');
     @ev = read_until($s, 'only');
     is(datas(@ev), 'only', '-3 with one message retained: that one');
@@ -192,7 +178,7 @@ for my $how ('header', 'arg', 'arg, percent-encoded') {
 
 # ---- channel-gap: history=5, 20 published, resume from an early id
 {
-    my @g = map { publish('gap', "g$_", loc => 'spub') } 1 .. 20;
+    my @g = map { $t->publish('gap', "g$_", location => 'spub') } 1 .. 20;
     my $s = $t->sse_open('/small/gap', headers => { 'Last-Event-ID' => $g[1] });
     is($s->status, 200, 'gap: 200');
     my $first = $s->next_event(timeout => 5);
@@ -204,7 +190,7 @@ for my $how ('header', 'arg', 'arg, percent-encoded') {
     my @rest = read_until($s, 'g20');
     is(datas(@rest), join(',', map { "g$_" } 16 .. 20), 'gap: then the retained five, in order');
     ok(wait_subscribed('gap', 1, 'spub'), 'gap: subscribed');
-    publish('gap', 'g21', loc => 'spub');
+    $t->publish('gap', 'g21', location => 'spub');
     my @live = read_until($s, 'g21');
     is(datas(@live), 'g21', 'gap: then live');
     $s->close;
@@ -229,8 +215,8 @@ for my $how ('header', 'arg', 'arg, percent-encoded') {
 
 # ---- channel-gap in a multi-channel stream: one per channel that lost messages
 {
-    my @a = map { publish('mga', "a$_", loc => 'spub') } 1 .. 8;     # history 5: a1..a3 evicted
-    my @b = map { publish('mgb', "b$_", loc => 'spub') } 1 .. 3;     # nothing evicted
+    my @a = map { $t->publish('mga', "a$_", location => 'spub') } 1 .. 8;     # history 5: a1..a3 evicted
+    my @b = map { $t->publish('mgb', "b$_", location => 'spub') } 1 .. 3;     # nothing evicted
     my $s = $t->sse_open('/smallm?ch=mga,mgb', headers => { 'Last-Event-ID' => $a[0] });
     my @ev = read_until($s, 'b3');
     my @gaps = grep { ($_->{event} // '') eq 'channel-gap' } @ev;
@@ -246,7 +232,7 @@ for my $how ('header', 'arg', 'arg, percent-encoded') {
 # ---- channel-gap after eviction for lack of zone memory
 {
     my $big = 'z' x 20000;
-    my @z = map { publish('mem', "$_:$big", loc => 'tpub') } 1 .. 20;   # 400 KB into a 128 KB zone
+    my @z = map { $t->publish('mem', "$_:$big", location => 'tpub') } 1 .. 20;   # 400 KB into a 128 KB zone
     my $info = $t->http(GET => '/tpub/mem', port => 1)->{json};
     ok($info && $info->{messages} < 20, "the small zone evicted messages ($info->{messages} of 20 left)");
     my $s = $t->sse_open('/tiny/mem', headers => { 'Last-Event-ID' => $z[0] });
@@ -261,7 +247,7 @@ for my $how ('header', 'arg', 'arg, percent-encoded') {
 
 # ---- channel-gap after expiry (ttl=1s): nothing retained, oldest_event_id null
 {
-    my @x = map { publish('exp', "x$_", loc => 'bpub') } 1 .. 3;
+    my @x = map { $t->publish('exp', "x$_", location => 'bpub') } 1 .. 3;
     ok($t->wait_for(sub { my $r = $t->http(GET => '/bpub/exp', port => 1); $r->{status} == 200 && $r->{json}{messages} == 0 },
                     timeout => 5), 'messages expired after ttl=1s');
     my $s = $t->sse_open('/brief/exp', headers => { 'Last-Event-ID' => $x[0] });
@@ -269,7 +255,7 @@ for my $how ('header', 'arg', 'arg, percent-encoded') {
     is($e && $e->{event}, 'channel-gap', 'expired: channel-gap');
     is_deeply($e && json_decode($e->{data}), { channel => 'exp', last_event_id => $x[0], oldest_event_id => undef },
               'its data: oldest_event_id null (nothing retained)');
-    my $id = publish('exp', 'fresh', loc => 'bpub');
+    my $id = $t->publish('exp', 'fresh', location => 'bpub');
     my @ev = read_until($s, 'fresh');
     is(join(',', map { $_->{data} } @ev), 'fresh', 'then live');
     $s->close;
@@ -282,7 +268,7 @@ for my $how ('header', 'arg', 'arg, percent-encoded') {
     for my $round (1 .. 4) {
         my $ch = "burst$round";
         my @s = map { $t->sse_open("/small/$ch") } 1 .. 6;
-        $t->wait_for(sub { subscribers($ch, 'spub') == 6 }, timeout => 5) or diag "$ch: not all subscribed";
+        $t->wait_for(sub { $t->subscribers($ch, location => 'spub') == 6 }, timeout => 5) or diag "$ch: not all subscribed";
         my $c = $t->client(port => 1);
         $c->send_raw(join '', map { "POST /spub/$ch HTTP/1.1\r\nHost: localhost\r\nContent-Length: "
                                     . length("m$_") . "\r\n\r\nm$_" } 1 .. 20);

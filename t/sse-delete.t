@@ -27,13 +27,6 @@ my $t = ChannelsTest->new(workers => 2, conf => <<'CONF');
     }
 CONF
 
-sub publish {
-    my ($ch, $data) = @_;
-    my $r = $t->http(POST => "/pub/$ch", body => $data, port => 1);
-    die "publish to $ch: $r->{status} $r->{body}\n" unless $r->{status} == 201;
-    return $r->{json}{id};
-}
-
 sub info { $t->http(GET => "/pub/$_[0]", port => 1) }
 
 sub subscribers { my $r = info($_[0]); $r->{status} == 200 ? $r->{json}{subscribers} : 0 }
@@ -75,7 +68,7 @@ sub open_streams {
     ok($t->wait_for(sub { subscribers('solo') == 8 }, timeout => 5), 'channel info: 8 subscribers');
     my @busy = grep { $_->{subscribers} > 0 } @{ zone()->{workers} || [] };
     note('workers holding streams: ' . scalar @busy);
-    my $m1 = publish('solo', 'last words');
+    my $m1 = $t->publish('solo', 'last words');
     my $d = $t->http(DELETE => '/pub/solo', port => 1);
     is($d->{status}, 200, 'DELETE: 200');
     is($d->{json}{channel}, 'solo', 'DELETE answers the channel JSON');
@@ -112,10 +105,10 @@ sub open_streams {
     ok($t->wait_for(sub { !grep { subscribers($_) != 6 } qw(ma mb mc) }, timeout => 5),
        'six streams of ma,mb,mc');
     is(zone()->{subscribers}, 6, 'stats: 6 subscribers (connections)');
-    publish('ma', 'a1');
+    $t->publish('ma', 'a1');
     is($t->http(DELETE => '/pub/ma', port => 1)->{status}, 200, 'DELETE ma');
-    publish('ma', 'a2 (recreated, not ours any more)');
-    publish('mb', 'b1');
+    $t->publish('ma', 'a2 (recreated, not ours any more)');
+    $t->publish('mb', 'b1');
     for my $i (0 .. $#s) {
         my @ev = read_until($s[$i], sub { ($_[0]{data} // '') eq 'b1' });
         my $shape = join ' ', map { ($_->{event} // '-') . '/' . ($_->{data} // '') } @ev;
@@ -128,7 +121,7 @@ sub open_streams {
     is(zone()->{subscribers}, 6, 'stats: still 6 subscribers');
 
     is($t->http(DELETE => '/pub/mb', port => 1)->{status}, 200, 'DELETE mb');
-    publish('mc', 'c1');
+    $t->publish('mc', 'c1');
     for my $i (0 .. $#s) {
         my @ev = read_until($s[$i], sub { ($_[0]{data} // '') eq 'c1' });
         my $shape = join ' ', map { ($_->{event} // '-') . '/' . ($_->{data} // '') } @ev;
@@ -189,7 +182,7 @@ sub open_streams {
     # A new subscriber of the same name gets a fresh channel.
     my $n = $t->sse_open('/events/again');
     ok($t->wait_for(sub { subscribers('again') == 1 }, timeout => 5), 'a new subscriber recreates it');
-    publish('again', 'fresh');
+    $t->publish('again', 'fresh');
     my $e = $n->next_event(timeout => 5);
     is($e && $e->{data}, 'fresh', 'and receives messages');
     $n->close;

@@ -51,14 +51,6 @@ $t->start;
 
 my $base = 'https://127.0.0.1:' . $t->port(0);
 
-sub publish {
-    my ($ch, $data, %h) = @_;
-    my $r = $t->http(POST => "/pub/$ch", body => $data, port => 1, %h);
-    die "publish to $ch: $r->{status} $r->{body}\n" unless $r->{status} == 201;
-    return $r->{json}{id};
-}
-
-sub subscribers { my $r = $t->http(GET => "/pub/$_[0]", port => 1); $r->{status} == 200 ? $r->{json}{subscribers} : 0 }
 sub zone_subscribers { ($t->zone_stats('/stats', 'events', port => 1) || {})->{subscribers} // -1 }
 
 sub slurp { my $f = shift; open my $fh, '<:raw', $f or return ''; local $/; my $c = <$fh>; $c // '' }
@@ -120,7 +112,7 @@ sub wait_events {
 {
     my $out = "$P/s1.txt";
     my $pid = curl([ "$base/events/h2a", $out ]);
-    ok($t->wait_for(sub { subscribers('h2a') == 1 }, timeout => 10), 'curl --http2 subscribed')
+    ok($t->wait_for(sub { $t->subscribers('h2a') == 1 }, timeout => 10), 'curl --http2 subscribed')
         or diag slurp("$P/curl$n.out");
     ok($t->wait_for(sub { slurp("$out.head") =~ /\r?\n\r?\n/ }, timeout => 10),
        'the response header arrived before anything was published');
@@ -130,11 +122,11 @@ sub wait_events {
     like($head, qr{^cache-control: no-cache\r?$}mi, 'Cache-Control');
     like($head, qr{^x-accel-buffering: no\r?$}mi, 'X-Accel-Buffering');
     my @want = (
-        [ publish('h2a', 'hello h2'), undef, 'hello h2' ],
-        [ publish('h2a', "two\r\nlines\rand\nmore"), undef, "two\nlines\nand\nmore" ],
-        [ publish('h2a', "unicode \xe2\x9c\x93 \xf0\x9f\x98\x80"), undef, "unicode \xe2\x9c\x93 \xf0\x9f\x98\x80" ],
-        [ publish('h2a', '42', headers => { 'Event-Type' => 'answer' }), 'answer', '42' ],
-        [ publish('h2a', 'B' x 50000), undef, 'B' x 50000 ],
+        [ $t->publish('h2a', 'hello h2'), undef, 'hello h2' ],
+        [ $t->publish('h2a', "two\r\nlines\rand\nmore"), undef, "two\nlines\nand\nmore" ],
+        [ $t->publish('h2a', "unicode \xe2\x9c\x93 \xf0\x9f\x98\x80"), undef, "unicode \xe2\x9c\x93 \xf0\x9f\x98\x80" ],
+        [ $t->publish('h2a', '42', headers => { 'Event-Type' => 'answer' }), 'answer', '42' ],
+        [ $t->publish('h2a', 'B' x 50000), undef, 'B' x 50000 ],
     );
     my @ev = wait_events($out, scalar @want);
     is(scalar @ev, scalar @want, 'all events arrived over HTTP/2');
@@ -147,7 +139,7 @@ sub wait_events {
     # The client goes away.
     kill 'TERM', $pid;
     waitpid $pid, 0;
-    ok($t->wait_for(sub { subscribers('h2a') == 0 && zone_subscribers() == 0 }, timeout => 10),
+    ok($t->wait_for(sub { $t->subscribers('h2a') == 0 && zone_subscribers() == 0 }, timeout => 10),
        'curl killed: channel info and stats subscribers back to 0');
 }
 
@@ -155,19 +147,19 @@ sub wait_events {
 {
     my ($o1, $o2) = ("$P/m1.txt", "$P/m2.txt");
     my $pid = curl([ "$base/events/h2del", $o1 ], [ "$base/m?ch=h2keep,h2other", $o2 ]);
-    ok($t->wait_for(sub { subscribers('h2del') == 1 && subscribers('h2keep') == 1 }, timeout => 10),
+    ok($t->wait_for(sub { $t->subscribers('h2del') == 1 && $t->subscribers('h2keep') == 1 }, timeout => 10),
        'two parallel streams subscribed') or diag slurp("$P/curl$n.out");
-    publish('h2del', 'd1');
-    publish('h2keep', 'k1');
+    $t->publish('h2del', 'd1');
+    $t->publish('h2keep', 'k1');
     is($t->http(DELETE => '/pub/h2del', port => 1)->{status}, 200, 'DELETE h2del');
     my @ev1 = wait_events($o1, 2);
     is(join(' ', map { ($_->{event} // '-') . '/' . $_->{data} } @ev1), '-/d1 channel-deleted/{"channel":"h2del"}',
        'stream 1: d1, then channel-deleted');
-    publish('h2other', 'o1');
+    $t->publish('h2other', 'o1');
     my @ev2 = wait_events($o2, 2);
     is(join(' ', map { ($_->{event} // '-') . '/' . $_->{data} } @ev2), 'h2keep/k1 h2other/o1',
        'stream 2 on the same connection goes on');
-    ok($t->wait_for(sub { subscribers('h2keep') == 1 && zone_subscribers() == 1 }, timeout => 10),
+    ok($t->wait_for(sub { $t->subscribers('h2keep') == 1 && zone_subscribers() == 1 }, timeout => 10),
        'after the DELETE: one subscriber left (stream 2)');
     kill 'TERM', $pid;
     waitpid $pid, 0;
@@ -192,17 +184,17 @@ sub wait_events {
              '--next', '--http2', '-k', '-N', '--max-time', '2', '-o', $o2, "$base/events/h2reset"
             or POSIX::_exit(127);
     }
-    ok($t->wait_for(sub { subscribers('h2stay') == 1 && subscribers('h2reset') == 1 }, timeout => 10),
+    ok($t->wait_for(sub { $t->subscribers('h2stay') == 1 && $t->subscribers('h2reset') == 1 }, timeout => 10),
        'two multiplexed streams subscribed');
     my $gave_up = $t->wait_for(sub { slurp("$P/curl$n.out") =~ /timed out/ }, timeout => 10);
     ok($gave_up, 'curl gave up on the second transfer');
     my $mark = $t->log_mark;
-    publish('h2reset', 'provokes RST_STREAM');
-    ok($t->wait_for(sub { subscribers('h2reset') == 0 }, timeout => 10),
+    $t->publish('h2reset', 'provokes RST_STREAM');
+    ok($t->wait_for(sub { $t->subscribers('h2reset') == 0 }, timeout => 10),
        'after RST_STREAM the reset stream is no subscriber any more');
     like($t->log_since($mark), qr/\[info\].*(?:terminated stream|prematurely closed)/, 'an info line for the reset stream');
-    is(subscribers('h2stay'), 1, 'the other stream of the connection is still subscribed');
-    my $id = publish('h2stay', 'still flowing');
+    is($t->subscribers('h2stay'), 1, 'the other stream of the connection is still subscribed');
+    my $id = $t->publish('h2stay', 'still flowing');
     my @ev = wait_events($o1, 1);
     is($ev[0] && $ev[0]{id}, $id, 'and still receives');
     kill 'TERM', $pid;
@@ -214,7 +206,7 @@ sub wait_events {
 {
     my $out = "$P/end.txt";
     my $pid = curl([ "$base/events/h2end", $out ]);
-    ok($t->wait_for(sub { subscribers('h2end') == 1 }, timeout => 10), 'subscribed');
+    ok($t->wait_for(sub { $t->subscribers('h2end') == 1 }, timeout => 10), 'subscribed');
     is($t->http(DELETE => '/pub/h2end', port => 1)->{status}, 200, 'DELETE');
     my $code = wait_exit($pid, 10);
     is($code, 0, 'curl exits 0 by itself: the stream ended (END_STREAM)') or diag slurp("$P/curl$n.out");
@@ -236,7 +228,7 @@ sub wait_events {
              "$sbase/events/h2slow" or POSIX::_exit(127);
     }
     my $fast = curl([ "$sbase/events/h2slow", "$P/fast.txt" ]);
-    ok($t->wait_for(sub { subscribers('h2slow') == 2 }, timeout => 10), 'a slow and a fast HTTP/2 reader subscribed');
+    ok($t->wait_for(sub { $t->subscribers('h2slow') == 2 }, timeout => 10), 'a slow and a fast HTTP/2 reader subscribed');
     my $c = $t->client(port => 1);
     my $last;
     for my $i (1 .. 60) {    # 60 x 24 KiB = 1.4 MiB
@@ -244,7 +236,7 @@ sub wait_events {
         $last = $r->{json}{id} if $r->{status} == 201;
     }
     $c->close;
-    ok($t->wait_for(sub { subscribers('h2slow') == 1 }, timeout => 10), 'the slow reader was cut off');
+    ok($t->wait_for(sub { $t->subscribers('h2slow') == 1 }, timeout => 10), 'the slow reader was cut off');
     my $z1 = $t->zone_stats('/stats', 'events', port => 1);
     is($z1->{dropped_slow} - $z0->{dropped_slow}, 1, 'stats: dropped_slow + 1');
     my @ev = wait_events("$P/fast.txt", 60);
@@ -259,14 +251,14 @@ sub wait_events {
 {
     my $out = "$P/reload.txt";
     my $pid = curl([ "$base/events/h2rl", $out ]);
-    ok($t->wait_for(sub { subscribers('h2rl') == 1 }, timeout => 10), 'subscribed');
-    my $id = publish('h2rl', 'before reload');
+    ok($t->wait_for(sub { $t->subscribers('h2rl') == 1 }, timeout => 10), 'subscribed');
+    my $id = $t->publish('h2rl', 'before reload');
     wait_events($out, 1);
     ok($t->reload(timeout => 15), 'reload: old workers exited');
     my $code = wait_exit($pid, 10);
     is($code, 0, 'curl exits 0: the stream ended cleanly on reload') or diag slurp("$P/curl$n.out");
     kill 'KILL', $pid unless defined $code;
-    my $id2 = publish('h2rl', 'after reload');
+    my $id2 = $t->publish('h2rl', 'after reload');
     my $out2 = "$P/reload2.txt";
     # resume with the last id
     my $pid2 = do {

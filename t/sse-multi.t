@@ -29,21 +29,9 @@ my $t = ChannelsTest->new(workers => 2, conf => <<'CONF');
     }
 CONF
 
-sub publish {
-    my ($ch, $data, %h) = @_;
-    my $r = $t->http(POST => "/pub/$ch", body => $data, port => 1, %h);
-    die "publish to $ch: $r->{status} $r->{body}\n" unless $r->{status} == 201;
-    return $r->{json}{id};
-}
-
-sub subscribers {
-    my $r = $t->http(GET => "/pub/$_[0]", port => 1);
-    return $r->{status} == 200 ? $r->{json}{subscribers} : 0;
-}
-
 sub wait_subscribed {
     my ($n, @ch) = @_;
-    return $t->wait_for(sub { !grep { subscribers($_) != $n } @ch }, timeout => 5);
+    return $t->wait_for(sub { !grep { $t->subscribers($_) != $n } @ch }, timeout => 5);
 }
 
 sub zone_subscribers { ($t->zone_stats('/stats', 'events', port => 1) || {})->{subscribers} // -1 }
@@ -71,12 +59,12 @@ sub shape { join ' ', map { ($_->{event} // '-') . '/' . ($_->{data} // '') } @_
     is($s->status, 200, 'comma list: 200');
     ok(wait_subscribed(1, qw(ca cb cc)), 'comma list: one subscriber on each channel');
     is(zone_subscribers(), 1, 'stats: the stream counts once however many channels it holds');
-    publish('ca', 'to a');
-    publish('cb', "to b\r\nline 2");
-    publish('cc', 'typed', headers => { 'Event-Type' => 'alert' });
-    publish('cb', 'also typed', headers => { 'Event-Type' => 'cb' });
-    publish('nosub', 'not for us');
-    publish('ca', 'end');
+    $t->publish('ca', 'to a');
+    $t->publish('cb', "to b\r\nline 2");
+    $t->publish('cc', 'typed', headers => { 'Event-Type' => 'alert' });
+    $t->publish('cb', 'also typed', headers => { 'Event-Type' => 'cb' });
+    $t->publish('nosub', 'not for us');
+    $t->publish('ca', 'end');
     my @ev = read_until($s, 'end');
     is(shape(@ev), "ca/to a cb/to b\nline 2 alert/typed cb/also typed ca/end",
        'events in publish order; untyped ones named after their channel');
@@ -90,14 +78,14 @@ sub shape { join ' ', map { ($_->{event} // '-') . '/' . ($_->{data} // '') } @_
     my $s = $t->sse_open('/two?a=ta&b=tb,tc');
     is($s->status, 200, 'two arguments (one a list): 200');
     ok(wait_subscribed(1, qw(ta tb tc)), 'subscribed to the three channels');
-    publish('tc', 'c'); publish('ta', 'a'); publish('tb', 'b');
+    $t->publish('tc', 'c'); $t->publish('ta', 'a'); $t->publish('tb', 'b');
     is(shape(read_until($s, 'b')), 'tc/c ta/a tb/b', 'events from every argument, named');
     $s->close;
 
     my $one = $t->sse_open('/two?a=solo');
     is($one->status, 200, 'second argument empty: skipped, 200');
     ok(wait_subscribed(1, 'solo'), 'subscribed to the remaining channel');
-    publish('solo', 'x');
+    $t->publish('solo', 'x');
     my $e = $one->next_event(timeout => 5);
     is($e && shape($e), '-/x', 'a one-channel stream: no event field for an untyped message');
     $one->close;
@@ -107,7 +95,7 @@ sub shape { join ' ', map { ($_->{event} // '-') . '/' . ($_->{data} // '') } @_
 
     my $f = $t->sse_open('/fixed?ch=fy');
     ok(wait_subscribed(1, qw(fixed-x fy)), 'a literal argument and a variable: both channels');
-    publish('fixed-x', '1'); publish('fy', '2');
+    $t->publish('fixed-x', '1'); $t->publish('fy', '2');
     is(shape(read_until($f, '2')), 'fixed-x/1 fy/2', 'literal + variable channels');
     $f->close;
 }
@@ -117,7 +105,7 @@ sub shape { join ' ', map { ($_->{event} // '-') . '/' . ($_->{data} // '') } @_
     my $s = $t->sse_open('/m?ch=pa%2Cpb%2cp%2Dc');
     is($s->status, 200, 'a%2Cb: 200');
     ok(wait_subscribed(1, qw(pa pb p-c)), 'a%2Cb%2cp%2Dc: decoded once, three channels');
-    publish('pb', 'b'); publish('p-c', 'c'); publish('pa', 'a');
+    $t->publish('pb', 'b'); $t->publish('p-c', 'c'); $t->publish('pa', 'a');
     is(shape(read_until($s, 'a')), 'pb/b p-c/c pa/a', 'events of the decoded channels');
     $s->close;
     my $twice = $t->sse_open('/m?ch=pa%252Cpb');
@@ -129,13 +117,13 @@ sub shape { join ' ', map { ($_->{event} // '-') . '/' . ($_->{data} // '') } @_
     my $s = $t->sse_open('/m?ch=da,da,db,da');
     is($s->status, 200, 'duplicates: 200');
     ok(wait_subscribed(1, qw(da db)), 'da,da,db,da: one subscriber on each channel');
-    publish('da', '1'); publish('db', '2'); publish('da', '3');
+    $t->publish('da', '1'); $t->publish('db', '2'); $t->publish('da', '3');
     is(shape(read_until($s, '3')), 'da/1 db/2 da/3', 'each message once');
     $s->close;
 
     my $single = $t->sse_open('/two?a=dd,dd&b=dd');
     ok(wait_subscribed(1, 'dd'), 'dd in both arguments, twice: one subscription');
-    publish('dd', 'once');
+    $t->publish('dd', 'once');
     my @ev = read_until($single, 'once');
     is(shape(@ev), '-/once', 'dd,dd + dd is a one-channel stream: once, no event field');
     $single->close;
@@ -147,7 +135,7 @@ sub shape { join ' ', map { ($_->{event} // '-') . '/' . ($_->{data} // '') } @_
     my $s = $t->sse_open('/m?ch=' . join(',', @ch64));
     is($s->status, 200, '64 channels: 200');
     ok(wait_subscribed(1, @ch64[0, 31, 63]), '64 channels: subscribed');
-    publish('k64', 'last'); publish('k1', 'first');
+    $t->publish('k64', 'last'); $t->publish('k1', 'first');
     is(shape(read_until($s, 'first')), 'k64/last k1/first', '64 channels: events of the first and the last');
     $s->close;
 
@@ -170,7 +158,7 @@ sub shape { join ' ', map { ($_->{event} // '-') . '/' . ($_->{data} // '') } @_
     my @lines = split /\n/, $t->log_since($mark);
     is(scalar(grep { /\[info\].*"GET \/(?:m|two)\?/ } @lines), 2, '65 channels: logged at info');
     is_deeply([ grep { /\[(?:notice|warn|error|crit|alert|emerg)\]/ } @lines ], [], 'and never above');
-    is(subscribers('k65'), 0, 'no subscription was made for the refused lists');
+    is($t->subscribers('k65'), 0, 'no subscription was made for the refused lists');
 }
 
 # ---- id order across channels, published through both workers
@@ -182,7 +170,7 @@ sub shape { join ' ', map { ($_->{event} // '-') . '/' . ($_->{data} // '') } @_
     my @pub;
     for my $i (1 .. 60) {
         my $ch = $chs[($i * 7) % 5];
-        push @pub, [ publish($ch, "n$i"), $ch, "n$i" ];    # new connection each: either worker
+        push @pub, [ $t->publish($ch, "n$i"), $ch, "n$i" ];    # new connection each: either worker
     }
     for my $case ([ $s, 'stream 1' ], [ $s2, 'stream 2 (channels listed in reverse)' ]) {
         my ($st, $label) = @$case;
@@ -200,16 +188,16 @@ sub shape { join ' ', map { ($_->{event} // '-') . '/' . ($_->{data} // '') } @_
     my $cursor = $pub[29][0];
     for my $i (61 .. 70) {
         my $ch = $chs[$i % 5];
-        push @pub, [ publish($ch, "n$i"), $ch, "n$i" ];
+        push @pub, [ $t->publish($ch, "n$i"), $ch, "n$i" ];
     }
-    publish('o-other', 'not in the list');
+    $t->publish('o-other', 'not in the list');
     my $r = $t->sse_open('/m?ch=' . join(',', @chs), headers => { 'Last-Event-ID' => $cursor });
     my @ev = read_until($r, 'n70');
     is(join(' ', map { "$_->{id}:" . ($_->{event} // '') . ":$_->{data}" } @ev),
        join(' ', map { "$_->[0]:$_->[1]:$_->[2]" } @pub[30 .. 69]),
        'one Last-Event-ID resumes all five channels: everything after it, in id order, once');
     ok(wait_subscribed(1, @chs), 'resumed stream subscribed');
-    push @pub, [ publish('o3', 'n71'), 'o3', 'n71' ];
+    push @pub, [ $t->publish('o3', 'n71'), 'o3', 'n71' ];
     my @live = read_until($r, 'n71');
     is(shape(@live), 'o3/n71', 'then live');
     $r->close;
@@ -226,10 +214,10 @@ sub shape { join ' ', map { ($_->{event} // '-') . '/' . ($_->{data} // '') } @_
 {
     my @p;
     for my $i (1 .. 4) {
-        push @p, [ publish('fa', "fa$i"), "fa$i" ];
-        push @p, [ publish('fb', "fb$i"), "fb$i" ] if $i <= 3;
+        push @p, [ $t->publish('fa', "fa$i"), "fa$i" ];
+        push @p, [ $t->publish('fb', "fb$i"), "fb$i" ] if $i <= 3;
     }
-    push @p, [ publish('fc', 'fc1'), 'fc1' ];
+    push @p, [ $t->publish('fc', 'fc1'), 'fc1' ];
     # publish order: fa1 fb1 fa2 fb2 fa3 fb3 fa4 fc1; the last two of each, in that order:
     my %keep = map { $_ => 1 } qw(fa3 fa4 fb2 fb3 fc1);
     my $want = join ' ', map { ($_->[1] =~ /^(f.)/)[0] . "/$_->[1]" } grep { $keep{ $_->[1] } } @p;

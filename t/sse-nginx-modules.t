@@ -47,22 +47,14 @@ my $t = ChannelsTest->new(workers => 2, conf => <<'CONF');
     }
 CONF
 
-sub publish {
-    my ($ch, $data) = @_;
-    my $r = $t->http(POST => "/pub/$ch", body => $data, port => 1);
-    die "publish to $ch: $r->{status} $r->{body}\n" unless $r->{status} == 201;
-    return $r->{json}{id};
-}
-
-sub subscribers { my $r = $t->http(GET => "/pub/$_[0]", port => 1); $r->{status} == 200 ? $r->{json}{subscribers} : 0 }
 sub zone_subscribers { ($t->zone_stats('/stats', 'events', port => 1) || {})->{subscribers} // -1 }
 
 # A stream that works: subscribed, a message arrives.
 sub works {
     my ($s, $ch, $label) = @_;
     is($s->status, 200, "$label: 200");
-    ok($t->wait_for(sub { subscribers($ch) >= 1 }, timeout => 5), "$label: subscribed");
-    my $id = publish($ch, "to $ch");
+    ok($t->wait_for(sub { $t->subscribers($ch) >= 1 }, timeout => 5), "$label: subscribed");
+    my $id = $t->publish($ch, "to $ch");
     my $e = $s->next_event(timeout => 5);
     is($e && $e->{id}, $id, "$label: receives messages");
 }
@@ -71,14 +63,14 @@ sub works {
 {
     my @s = ($t->sse_open('/st/stalled', port => 2, rcvbuf => 4096),
              $t->sse_open('/st/stalled', port => 2, rcvbuf => 4096, version => '1.0'));
-    ok($t->wait_for(sub { subscribers('stalled') == 2 }, timeout => 5), 'two stalled subscribers (send_timeout 1s)');
+    ok($t->wait_for(sub { $t->subscribers('stalled') == 2 }, timeout => 5), 'two stalled subscribers (send_timeout 1s)');
     my $mark = $t->log_mark;
     my $c = $t->client(port => 1);
     my @st = map { $c->request(POST => '/pub/stalled', body => 'T' x (100 * 1024))->{status} } 1 .. 5;
     $c->close;
     is("@st", '201 201 201 201 201', '500 KiB published (under the 1 MiB cut-off)');
     my $t0 = Time::HiRes::time();
-    ok($t->wait_for(sub { subscribers('stalled') == 0 }, timeout => 10),
+    ok($t->wait_for(sub { $t->subscribers('stalled') == 0 }, timeout => 10),
        sprintf('send_timeout closed both (%.1fs)', Time::HiRes::time() - $t0));
     like($t->log_since($mark), qr/\[info\].*timed out/, 'logged at info: timed out');
     $_->close for @s;
@@ -90,12 +82,12 @@ sub works {
     is($no->status, 403, 'auth_request answering 403: 403');
     my $bad = $t->sse_open('/auth/secret', headers => { 'X-Token' => 'wrong' });
     is($bad->status, 403, 'auth_request, wrong token: 403');
-    is(subscribers('secret'), 0, 'refused requests made no subscriber');
+    is($t->subscribers('secret'), 0, 'refused requests made no subscriber');
     my $yes = $t->sse_open('/auth/secret', headers => { 'X-Token' => 'letmein' });
     works($yes, 'secret', 'auth_request answering 204');
     is($yes->header('content-type'), 'text/event-stream; charset=utf-8', 'auth_request: the stream\'s own Content-Type');
     $yes->close;
-    ok($t->wait_for(sub { subscribers('secret') == 0 }, timeout => 5), 'auth_request stream closed: 0 subscribers');
+    ok($t->wait_for(sub { $t->subscribers('secret') == 0 }, timeout => 5), 'auth_request stream closed: 0 subscribers');
 }
 
 # ---- limit_conn
@@ -104,8 +96,8 @@ sub works {
     works($first, 'lc', 'limit_conn, first stream');
     my $second = $t->sse_open('/limited/lc');
     is($second->status, 503, 'limit_conn 1: the second stream from the address gets 503');
-    is(subscribers('lc'), 1, 'the refused one is no subscriber');
-    my $id = publish('lc', 'still there');
+    is($t->subscribers('lc'), 1, 'the refused one is no subscriber');
+    my $id = $t->publish('lc', 'still there');
     my $e = $first->next_event(timeout => 5);
     is($e && $e->{id}, $id, 'the first stream goes on');
     $first->close;
@@ -145,7 +137,7 @@ sub works {
 {
     my $d = $t->sse_open('/denied/ad');
     is($d->status, 403, 'deny 127.0.0.1: 403');
-    is(subscribers('ad'), 0, 'no subscriber for the denied request');
+    is($t->subscribers('ad'), 0, 'no subscriber for the denied request');
     my $al = $t->sse_open("/allowed/ad");
     works($al, "ad", "allow 127.0.0.1");
     $al->close;

@@ -173,6 +173,14 @@ C<< $t->poll_start(...) >> returns a pending object: C<< $p->result(timeout => s
 GET and decode JSON; undef (and a diag) if not a 200 JSON answer.
 C<< $t->zone_stats($path, $zone_name, port => $n) >> returns that zone's hash.
 
+=item C<< $t->publish($channel, $data, location => 'pub', port => 1, headers => {...}, query => '...', client => $c) >>
+
+POST to C</LOCATION/CHANNEL> (on the publish port, 1, by default); returns the new id and
+dies (with status and body) unless the answer is C<201> with JSON. With C<client> it goes
+over that keep-alive connection.
+C<< $t->subscribers($channel, location => 'pub', port => 1) >> is the channel's
+C<subscribers> count from a C<GET> there, 0 when the channel does not exist.
+
 =item C<< $t->wait_for(sub { ... }, timeout => 5, interval => 0.02) >>
 
 Calls the sub until it returns true (returned) or the deadline passes (undef).
@@ -848,6 +856,27 @@ sub stats {
     my $j = eval { $JSON->decode($r->{body}) };
     Test::More::diag("stats $path: not JSON: $@ $r->{body}") unless defined $j;
     return $j;
+}
+
+sub _publish_path {
+    my ($ch, %o) = @_;
+    return '/' . ($o{location} // 'pub') . "/$ch" . (defined $o{query} ? "?$o{query}" : '');
+}
+
+sub publish {
+    my ($self, $ch, $data, %o) = @_;
+    my %req = (body => $data, port => $o{port} // 1, headers => $o{headers} // {});
+    $req{client} = $o{client} if $o{client};
+    my $r = $self->http(POST => _publish_path($ch, %o), %req);
+    die "publish to $ch: $r->{status} " . ($r->{error} // $r->{body}) . "\n"
+        unless $r->{status} == 201 && $r->{json};
+    return $r->{json}{id};
+}
+
+sub subscribers {
+    my ($self, $ch, %o) = @_;
+    my $r = $self->http(GET => _publish_path($ch, location => $o{location}), port => $o{port} // 1);
+    return $r->{status} == 200 && $r->{json} ? $r->{json}{subscribers} : 0;
 }
 
 sub zone_stats {
