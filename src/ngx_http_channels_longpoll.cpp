@@ -1,74 +1,77 @@
 // longpoll_channel: long-poll subscribers, json and raw (SPEC §5).
 //
 // A request whose cursor has messages after it is answered at once. Otherwise it waits,
-// registered like an SSE subscriber, until the delivery pass marks it ready (it then reads
-// its answer from the store), its channel is deleted (410), the timeout passes or the
-// worker shuts down (204 with its cursor).
+// registered like an SSE subscriber, until a delivery pass hands it messages (it answers
+// with them when flushed: no second look at the zone), its channel is deleted (410), the
+// timeout passes or the worker shuts down (204 with its cursor).
+//
+// An answer holds at most 100 messages (raw: one) and about 1 MiB of encoded data (but
+// always one message), and is built in one exact allocation (SPEC §5, §9).
 
-#include <algorithm>
 #include <new>
 
 #include "channels/json.h"
-#include "ngx_http_channels.h"
+#include "channels/json_writer.h"
 #include "ngx_http_channels_delivery.h"
-#include "ngx_http_channels_store.h"
+#include "ngx_http_channels_fault.h"
+#include "ngx_http_channels_request.h"
 
-namespace chn {
+namespace channels {
 namespace {
 
 constexpr size_t kMaxJsonMessages = 100;
+constexpr size_t kAnswerBytes = 1024 * 1024;
 constexpr ngx_uint_t kHttpGone = 410;   // nginx names no constant for it
 
-void append_message_json(std::string &out, const MessageCopy &m) {
-    out += "{\"id\":";
-    append_json_id(out, m.id);
-    out += ",\"channel\":";
-    channels::append_json_string(out, m.channel_id);
-    if (!m.event.empty()) {
-        out += ",\"event\":";
-        channels::append_json_string(out, m.event);
-    }
-    out += ",\"data\":";
-    if (channels::is_valid_utf8(m.data)) {
-        channels::append_json_string(out, m.data);
-    } else {
-        out += '"';
-        channels::append_base64(out, m.data);
-        out += "\",\"encoding\":\"base64\"";
-    }
-    out += ",\"content_type\":";
-    channels::append_json_string(out, m.content_type.empty() ? "text/plain" : m.content_type);
-    out += '}';
-}
-
-// What one answer carries: at most answer_limit() messages, oldest first.
 struct Answer {
     const MessageCopy *items[kMaxJsonMessages];
     size_t n = 0;
+    size_t bytes = 0;   // encoded data so far
     bool gap = false;
 };
 
-Answer answer_of(const Batch &batch, size_t limit) {
-    Answer a;
-    for (const MessageCopy &m : batch.items) {
-        if (a.n == limit) break;
-        a.items[a.n++] = &m;
+size_t answer_limit(const LocConf *lcf) { return lcf->longpoll_raw ? 1 : kMaxJsonMessages; }
+
+template <typename Sink>
+void put_message(JsonWriter<Sink> &w, const MessageCopy &m) {
+    w.open_object().key("id").id(m.id).key("channel").string(m.channel_id);
+    if (!m.event.empty()) w.key("event").string(m.event);
+    w.key("data");
+    if (is_valid_utf8(m.data)) {
+        w.string(m.data);
+    } else {
+        w.base64(m.data).key("encoding").string("base64");
     }
-    a.gap = !batch.gaps.empty();
-    return a;
+    w.key("content_type").string(m.content_type.empty() ? std::string_view("text/plain") : m.content_type);
+    w.close_object();
 }
 
-std::string answer_json(const Answer &a) {
-    std::string out = "{\"messages\":[";
-    for (size_t i = 0; i < a.n; i++) {
-        if (i) out += ',';
-        append_message_json(out, *a.items[i]);
-    }
-    out += "],\"last_event_id\":";
-    append_json_id(out, a.items[a.n - 1]->id);
-    if (a.gap) out += ",\"gap\":true";
-    out += "}\n";
-    return out;
+// Encoded size of a message's JSON object.
+size_t message_size(const MessageCopy &m) {
+    SizeSink size;
+    JsonWriter<SizeSink> w(size);
+    put_message(w, m);
+    return size.size();
+}
+
+// Adds a message unless the answer is full; false when it was not added.
+bool add(Answer &a, const MessageCopy &m, size_t limit) {
+    if (a.n == limit) return false;
+    size_t size = message_size(m);
+    if (a.n > 0 && a.bytes + size > kAnswerBytes) return false;
+    a.items[a.n++] = &m;
+    a.bytes += size;
+    return true;
+}
+
+template <typename Sink>
+void put_answer(Sink &sink, const Answer &a) {
+    JsonWriter<Sink> w(sink);
+    w.open_object().key("messages").open_array();
+    for (size_t i = 0; i < a.n; i++) put_message(w, *a.items[i]);
+    w.close_array().key("last_event_id").id(a.items[a.n - 1]->id);
+    if (a.gap) w.key("gap").boolean(true);
+    w.close_object().raw("\n");
 }
 
 ngx_int_t common_headers(ngx_http_request_t *r, MessageId cursor) {
@@ -80,18 +83,24 @@ ngx_int_t common_headers(ngx_http_request_t *r, MessageId cursor) {
 
 // 200 with what the answer holds (never empty).
 ngx_int_t answer_messages(ngx_http_request_t *r, const Answer &a) {
+    if (fault::hit(fault::Site::longpoll_answer)) return NGX_HTTP_INTERNAL_SERVER_ERROR;
     LocConf *lcf = loc_conf(r);
-    if (!lcf->longpoll_raw) {
-        if (common_headers(r, a.items[a.n - 1]->id) != NGX_OK) return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        return send_body(r, NGX_HTTP_OK, "application/json", answer_json(a));
+    if (lcf->longpoll_raw) {
+        const MessageCopy &m = *a.items[0];
+        if (common_headers(r, m.id) != NGX_OK) return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        if (!m.event.empty() && add_header(r, "Event-Type", m.event) != NGX_OK) return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        return send_body(r, NGX_HTTP_OK, m.content_type.empty() ? std::string_view("text/plain") : m.content_type,
+                         m.data);
     }
-    const MessageCopy &m = *a.items[0];
-    if (common_headers(r, m.id) != NGX_OK) return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    if (!m.event.empty() && add_header(r, "Event-Type", m.event) != NGX_OK) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-    ngx_int_t rc = send_body(r, NGX_HTTP_OK, m.content_type.empty() ? "text/plain" : m.content_type, m.data);
-    return rc;
+    if (common_headers(r, a.items[a.n - 1]->id) != NGX_OK) return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    SizeSink size;
+    put_answer(size, a);
+    ngx_buf_t *b = ngx_create_temp_buf(r->pool, size.size());
+    if (b == nullptr) return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    BufferSink out(reinterpret_cast<char *>(b->pos));
+    put_answer(out, a);
+    b->last = reinterpret_cast<u_char *>(out.end());
+    return send_buffer(r, NGX_HTTP_OK, "application/json", b);
 }
 
 ngx_int_t answer_empty(ngx_http_request_t *r, ngx_uint_t status, MessageId cursor) {
@@ -100,81 +109,145 @@ ngx_int_t answer_empty(ngx_http_request_t *r, ngx_uint_t status, MessageId curso
     return send_body(r, status, "text/plain", {});
 }
 
-size_t answer_limit(LocConf *lcf) { return lcf->longpoll_raw ? 1 : kMaxJsonMessages; }
-
-class LongpollSubscriber final : public Subscriber {
+class LongpollWaiter final : public Subscriber {
 public:
-    LongpollSubscriber(ngx_http_request_t *r, WorkerZone *zone) {
-        request = r;
+    LongpollWaiter(ngx_http_request_t *r, WorkerZone *zone) : request_(r), limit_(answer_limit(loc_conf(r))) {
         wz = zone;
-        links_pool = r->pool;   // it ends with its request
     }
 
     // Collects the pass's messages: the first pass that reaches a waiting request holds
     // everything after its cursor, so the answer needs no second look at the zone.
-    void on_message(const MessageCopy &m, Link &, MessageFrames &) override {
+    void on_message(const MessageCopy &m, size_t, MessageFrames &) noexcept override {
         cursor = m.id;
         if (m.kind == EntryKind::deleted) {
-            deleted = true;
+            deleted_ = true;
             return;
         }
-        if (answer == nullptr) {
-            answer = static_cast<Answer *>(ngx_palloc(request->pool, sizeof(Answer)));
-            if (answer == nullptr) throw std::bad_alloc();
-            answer->n = 0;
-            answer->gap = false;
+        if (answer_ == nullptr) {
+            answer_ = static_cast<Answer *>(ngx_palloc(request_->pool, sizeof(Answer)));
+            if (answer_ == nullptr) {
+                failed_ = true;
+                return;
+            }
+            new (answer_) Answer();
+            answer_->gap = gap_;
         }
-        if (answer->n < answer_limit(loc_conf(request))) answer->items[answer->n++] = &m;
-        if (m.channel_dropped > reply_cursor) answer->gap = true;
+        if (add(*answer_, m, limit_) && m.channel_dropped > reply_cursor) answer_->gap = true;
     }
 
-    void on_flush() override {
-        if (deleted && (answer == nullptr || answer->n == 0)) {
-            finish(answer_empty(request, kHttpGone, reply_cursor));
-        } else if (answer != nullptr && answer->n > 0) {
-            finish(answer_messages(request, *answer));
+    void on_flush() noexcept override {
+        if (failed_) {
+            finish(NGX_HTTP_INTERNAL_SERVER_ERROR);
+        } else if (answer_ != nullptr && answer_->n > 0) {
+            finish(answer_messages(request_, *answer_));
+        } else if (deleted_) {
+            finish(answer_empty(request_, kHttpGone, reply_cursor));
         }
     }
 
-    void on_shutdown() override { finish(answer_empty(request, NGX_HTTP_NO_CONTENT, reply_cursor)); }
+    void on_shutdown() noexcept override { finish(answer_empty(request_, NGX_HTTP_NO_CONTENT, reply_cursor)); }
 
-    void on_timeout() { finish(answer_empty(request, NGX_HTTP_NO_CONTENT, reply_cursor)); }
+    // Waits from here on: registered with the delivery, timed, watching the client.
+    void park(ngx_msec_t timeout, bool gap) {
+        gap_ = gap;
+        timeout_.handler = timeout_handler;
+        timeout_.data = this;
+        timeout_.log = request_->connection->log;
+        ngx_add_timer(&timeout_, timeout);
+    }
 
-    void stop() {
+    void stop() noexcept {
         delivery_detach(this);
-        if (timeout.timer_set) ngx_del_timer(&timeout);
+        if (timeout_.timer_set) ngx_del_timer(&timeout_);
     }
 
-    ngx_event_t timeout{};
-    MessageId   reply_cursor;    // the cursor the client sent, or where it started waiting
-    bool        answered = false;
+    MessageId reply_cursor;   // the cursor the client sent, or where it started waiting
 
 private:
-    void finish(ngx_int_t rc) {
-        ngx_http_request_t *r = request;
+    static void timeout_handler(ngx_event_t *ev) noexcept {
+        auto *sub = static_cast<LongpollWaiter *>(ev->data);
+        sub->finish(answer_empty(sub->request_, NGX_HTTP_NO_CONTENT, sub->reply_cursor));
+    }
+
+    void finish(ngx_int_t rc) noexcept {
+        ngx_http_request_t *r = request_;
         ngx_connection_t *c = r->connection;
-        answered = true;
         stop();
         ngx_http_finalize_request(r, rc);
         ngx_http_run_posted_requests(c);
     }
 
-    Answer *answer = nullptr;
-    bool    deleted = false;
+    ngx_http_request_t *request_;
+    size_t limit_;
+    ngx_event_t timeout_{};
+    Answer *answer_ = nullptr;
+    bool deleted_ = false;
+    bool failed_ = false;
+    bool gap_ = false;        // messages after its cursor were lost before it waited
 };
 
-void cleanup(void *data) noexcept {
-    auto *sub = static_cast<LongpollSubscriber *>(data);
+void ngx_http_channels_longpoll_cleanup(void *data) noexcept {
+    auto *sub = static_cast<LongpollWaiter *>(data);
     sub->stop();
-    sub->~LongpollSubscriber();
+    sub->~LongpollWaiter();
 }
 
-void timeout_handler(ngx_event_t *ev) noexcept {
-    auto *sub = static_cast<LongpollSubscriber *>(ev->data);
-    sub->on_timeout();
+// The first page answers at once when it holds anything; else the request waits.
+ngx_int_t wait_or_answer(ngx_http_request_t *r, LongpollWaiter *sub, const ChannelArgs &args, bool has_cursor,
+                         MessageId client_cursor) {
+    LocConf *lcf = loc_conf(r);
+    WorkerZone *wz = sub->wz;
+    size_t n = args.list.count;
+    LocalChannel *locals[kMaxChannels];
+    if (!delivery_alloc_links(sub, n, r->pool) || !delivery_prepare(wz, args.list, locals)) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+    Batch *page = batch_take(wz, kAnswerBytes);
+    if (page == nullptr) {
+        delivery_discard(wz, locals, n);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+    SubscribeQuery q;
+    q.list = &args.list;
+    q.locals = locals;
+    q.has_cursor = has_cursor;
+    q.cursor = client_cursor;
+    q.first = first_message(lcf);
+    q.existing_only = lcf->existing_only;
+    q.attach_only_if_empty = true;
+    q.limit = answer_limit(lcf);
+    q.byte_limit = kAnswerBytes;
+    SubscribeResult res = wz->store->subscribe(wz->session, q, sub->positions, *page);
+    if (res.status == SubscribeStatus::ok && page->need_bytes > 0 && batch_grow(page)) {
+        page->clear();   // one message larger than a page: read again with room for it
+        res = wz->store->subscribe(wz->session, q, sub->positions, *page);
+    }
+    if (res.status != SubscribeStatus::ok || !page->items.empty() || !res.attached) {
+        delivery_discard(wz, locals, n);
+        ngx_int_t rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
+        if (res.status != SubscribeStatus::ok) {
+            rc = send_refusal(r, res.status, args.list.ids[res.failed_index]);
+        } else if (!page->items.empty()) {
+            Answer a;
+            for (const MessageCopy &m : page->items) add(a, m, q.limit);
+            a.gap = !page->gaps.empty();
+            rc = answer_messages(r, a);
+        }
+        batch_give(wz, page);
+        return rc;
+    }
+    delivery_attach(sub, locals, n);
+    sub->attached_at = res.attached_at;
+    // Never below the client's own cursor: a host still mirroring Redis may get older ids.
+    sub->cursor = has_cursor ? std::max(res.attached_at, client_cursor) : res.attached_at;
+    sub->reply_cursor = has_cursor ? client_cursor : res.attached_at;
+    sub->park(lcf->longpoll_timeout, !page->gaps.empty());
+    batch_give(wz, page);
+    r->write_event_handler = ngx_http_request_empty_handler;
+    watch_client_close(r);
+    r->main->count++;
+    return NGX_DONE;
 }
-
-MessageId current_position(ZoneConf *zone) { return store_stats(zone).last_id; }
 
 ngx_int_t handle(ngx_http_request_t *r) {
     ChannelArgs args;
@@ -182,54 +255,32 @@ ngx_int_t handle(ngx_http_request_t *r) {
     if (!subscriber_prelude(r, args, &rc)) return rc;
     LocConf *lcf = loc_conf(r);
     ZoneConf *zone = zone_of(lcf);
+    WorkerZone *wz = worker_zone(zone);
     MessageId client_cursor;
     bool has_cursor = request_cursor(r, &client_cursor);
 
     if (r->method & NGX_HTTP_HEAD) {   // the headers a GET would carry, at once
-        if (common_headers(r, has_cursor ? client_cursor : current_position(zone)) != NGX_OK) {
+        if (common_headers(r, has_cursor ? client_cursor : zone->store->position()) != NGX_OK) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
         return send_body(r, NGX_HTTP_OK, lcf->longpoll_raw ? "text/plain" : "application/json", {});
     }
-    if (delivery_exiting() || zone->worker == nullptr) {
-        return answer_empty(r, NGX_HTTP_NO_CONTENT, has_cursor ? client_cursor : current_position(zone));
+    if (delivery_exiting() || wz == nullptr) {
+        return answer_empty(r, NGX_HTTP_NO_CONTENT, has_cursor ? client_cursor : zone->store->position());
     }
-
-    void *mem = ngx_palloc(r->pool, sizeof(LongpollSubscriber));
+    void *mem = ngx_palloc(r->pool, sizeof(LongpollWaiter));
     ngx_http_cleanup_t *cln = ngx_http_cleanup_add(r, 0);
     if (mem == nullptr || cln == nullptr) return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    auto *sub = new (mem) LongpollSubscriber(r, zone->worker);
-    cln->handler = cleanup;
+    auto *sub = new (mem) LongpollWaiter(r, wz);
+    cln->handler = ngx_http_channels_longpoll_cleanup;
     cln->data = sub;
-
-    SubscribeQuery q;
-    q.list = &args.list;
-    q.has_cursor = has_cursor;
-    q.cursor = client_cursor;
-    q.first_message = lcf->first_message;
-    q.limit = answer_limit(lcf);
-    q.attach_only_if_empty = true;
-    SubscribeResult res = store_subscribe(zone, zone->worker->record, q);
-    if (!res.replay.items.empty()) return answer_messages(r, answer_of(res.replay, q.limit));
-    if ((rc = delivery_attach_request(sub, res, args.list.count)) != NGX_OK) return rc;
-    // Never below the client's own cursor: a host still mirroring Redis may get older ids.
-    sub->cursor = has_cursor ? std::max(res.replay.position, client_cursor) : res.replay.position;
-    sub->reply_cursor = has_cursor ? client_cursor : res.replay.position;
-
-    sub->timeout.handler = timeout_handler;
-    sub->timeout.data = sub;
-    sub->timeout.log = r->connection->log;
-    ngx_add_timer(&sub->timeout, lcf->longpoll_timeout);
-    r->write_event_handler = ngx_http_request_empty_handler;
-    watch_client_close(r);
-    r->main->count++;
-    return NGX_DONE;
+    return wait_or_answer(r, sub, args, has_cursor, client_cursor);
 }
 
 }  // namespace
 
-ngx_int_t longpoll_handler(ngx_http_request_t *r) {
-    return guarded(r->connection->log, [r] { return handle(r); });
+ngx_int_t ngx_http_channels_longpoll_handler(ngx_http_request_t *r) noexcept {
+    return guarded(r->connection->log, ngx_int_t(NGX_HTTP_INTERNAL_SERVER_ERROR), [r] { return handle(r); });
 }
 
-}  // namespace chn
+}  // namespace channels

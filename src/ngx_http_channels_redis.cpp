@@ -1,9 +1,9 @@
 // channel_redis (see ngx_http_channels_redis.h).
 //
-// hiredis' async API runs on nginx's event loop through a small adapter: each Redis
-// socket is an nginx connection with level-triggered read/write events (hiredis reads once
-// per call, so edge-triggered events could strand buffered replies). Two connections per
-// worker and zone: one for publish/delete scripts, one blocked in XREAD on the shared log.
+// hiredis' async API runs on nginx's event loop through a small adapter: each Redis socket
+// is an nginx connection with level-triggered read/write events (hiredis reads once per
+// call, so edge-triggered events could strand buffered replies). Two connections per worker
+// and zone: one for the publish/delete script, one blocked in XREAD on the shared log.
 // Both reconnect with exponential backoff; nothing in a worker ever blocks on Redis.
 
 #include "ngx_http_channels_redis.h"
@@ -17,30 +17,44 @@ extern "C" {
 #include <new>
 #include <vector>
 
-#include "channels/json.h"
-#include "ngx_http_channels_delivery.h"
-#include "ngx_http_channels_publish.h"
-
-namespace chn {
+namespace channels {
 namespace {
 
 constexpr ngx_msec_t kMinBackoff = 100;
 constexpr ngx_msec_t kMaxBackoff = 5000;
 constexpr ngx_msec_t kReplyTimeout = 5000;
-constexpr const char *kLogMaxLen = "100000";   // entries kept in the shared log stream
+constexpr const char *kLogMaxLen = "100000";    // entries kept in the shared log stream
 constexpr const char *kReadBatch = "512";
+constexpr uint64_t kMaxAheadMs = 3600 * 1000;   // an id further ahead of the clock is invalid
+constexpr size_t kMaxReplyBytes = 64 * 1024 * 1024;   // buffered by hiredis for one reply, at most
 
-// KEYS: channel stream, shared log, last id, floor. ARGV: now ms, history, ttl ms, log max length,
-// channel, event, content type, data, kind ("m" message, "d" delete), the publishing host's
-// last id (so ids never go back, even when Redis lost #last and a clock is behind).
+// KEYS: channel stream, shared log, last id, floor. ARGV: now ms, history, ttl ms, log max
+// length, channel, event, content type, data, kind ("m" message, "d" delete), the
+// publishing host's last id (ids never go back, even when Redis lost #last). Ids further
+// ahead of the clock than ARGV[11] ms were not written by this script: they are ignored,
+// and a stream whose newest entry carries one is started again (else it would refuse every
+// id from now on).
 constexpr const char kScript[] = R"lua(
 local now = tonumber(ARGV[1])
+local limit = now + tonumber(ARGV[11])
+local function parse(s)
+  local a, b = string.match(s or '', '^(%d+)-(%d+)$')
+  if a then return tonumber(a), tonumber(b) end
+end
 local ms, seq = now, 0
+local function raise(text)
+  local a, b = parse(text)
+  if a and a <= limit and (a > ms or (a == ms and b >= seq)) then ms, seq = a, b + 1 end
+end
 local last = redis.call('GET', KEYS[3])
-for _, seen in ipairs({last or '0-0', ARGV[10]}) do
-  local lms, lseq = string.match(seen, '^(%d+)-(%d+)$')
-  lms, lseq = tonumber(lms), tonumber(lseq)
-  if lms and (lms > ms or (lms == ms and lseq >= seq)) then ms, seq = lms, lseq + 1 end
+raise(last)
+raise(ARGV[10])
+for _, key in ipairs({KEYS[1], KEYS[2]}) do
+  local top = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)[1]
+  if top then
+    local a = parse(top[1])
+    if a and a > limit then redis.call('DEL', key) else raise(top[1]) end
+  end
 end
 local id = string.format('%d-%d', ms, seq)
 redis.call('SET', KEYS[3], id)
@@ -57,6 +71,15 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], id, 'c', ARGV[5], 'e', ARGV[
 return {id, redis.call('XLEN', KEYS[1])}
 )lua";
 
+// Starts the shared log again when its newest entry is far ahead of the clock (written by
+// something else): the tail would otherwise read it over and over. KEYS: log. ARGV: limit.
+constexpr const char kRepairScript[] = R"lua(
+local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
+local ms = top and tonumber(string.match(top[1], '^(%d+)-'))
+if ms and ms > tonumber(ARGV[1]) then redis.call('DEL', KEYS[1]) return 1 end
+return 0
+)lua";
+
 struct RedisLink {
     RedisWorker       *owner = nullptr;
     redisAsyncContext *ac = nullptr;
@@ -67,24 +90,64 @@ struct RedisLink {
     bool               tail = false;   // the XREAD connection
 };
 
+// A publish or delete sent to Redis.
+struct Pending {
+    PublishCall *call;                 // nullptr once cancelled
+    RedisWorker *worker;
+    ngx_event_t  timer;
+    uint64_t     started_us;
+    // A publish is acknowledged only once this host mirrored it, so a 201 is never lost
+    // with Redis: this host's subscribers get it whatever happens to Redis after.
+    ngx_queue_t  in_awaiting;
+    bool         awaiting;
+    bool         replied;
+};
+
 }  // namespace
 
 struct RedisWorker {
-    ZoneConf   *zone = nullptr;
-    RedisLink   cmd, log;
-    bool        stopping = false;
-    uint64_t    latency_us = 0;        // of the last publish round trip
-    uint64_t    failures = 0;
-    ngx_queue_t awaiting{};            // publishes stored in Redis, not yet mirrored here
+    RedisStore    *store = nullptr;
+    StoreListener *listener = nullptr;
+    RedisLink      cmd, log;
+    bool           stopping = false;
+    uint64_t       latency_us = 0;     // of the last publish round trip
+    uint64_t       failures = 0;
+    uint64_t       invalid = 0;        // entries of the shared log skipped as invalid
+    ngx_queue_t    awaiting{};
 };
 
 namespace {
+
+uint64_t now_us() {
+    struct timeval tv;
+    ngx_gettimeofday(&tv);
+    return uint64_t(tv.tv_sec) * 1000000 + uint64_t(tv.tv_usec);
+}
+
+std::string key(const RedisConf &conf, std::string_view name) {
+    std::string k = conf.prefix;
+    k += name;
+    return k;
+}
+
+std::string_view reply_text(const redisReply *r) {
+    if (r == nullptr || (r->type != REDIS_REPLY_STRING && r->type != REDIS_REPLY_STATUS)) return {};
+    return {r->str, size_t(r->len)};
+}
 
 // ---- the hiredis <-> nginx event adapter ----
 
 void on_socket_read(ngx_event_t *ev) noexcept {
     auto *link = static_cast<RedisLink *>(static_cast<ngx_connection_t *>(ev->data)->data);
-    if (link->ac != nullptr) redisAsyncHandleRead(link->ac);
+    if (link->ac == nullptr) return;
+    // Reply sizes are bounded: a server that sends more than this for one reply is dropped.
+    if (link->ac->c.reader != nullptr && link->ac->c.reader->len > kMaxReplyBytes) {
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0, "channels: redis reply larger than %uz bytes, disconnecting",
+                      kMaxReplyBytes);
+        redisAsyncDisconnect(link->ac);
+        return;
+    }
+    redisAsyncHandleRead(link->ac);
 }
 
 void on_socket_write(ngx_event_t *ev) noexcept {
@@ -118,7 +181,7 @@ void cleanup_socket(void *p) {
     del_read(c);
     del_write(c);
     if (c->read->posted) {
-        ngx_delete_posted_event(c->read);   // a two-statement macro: keep the braces
+        ngx_delete_posted_event(c->read);
     }
     if (c->write->posted) {
         ngx_delete_posted_event(c->write);
@@ -164,17 +227,24 @@ void retry_handler(ngx_event_t *ev) noexcept { connect_link(static_cast<RedisLin
 
 void start_tail(RedisWorker *w);
 
+std::string_view zone_name(const RedisWorker *w) { return w->store->name(); }
+
+void log_zone(ngx_uint_t level, const RedisWorker *w, const char *what, const char *detail) {
+    std::string_view name = zone_name(w);
+    ngx_str_t z{name.size(), reinterpret_cast<u_char *>(const_cast<char *>(name.data()))};
+    ngx_log_error(level, ngx_cycle->log, 0, "channels: zone \"%V\": %s%s%s", &z, what, detail ? ": " : "",
+                  detail ? detail : "");
+}
+
 void on_connect(const redisAsyncContext *ac, int status) {
     auto *link = static_cast<RedisLink *>(ac->data);
     if (status != REDIS_OK) {
-        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0, "channels: redis connect to zone \"%V\" failed: %s",
-                      &link->owner->zone->name, ac->errstr);
+        log_zone(NGX_LOG_WARN, link->owner, "redis connect failed", ac->errstr);
         link->owner->failures++;
         schedule_retry(link);   // hiredis frees the context after this callback
         return;
     }
-    ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0, "channels: zone \"%V\" connected to redis",
-                  &link->owner->zone->name);
+    log_zone(NGX_LOG_NOTICE, link->owner, "connected to redis", nullptr);
     link->ready = true;
     link->backoff = kMinBackoff;
 }
@@ -183,9 +253,7 @@ void on_disconnect(const redisAsyncContext *ac, int status) {
     auto *link = static_cast<RedisLink *>(ac->data);
     link->ready = false;
     if (link->owner->stopping) return;
-    ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0, "channels: zone \"%V\" lost its redis connection%s%s",
-                  &link->owner->zone->name, status == REDIS_OK ? "" : ": ",
-                  status == REDIS_OK ? "" : ac->errstr);
+    log_zone(NGX_LOG_WARN, link->owner, "lost its redis connection", status == REDIS_OK ? nullptr : ac->errstr);
     link->owner->failures++;
     schedule_retry(link);
 }
@@ -200,17 +268,10 @@ void send_argv(RedisLink *link, redisCallbackFn *fn, void *data, const std::vect
     redisAsyncCommandArgv(link->ac, fn, data, int(argv.size()), argv.data(), lens.data());
 }
 
-void select_db(RedisLink *link) {
-    const RedisConf &conf = *link->owner->zone->redis;
-    if (conf.db == 0) return;
-    std::string db = std::to_string(conf.db);
-    send_argv(link, nullptr, nullptr, {"SELECT", db});
-}
-
 void connect_link(RedisLink *link) {
     RedisWorker *w = link->owner;
     if (w->stopping || link->ac != nullptr) return;
-    const RedisConf &conf = *w->zone->redis;
+    const RedisConf &conf = w->store->conf();
     redisAsyncContext *ac = redisAsyncConnect(conf.host.c_str(), conf.port);
     if (ac == nullptr || ac->err) {
         if (ac != nullptr) redisAsyncFree(ac);
@@ -225,108 +286,155 @@ void connect_link(RedisLink *link) {
     }
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
-    select_db(link);
+    if (conf.db != 0) {
+        std::string db = std::to_string(conf.db);
+        send_argv(link, nullptr, nullptr, {"SELECT", db});
+    }
     if (link->tail) start_tail(w);
 }
 
-std::string key(const RedisConf &conf, std::string_view name) {
-    std::string k = conf.prefix;
-    k += name;
-    return k;
-}
+// ---- the shared log: XREAD BLOCK, validated, mirrored into the local zone ----
 
-// ---- the shared log: XREAD BLOCK, mirrored into the local zone ----
-
-std::string_view reply_text(const redisReply *r) {
-    if (r == nullptr || (r->type != REDIS_REPLY_STRING && r->type != REDIS_REPLY_STATUS)) return {};
-    return {r->str, size_t(r->len)};
-}
-
-// One log entry: [id, [field, value, ...]].
-uint64_t ingest_entry(RedisWorker *w, const redisReply *entry) {
-    if (entry->type != REDIS_REPLY_ARRAY || entry->elements != 2) return 0;
-    std::optional<MessageId> id = channels::parse_id(reply_text(entry->element[0]));
-    const redisReply *fields = entry->element[1];
-    if (!id || fields->type != REDIS_REPLY_ARRAY) return 0;
-    PublishInput in;
+struct LogEntry {
+    MessageId id;
     EntryKind kind = EntryKind::message;
-    for (size_t i = 0; i + 1 < fields->elements; i += 2) {
-        std::string_view name = reply_text(fields->element[i]);
-        std::string_view value = reply_text(fields->element[i + 1]);
-        if (name == "c") in.channel = value;
-        else if (name == "e") in.event = value;
-        else if (name == "t") in.content_type = value;
-        else if (name == "d") in.data = value;
-        else if (name == "x") kind = EntryKind::deleted;
+    PublishInput in;
+};
+
+bool valid_content_type(std::string_view t) {
+    if (t.size() > kMaxContentTypeLen) return false;
+    for (char c : t) {
+        if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) return false;
     }
-    if (!channels::is_valid_channel_id(in.channel)) return 0;
-    return store_ingest(w->zone, kind, *id, in);
+    return true;
+}
+
+// What is wrong with an entry of the shared log (nullptr: nothing). [id, [field, value, ...]]
+const char *check_entry(const redisReply *entry, uint64_t now, LogEntry *out) {
+    if (entry->type != REDIS_REPLY_ARRAY || entry->elements != 2) return "not an entry";
+    std::optional<MessageId> id = parse_id(reply_text(entry->element[0]));
+    if (!id) return "malformed id";
+    if (id->ms > now + kMaxAheadMs) return "id far ahead of the clock";
+    out->id = *id;
+    const redisReply *fields = entry->element[1];
+    if (fields->type != REDIS_REPLY_ARRAY || fields->elements % 2 != 0) return "malformed fields";
+    unsigned seen = 0;
+    for (size_t i = 0; i < fields->elements; i += 2) {
+        std::string_view name = reply_text(fields->element[i]);
+        const redisReply *value = fields->element[i + 1];
+        if (value->type != REDIS_REPLY_STRING) return "a field that is not a string";
+        std::string_view text = reply_text(value);
+        unsigned bit = name == "c" ? 1 : name == "e" ? 2 : name == "t" ? 4 : name == "d" ? 8 : name == "x" ? 16 : 0;
+        if (bit == 0 || (seen & bit)) return "unknown or repeated field";
+        seen |= bit;
+        if (bit == 1) out->in.channel = text;
+        if (bit == 2) out->in.event = text;
+        if (bit == 4) out->in.content_type = text;
+        if (bit == 8) out->in.data = text;
+        if (bit == 16) out->kind = EntryKind::deleted;
+    }
+    if (!(seen & 1) || !is_valid_channel_id(out->in.channel)) return "invalid channel id";
+    if (!out->in.event.empty() && !is_valid_event_type(out->in.event)) return "invalid event type";
+    if (!valid_content_type(out->in.content_type)) return "invalid content type";
+    if (out->in.data.size() > UINT32_MAX) return "data too large";
+    return nullptr;
+}
+
+// Mirrors one entry; returns the wake bits of its channel. An invalid entry is skipped
+// with one error line: never delivered, never in the way of the next ones.
+uint64_t ingest_entry(RedisWorker *w, const redisReply *entry, bool *far_ahead) {
+    LogEntry e;
+    const char *problem = check_entry(entry, now_ms(), &e);
+    if (problem != nullptr) {
+        w->invalid++;
+        *far_ahead |= e.id.ms > now_ms() + kMaxAheadMs;
+        std::string_view id = entry->type == REDIS_REPLY_ARRAY && entry->elements > 0 ? reply_text(entry->element[0])
+                                                                                       : std::string_view{};
+        ngx_str_t text{std::min<size_t>(id.size(), 64), reinterpret_cast<u_char *>(const_cast<char *>(id.data()))};
+        std::string_view name = zone_name(w);
+        ngx_str_t z{name.size(), reinterpret_cast<u_char *>(const_cast<char *>(name.data()))};
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0, "channels: zone \"%V\": skipping redis log entry \"%V\": %s", &z,
+                      &text, problem);
+        return 0;
+    }
+    if (e.kind == EntryKind::deleted) e.in = PublishInput{e.in.channel, {}, {}, {}};
+    return w->store->local()->ingest(e.kind, e.id, e.in);
 }
 
 void read_log(RedisWorker *w);
 void acknowledge_mirrored(RedisWorker *w);
+
+void on_repaired(redisAsyncContext *, void *, void *data) {
+    auto *w = static_cast<RedisWorker *>(data);
+    if (!w->stopping) read_log(w);
+}
 
 void on_log_reply(redisAsyncContext *, void *reply_ptr, void *data) {
     auto *w = static_cast<RedisWorker *>(data);
     auto *reply = static_cast<redisReply *>(reply_ptr);
     if (reply == nullptr || w->stopping) return;   // disconnected: the reconnect reads again
     if (reply->type == REDIS_REPLY_ERROR) {
-        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0, "channels: redis XREAD failed: %s", reply->str);
+        log_zone(NGX_LOG_ERR, w, "redis XREAD failed", reply->str);
         if (w->log.ac != nullptr) redisAsyncDisconnect(w->log.ac);
         return;
     }
+    bool far_ahead = false;
     if (reply->type == REDIS_REPLY_ARRAY) {
         uint64_t wake = 0;
         for (size_t s = 0; s < reply->elements; s++) {
             const redisReply *stream = reply->element[s];
-            if (stream->type != REDIS_REPLY_ARRAY || stream->elements != 2) continue;
+            if (stream->type != REDIS_REPLY_ARRAY || stream->elements != 2 || stream->element[1]->type != REDIS_REPLY_ARRAY) {
+                continue;
+            }
             const redisReply *entries = stream->element[1];
-            for (size_t i = 0; i < entries->elements; i++) wake |= ingest_entry(w, entries->element[i]);
+            for (size_t i = 0; i < entries->elements; i++) wake |= ingest_entry(w, entries->element[i], &far_ahead);
         }
-        // Itself, and the workers with subscribers of what it mirrored first (their own
-        // tail may be down or behind).
-        delivery_notify(w->zone, wake | (uint64_t(1) << (ngx_worker & 63)));
+        if (w->listener != nullptr) w->listener->on_appended(wake);
         acknowledge_mirrored(w);
+    }
+    if (far_ahead) {   // the log would give it back every time: start the log again first
+        std::string log_key = key(w->store->conf(), "#log"), limit = std::to_string(now_ms() + kMaxAheadMs);
+        send_argv(&w->log, on_repaired, w, {"EVAL", kRepairScript, "1", log_key, limit});
+        return;
     }
     read_log(w);
 }
 
 void read_log(RedisWorker *w) {
     if (w->log.ac == nullptr) return;
-    char cursor[channels::kMaxIdText];
-    size_t len = channels::format_id(store_last_id(w->zone), cursor);
-    std::string log_key = key(*w->zone->redis, "#log");
-    send_argv(&w->log, on_log_reply, w,
-              {"XREAD", "COUNT", kReadBatch, "BLOCK", "0", "STREAMS", log_key, {cursor, len}});
+    char cursor[kMaxIdText];
+    size_t len = format_id(w->store->local()->last_id(), cursor);
+    std::string log_key = key(w->store->conf(), "#log");
+    send_argv(&w->log, on_log_reply, w, {"XREAD", "COUNT", kReadBatch, "BLOCK", "0", "STREAMS", log_key, {cursor, len}});
 }
 
-// Redis restarted without its data if its last id is older than ours: what it lost can
-// no longer be replayed, so resuming clients are told (channel-gap).
+// Redis restarted without its data if its last id is older than ours: what it lost can no
+// longer be replayed, so resuming clients are told (channel-gap).
 void on_last_id(redisAsyncContext *, void *reply_ptr, void *data) {
     auto *w = static_cast<RedisWorker *>(data);
     auto *reply = static_cast<redisReply *>(reply_ptr);
     if (reply == nullptr || w->stopping) return;
-    MessageId local = store_last_id(w->zone);
-    std::optional<MessageId> remote = channels::parse_id(reply_text(reply));
+    MessageId local = w->store->local()->last_id();
+    std::optional<MessageId> remote = parse_id(reply_text(reply));
     if (local != MessageId{} && (!remote || *remote < local)) {
-        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
-                      "channels: redis of zone \"%V\" lost messages; resuming clients get channel-gap",
-                      &w->zone->name);
-        store_mark_gap(w->zone);
+        log_zone(NGX_LOG_WARN, w, "redis lost messages; resuming clients get channel-gap", nullptr);
+        w->store->local()->mark_gap();
     }
 }
 
-// PREFIX#floor is the first id after Redis last started empty: older cursors may point
-// into history nobody holds any more.
+// PREFIX#floor is the first id after Redis last started empty: older cursors may point into
+// history nobody holds any more.
 void on_floor(redisAsyncContext *, void *reply_ptr, void *data) {
     auto *w = static_cast<RedisWorker *>(data);
     auto *reply = static_cast<redisReply *>(reply_ptr);
     if (reply == nullptr || w->stopping) return;
-    if (std::optional<MessageId> floor = channels::parse_id(reply_text(reply))) store_raise_floor(w->zone, *floor);
+    std::optional<MessageId> floor = parse_id(reply_text(reply));
+    if (floor && floor->ms <= now_ms() + kMaxAheadMs) w->store->local()->raise_floor(*floor);
 }
 
 void start_tail(RedisWorker *w) {
-    std::string last_key = key(*w->zone->redis, "#last"), floor_key = key(*w->zone->redis, "#floor");
+    const RedisConf &conf = w->store->conf();
+    std::string last_key = key(conf, "#last"), floor_key = key(conf, "#floor");
     send_argv(&w->log, on_last_id, w, {"GET", last_key});
     send_argv(&w->log, on_floor, w, {"GET", floor_key});
     read_log(w);
@@ -334,172 +442,94 @@ void start_tail(RedisWorker *w) {
 
 // ---- publish and delete through the script ----
 
-struct PendingRequest {
-    ngx_http_request_t *r;
-    ngx_http_cleanup_t *cleanup;   // disarmed once answered: p may be freed before r
-    ZoneConf           *zone;
-    ngx_event_t         timer;
-    uint64_t            started_us;
-    bool                remove;
-    ChannelInfo         before;   // DELETE: the local state it answers with
-    std::string         channel;
-    // A publish is acknowledged only once this host mirrors it, so that a 201 is never
-    // lost with Redis: this host's subscribers get it whatever happens to Redis after.
-    ngx_queue_t         in_awaiting{};
-    bool                awaiting = false;
-    MessageId           id;
-    uint32_t            messages = 0;
-};
+bool mirrored(const Pending *p) { return p->worker->store->local()->last_id() >= p->call->id; }
 
-PendingRequest *awaiting_request(ngx_queue_t *q) {
-    return reinterpret_cast<PendingRequest *>(reinterpret_cast<u_char *>(q) -
-                                              offsetof(PendingRequest, in_awaiting));
-}
-
-uint64_t now_us() {
-    struct timeval tv;
-    ngx_gettimeofday(&tv);
-    return uint64_t(tv.tv_sec) * 1000000 + uint64_t(tv.tv_usec);
-}
-
-void finish_request(PendingRequest *p, ngx_int_t rc) {
-    ngx_http_request_t *r = p->r;
-    if (r == nullptr) return;
-    p->r = nullptr;
-    p->cleanup->handler = nullptr;
-    if (p->timer.timer_set) ngx_del_timer(&p->timer);
-    ngx_connection_t *c = r->connection;
-    ngx_http_finalize_request(r, rc);
-    ngx_http_run_posted_requests(c);
-}
-
-ngx_int_t unavailable(ngx_http_request_t *r) {
-    return send_text(r, NGX_HTTP_SERVICE_UNAVAILABLE, "redis unavailable");
-}
-
-ngx_int_t answer_published(PendingRequest *p) {
-    PublishResult res;
-    res.id = p->id;
-    res.messages = p->messages;
-    res.subscribers = store_info(p->zone, p->channel).subscribers;   // this host's own
-    return send_body(p->r, NGX_HTTP_CREATED, "application/json", published_json(p->channel, res));
-}
-
-bool mirrored(const PendingRequest *p) { return store_last_id(p->zone) >= p->id; }
-
-// The script's answer; NGX_AGAIN: stored, to be acknowledged once mirrored here.
-ngx_int_t answer(PendingRequest *p, const redisReply *reply) {
-    ngx_http_request_t *r = p->r;
-    if (reply == nullptr || reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
-        reply->element[1]->type != REDIS_REPLY_INTEGER) {
-        if (reply != nullptr && reply->type == REDIS_REPLY_ERROR) {
-            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "channels: redis script failed: %s", reply->str);
-        }
-        return unavailable(r);
-    }
-    std::optional<MessageId> id = channels::parse_id(reply_text(reply->element[0]));
-    if (!id) return unavailable(r);
-    auto count = uint32_t(reply->element[1]->integer);
-    if (p->remove) {
-        if (!p->before.exists && count == 0) return send_text(r, NGX_HTTP_NOT_FOUND, "channel not found");
-        return send_body(r, NGX_HTTP_OK, "application/json", info_json(p->channel, p->before));
-    }
-    p->id = *id;
-    p->messages = count;
-    return mirrored(p) ? answer_published(p) : NGX_AGAIN;
-}
-
-void free_request(PendingRequest *p) {
+void free_pending(Pending *p) {
     if (p->awaiting) {
-        ngx_queue_remove(&p->in_awaiting);   // a multi-statement macro: keep the braces
+        ngx_queue_remove(&p->in_awaiting);
+        p->awaiting = false;
     }
     if (p->timer.timer_set) ngx_del_timer(&p->timer);
-    p->~PendingRequest();
     ngx_free(p);
+}
+
+// Answers the call (unless cancelled) and lets go of it.
+void answer(Pending *p, PublishCall::Status status) {
+    PublishCall *call = p->call;
+    p->call = nullptr;
+    if (p->timer.timer_set) ngx_del_timer(&p->timer);
+    if (call == nullptr) return;
+    call->status = status;
+    call->store_data = nullptr;
+    if (status == PublishCall::Status::ok && !call->remove) {
+        call->subscribers = p->worker->store->local()->info(call->in.channel).subscribers;   // this host's own
+    }
+    call->done(call);
+}
+
+// The script's reply: an answer, or (a publish) stored and to be acknowledged once mirrored.
+void on_script_reply(redisAsyncContext *, void *reply_ptr, void *data) {
+    auto *p = static_cast<Pending *>(data);
+    auto *reply = static_cast<redisReply *>(reply_ptr);
+    p->replied = true;
+    RedisWorker *w = p->worker;
+    if (p->call == nullptr) {   // cancelled, or timed out
+        free_pending(p);
+        return;
+    }
+    w->latency_us = now_us() - p->started_us;
+    std::optional<MessageId> id;
+    if (reply != nullptr && reply->type == REDIS_REPLY_ARRAY && reply->elements == 2 &&
+        reply->element[1]->type == REDIS_REPLY_INTEGER) {
+        id = parse_id(reply_text(reply->element[0]));
+    } else if (reply != nullptr && reply->type == REDIS_REPLY_ERROR) {
+        log_zone(NGX_LOG_ERR, w, "redis script failed", reply->str);
+    }
+    if (!id) {
+        answer(p, PublishCall::Status::unavailable);
+        free_pending(p);
+        return;
+    }
+    PublishCall *call = p->call;
+    auto count = uint32_t(reply->element[1]->integer);
+    if (call->remove) {
+        answer(p, !call->info.exists && count == 0 ? PublishCall::Status::not_found : PublishCall::Status::ok);
+        free_pending(p);
+        return;
+    }
+    call->id = *id;
+    call->messages = count;
+    if (mirrored(p) || w->stopping) {
+        answer(p, mirrored(p) ? PublishCall::Status::ok : PublishCall::Status::unavailable);
+        free_pending(p);
+        return;
+    }
+    p->awaiting = true;   // the timer still runs: see reply_timeout()
+    ngx_queue_insert_tail(&w->awaiting, &p->in_awaiting);
 }
 
 // After this worker mirrored more of the log: acknowledge what is now here.
 void acknowledge_mirrored(RedisWorker *w) {
     ngx_queue_t *q = ngx_queue_head(&w->awaiting);
     while (q != ngx_queue_sentinel(&w->awaiting)) {
-        PendingRequest *p = awaiting_request(q);
+        Pending *p = ngx_queue_data(q, Pending, in_awaiting);
         q = ngx_queue_next(q);
-        if (!mirrored(p)) continue;
-        finish_request(p, guarded(ngx_cycle->log, [p] { return answer_published(p); }));
-        free_request(p);
+        if (p->call != nullptr && !mirrored(p)) continue;
+        answer(p, PublishCall::Status::ok);
+        free_pending(p);
     }
-}
-
-void on_script_reply(redisAsyncContext *, void *reply_ptr, void *data) {
-    auto *p = static_cast<PendingRequest *>(data);
-    RedisWorker *w = p->zone->redis_worker;
-    if (p->r != nullptr) {
-        if (w != nullptr) w->latency_us = now_us() - p->started_us;
-        ngx_int_t rc = guarded(ngx_cycle->log, [&] { return answer(p, static_cast<redisReply *>(reply_ptr)); });
-        if (rc == NGX_AGAIN && w != nullptr && !w->stopping) {
-            p->awaiting = true;   // the timer still runs: see reply_timeout()
-            ngx_queue_insert_tail(&w->awaiting, &p->in_awaiting);
-            return;
-        }
-        finish_request(p, rc == NGX_AGAIN ? unavailable(p->r) : rc);
-    }
-    free_request(p);
 }
 
 void reply_timeout(ngx_event_t *ev) noexcept {
-    auto *p = static_cast<PendingRequest *>(ev->data);
+    auto *p = static_cast<Pending *>(ev->data);
     if (!p->awaiting) {
-        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0, "channels: redis did not answer in time");
-        finish_request(p, unavailable(p->r));   // p is freed when hiredis gives it back
+        log_zone(NGX_LOG_ERR, p->worker, "redis did not answer in time", nullptr);
+        answer(p, PublishCall::Status::unavailable);   // p is freed when hiredis gives it back
         return;
     }
     // Stored in Redis but not seen here: acknowledged if another worker mirrored it.
-    finish_request(p, mirrored(p) ? answer_published(p) : unavailable(p->r));
-    free_request(p);
-}
-
-// The request went away first: the reply, when it comes, only frees p.
-void request_gone(void *data) noexcept {
-    auto *p = static_cast<PendingRequest *>(data);
-    p->r = nullptr;
-    if (p->awaiting) {
-        free_request(p);
-    } else if (p->timer.timer_set) {
-        ngx_del_timer(&p->timer);
-    }
-}
-
-ngx_int_t run_script(ngx_http_request_t *r, ZoneConf *zone, const PublishInput &in, bool remove) {
-    RedisWorker *w = zone->redis_worker;
-    if (w == nullptr || !w->cmd.ready) return unavailable(r);
-    void *mem = ngx_alloc(sizeof(PendingRequest), r->connection->log);
-    ngx_http_cleanup_t *cln = ngx_http_cleanup_add(r, 0);
-    if (mem == nullptr || cln == nullptr) {
-        ngx_free(mem);
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-    auto *p = new (mem) PendingRequest{r, cln, zone, {}, now_us(), remove, {}, std::string(in.channel),
-                                       {}, false, {}, 0};
-    if (remove) p->before = store_info(zone, in.channel);
-    cln->handler = request_gone;
-    cln->data = p;
-    p->timer.handler = reply_timeout;
-    p->timer.data = p;
-    p->timer.log = r->connection->log;
-    ngx_add_timer(&p->timer, kReplyTimeout);
-
-    const RedisConf &conf = *zone->redis;
-    std::string stream = key(conf, in.channel), log = key(conf, "#log"), last = key(conf, "#last"),
-                floor = key(conf, "#floor");
-    std::string now = std::to_string(now_ms()), history = std::to_string(zone->history),
-                ttl = std::to_string(zone->ttl);
-    char host_last[channels::kMaxIdText];
-    size_t host_last_len = channels::format_id(store_last_id(zone), host_last);
-    send_argv(&w->cmd, on_script_reply, p,
-              {"EVAL", kScript, "4", stream, log, last, floor, now, history, ttl, kLogMaxLen, in.channel,
-               in.event, in.content_type, in.data, remove ? "d" : "m", {host_last, host_last_len}});
-    r->main->count++;   // answered from on_script_reply
-    return NGX_DONE;
+    answer(p, mirrored(p) ? PublishCall::Status::ok : PublishCall::Status::unavailable);
+    free_pending(p);
 }
 
 // ---- configuration ----
@@ -511,14 +541,14 @@ bool parse_url(ngx_conf_t *cf, RedisConf *conf) {
     size_t slash = url.find('/');
     if (slash != std::string_view::npos) {
         std::string_view db = url.substr(slash + 1);
-        ngx_int_t n = db.empty() ? 0 : ngx_atoi((u_char *) db.data(), db.size());
+        ngx_int_t n = db.empty() ? 0 : ngx_atoi(reinterpret_cast<u_char *>(const_cast<char *>(db.data())), db.size());
         if (n == NGX_ERROR) return false;
         conf->db = int(n);
         url = url.substr(0, slash);
     }
     ngx_url_t u;
     ngx_memzero(&u, sizeof(u));
-    u.url = {url.size(), (u_char *) url.data()};
+    u.url = {url.size(), reinterpret_cast<u_char *>(const_cast<char *>(url.data()))};
     u.default_port = 6379;
     if (ngx_parse_url(cf->pool, &u) != NGX_OK || u.naddrs == 0) return false;
     u_char text[NGX_SOCKADDR_STRLEN];
@@ -528,17 +558,119 @@ bool parse_url(ngx_conf_t *cf, RedisConf *conf) {
     return true;
 }
 
-void destroy_conf(void *data) noexcept { static_cast<RedisConf *>(data)->~RedisConf(); }
+template <typename T, typename... Args>
+T *pool_new(ngx_pool_t *pool, Args &&...args) {
+    ngx_pool_cleanup_t *cln = ngx_pool_cleanup_add(pool, sizeof(T));
+    if (cln == nullptr) return nullptr;
+    T *obj = new (cln->data) T(std::forward<Args>(args)...);
+    cln->handler = [](void *data) noexcept { static_cast<T *>(data)->~T(); };
+    return obj;
+}
 
 }  // namespace
+
+// ---- the Store ----
+
+ngx_int_t RedisStore::start(PublishCall *call) {
+    RedisWorker *w = worker_;
+    if (w == nullptr || !w->cmd.ready) {
+        call->status = PublishCall::Status::unavailable;
+        call->done(call);
+        return NGX_OK;
+    }
+    auto *p = static_cast<Pending *>(ngx_calloc(sizeof(Pending), ngx_cycle->log));
+    if (p == nullptr) {
+        call->status = PublishCall::Status::failed;
+        call->done(call);
+        return NGX_OK;
+    }
+    p->call = call;
+    p->worker = w;
+    p->started_us = now_us();
+    p->timer.handler = reply_timeout;
+    p->timer.data = p;
+    p->timer.log = ngx_cycle->log;
+    call->store_data = p;
+    if (call->remove) call->info = local_->info(call->in.channel);
+    ngx_add_timer(&p->timer, kReplyTimeout);
+
+    const RedisConf &conf = *conf_;
+    std::string stream = key(conf, call->in.channel), log = key(conf, "#log"), last = key(conf, "#last"),
+                floor = key(conf, "#floor");
+    std::string now = std::to_string(now_ms()), history = std::to_string(local_->history()),
+                ttl = std::to_string(local_->ttl_ms()), ahead = std::to_string(kMaxAheadMs);
+    char host_last[kMaxIdText];
+    size_t host_last_len = format_id(local_->last_id(), host_last);
+    const PublishInput &in = call->in;
+    send_argv(&w->cmd, on_script_reply, p,
+              {"EVAL", kScript, "4", stream, log, last, floor, now, history, ttl, kLogMaxLen, in.channel, in.event,
+               in.content_type, in.data, call->remove ? "d" : "m", {host_last, host_last_len}, ahead});
+    return NGX_AGAIN;
+}
+
+void RedisStore::cancel(PublishCall *call) {
+    auto *p = static_cast<Pending *>(call->store_data);
+    if (p == nullptr) return;
+    call->store_data = nullptr;
+    p->call = nullptr;
+    if (p->awaiting || p->replied) free_pending(p);   // else freed when hiredis gives it back
+}
+
+ngx_int_t RedisStore::start_worker(ngx_cycle_t *cycle, ZoneSession *session, StoreListener *listener) {
+    if (local_->start_worker(cycle, session, listener) != NGX_OK) return NGX_ERROR;
+    auto *w = new (std::nothrow) RedisWorker();
+    if (w == nullptr) return NGX_ERROR;
+    w->store = this;
+    w->listener = listener;
+    for (RedisLink *link : {&w->cmd, &w->log}) {
+        link->owner = w;
+        link->retry.handler = retry_handler;
+        link->retry.data = link;
+        link->retry.log = cycle->log;
+        link->retry.cancelable = 1;
+    }
+    w->log.tail = true;
+    ngx_queue_init(&w->awaiting);
+    worker_ = w;
+    connect_link(&w->cmd);
+    connect_link(&w->log);
+    return NGX_OK;
+}
+
+void RedisStore::stop_worker(ZoneSession *session) {
+    RedisWorker *w = worker_;
+    if (w != nullptr && !w->stopping) {
+        w->stopping = true;
+        while (!ngx_queue_empty(&w->awaiting)) {
+            Pending *p = ngx_queue_data(ngx_queue_head(&w->awaiting), Pending, in_awaiting);
+            answer(p, p->call != nullptr && mirrored(p) ? PublishCall::Status::ok : PublishCall::Status::unavailable);
+            free_pending(p);
+        }
+        for (RedisLink *link : {&w->cmd, &w->log}) {
+            if (link->retry.timer_set) ngx_del_timer(&link->retry);
+            if (link->ac != nullptr) redisAsyncFree(link->ac);   // pending callbacks get no reply
+        }
+    }
+    local_->stop_worker(session);
+}
+
+void RedisStore::append_stats(JsonWriter<StringSink> &w) {
+    RedisWorker *rw = worker_;
+    w.key("redis").open_object().key("url").string(view(conf_->url));
+    w.key("connected").boolean(rw != nullptr && rw->cmd.ready && rw->log.ready);
+    w.key("latency_us").number(rw != nullptr ? rw->latency_us : 0);
+    w.key("reconnects").number(rw != nullptr ? rw->failures : 0);
+    w.key("invalid_entries").number(rw != nullptr ? rw->invalid : 0);
+    w.close_object();
+}
+
+// ---- configuration ----
 
 char *redis_directive(ngx_conf_t *cf, ngx_command_t *, void *conf) noexcept {
     try {
         auto *mcf = static_cast<MainConf *>(conf);
-        ngx_pool_cleanup_t *cln = ngx_pool_cleanup_add(cf->pool, sizeof(RedisConf));
-        if (cln == nullptr) return static_cast<char *>(NGX_CONF_ERROR);
-        auto *rc = new (cln->data) RedisConf();
-        cln->handler = destroy_conf;
+        auto *rc = pool_new<RedisConf>(cf->pool);
+        if (rc == nullptr) return static_cast<char *>(NGX_CONF_ERROR);
         auto *args = static_cast<ngx_str_t *>(cf->args->elts);
         for (ngx_uint_t i = 1; i < cf->args->nelts; i++) {
             std::string_view a = view(args[i]);
@@ -583,66 +715,10 @@ ngx_int_t redis_bind_zones(ngx_conf_t *cf, MainConf *mcf) {
             return NGX_ERROR;
         }
         found->redis = confs[i];
+        found->store = pool_new<RedisStore>(cf->pool, found->shm, confs[i]);
+        if (found->store == nullptr) return NGX_ERROR;
     }
     return NGX_OK;
 }
 
-ngx_int_t redis_init_worker(ngx_cycle_t *cycle, ZoneConf *zone) {
-    if (zone->redis == nullptr) return NGX_OK;
-    auto *w = new (std::nothrow) RedisWorker();
-    if (w == nullptr) return NGX_ERROR;
-    w->zone = zone;
-    for (RedisLink *link : {&w->cmd, &w->log}) {
-        link->owner = w;
-        link->retry.handler = retry_handler;
-        link->retry.data = link;
-        link->retry.log = cycle->log;
-        link->retry.cancelable = 1;
-    }
-    w->log.tail = true;
-    ngx_queue_init(&w->awaiting);
-    zone->redis_worker = w;
-    connect_link(&w->cmd);
-    connect_link(&w->log);
-    return NGX_OK;
-}
-
-void redis_stop_worker(ZoneConf *zone) {
-    RedisWorker *w = zone->redis_worker;
-    if (w == nullptr || w->stopping) return;
-    w->stopping = true;
-    while (!ngx_queue_empty(&w->awaiting)) {
-        PendingRequest *p = awaiting_request(ngx_queue_head(&w->awaiting));
-        finish_request(p, mirrored(p) ? answer_published(p) : unavailable(p->r));
-        free_request(p);
-    }
-    for (RedisLink *link : {&w->cmd, &w->log}) {
-        if (link->retry.timer_set) ngx_del_timer(&link->retry);
-        if (link->ac != nullptr) redisAsyncFree(link->ac);   // pending callbacks get no reply
-    }
-}
-
-ngx_int_t redis_publish(ngx_http_request_t *r, ZoneConf *zone, const PublishInput &in) {
-    return run_script(r, zone, in, false);
-}
-
-ngx_int_t redis_delete(ngx_http_request_t *r, ZoneConf *zone, std::string_view channel) {
-    PublishInput in{channel, {}, {}, {}};
-    return run_script(r, zone, in, true);
-}
-
-void redis_append_stats(std::string &out, ZoneConf *zone) {
-    RedisWorker *w = zone->redis_worker;
-    if (zone->redis == nullptr) return;
-    out += ",\"redis\":{\"url\":";
-    channels::append_json_string(out, view(zone->redis->url));
-    out += ",\"connected\":";
-    out += (w != nullptr && w->cmd.ready && w->log.ready) ? "true" : "false";
-    out += ",\"latency_us\":";
-    channels::append_uint(out, w != nullptr ? w->latency_us : 0);
-    out += ",\"reconnects\":";
-    channels::append_uint(out, w != nullptr ? w->failures : 0);
-    out += '}';
-}
-
-}  // namespace chn
+}  // namespace channels

@@ -1,52 +1,35 @@
-// channel_stats: zone statistics as JSON or Prometheus text, and channel listings (SPEC §6).
+// channel_stats: zone statistics as JSON or Prometheus text, channel listings, and the
+// zone consistency check (SPEC §6).
 
-#include "channels/json.h"
-#include "ngx_http_channels.h"
-#include "ngx_http_channels_redis.h"
-#include "ngx_http_channels_store.h"
+#include "channels/json_writer.h"
+#include "ngx_http_channels_request.h"
 
-namespace chn {
+namespace channels {
 namespace {
 
 constexpr size_t kDefaultListLimit = 100;
+constexpr size_t kMaxListLimit = 1000;
 
-void append_field(std::string &out, std::string_view name, uint64_t value) {
-    out += ",\"";
-    out += name;
-    out += "\":";
-    channels::append_uint(out, value);
-}
-
-void append_zone_json(std::string &out, ZoneConf *zone) {
-    ZoneStats st = store_stats(zone);
-    out += "{\"name\":";
-    channels::append_json_string(out, view(zone->name));
-    append_field(out, "size", st.size);
-    append_field(out, "used", st.used);
-    append_field(out, "channels", st.channels);
-    append_field(out, "messages", st.messages);
-    append_field(out, "subscribers", st.subscribers);
-    append_field(out, "published", st.published);
-    append_field(out, "delivered", st.delivered);
-    append_field(out, "evicted", st.evicted);
-    append_field(out, "dropped_slow", st.dropped_slow);
-    append_field(out, "history", zone->history);
-    append_field(out, "ttl", zone->ttl / 1000);
-    out += ",\"last_event_id\":";
-    append_json_id(out, st.last_id);
-    out += ",\"workers\":[";
-    for (size_t i = 0; i < st.workers.size(); i++) {
-        const ZoneStats::Worker &w = st.workers[i];
-        out += i ? ",{\"pid\":" : "{\"pid\":";
-        channels::append_uint(out, uint64_t(w.pid));
-        append_field(out, "subscribers", w.subscribers);
-        append_field(out, "wakeups", w.wakeups);
-        append_field(out, "entries_read", w.entries_read);
-        out += '}';
+void append_zone_json(JsonWriter<StringSink> &w, const ZoneConf *zone) {
+    ZoneStats st = zone->store->stats();
+    w.open_object().key("name").string(view(zone->name));
+    w.key("size").number(st.size).key("used").number(st.used);
+    w.key("channels").number(st.channels).key("messages").number(st.messages);
+    w.key("subscribers").number(st.subscribers).key("published").number(st.published);
+    w.key("delivered").number(st.delivered).key("evicted").number(st.evicted);
+    w.key("dropped_slow").number(st.dropped_slow);
+    w.key("idle_bytes").number(st.idle_bytes).key("idle_cap").number(st.idle_cap);
+    w.key("rebuilds").number(st.rebuilds);
+    w.key("history").number(zone->history).key("ttl").number(zone->ttl / 1000);
+    w.key("last_event_id").id(st.last_id);
+    w.key("workers").open_array();
+    for (const ZoneStats::Worker &wk : st.workers) {
+        w.open_object().key("pid").number(uint64_t(wk.pid)).key("subscribers").number(wk.subscribers);
+        w.key("wakeups").number(wk.wakeups).key("entries_read").number(wk.entries_read).close_object();
     }
-    out += ']';
-    redis_append_stats(out, zone);
-    out += '}';
+    w.close_array();
+    zone->store->append_stats(w);
+    w.close_object();
 }
 
 struct Metric {
@@ -59,39 +42,26 @@ constexpr Metric kMetrics[] = {
     {"nginx_channels_messages", "gauge", "Messages retained in the zone.", &ZoneStats::messages},
     {"nginx_channels_subscribers", "gauge", "Subscriber connections.", &ZoneStats::subscribers},
     {"nginx_channels_published_total", "counter", "Messages published.", &ZoneStats::published},
-    {"nginx_channels_delivered_total", "counter", "Messages delivered to subscribers.",
-     &ZoneStats::delivered},
-    {"nginx_channels_evicted_total", "counter", "Messages evicted because the zone was full.",
-     &ZoneStats::evicted},
-    {"nginx_channels_dropped_slow_total", "counter", "Subscribers cut off for not reading.",
-     &ZoneStats::dropped_slow},
+    {"nginx_channels_delivered_total", "counter", "Messages delivered to subscribers.", &ZoneStats::delivered},
+    {"nginx_channels_evicted_total", "counter", "Messages evicted because the zone was full.", &ZoneStats::evicted},
+    {"nginx_channels_dropped_slow_total", "counter", "Subscribers cut off for not reading.", &ZoneStats::dropped_slow},
 };
 
 void append_sample(std::string &out, std::string_view name, std::string_view zone, uint64_t value) {
-    out += name;
-    out += "{zone=\"";
-    out += zone;   // zone names are nginx tokens: no quotes, backslashes or newlines
-    out += "\"} ";
-    channels::append_uint(out, value);
+    out.append(name).append("{zone=\"").append(zone).append("\"} ");   // zone names: nginx tokens
+    StringSink sink(out);
+    put_uint(sink, value);
     out += '\n';
 }
 
-void append_header(std::string &out, std::string_view name, std::string_view type,
-                   std::string_view help) {
-    out += "# HELP ";
-    out += name;
-    out += ' ';
-    out += help;
-    out += "\n# TYPE ";
-    out += name;
-    out += ' ';
-    out += type;
-    out += '\n';
+void append_header(std::string &out, std::string_view name, std::string_view type, std::string_view help) {
+    out.append("# HELP ").append(name).append(" ").append(help).append("\n# TYPE ");
+    out.append(name).append(" ").append(type).append("\n");
 }
 
 std::string prometheus(ZoneConf **zones, size_t n) {
     std::vector<ZoneStats> stats;
-    for (size_t i = 0; i < n; i++) stats.push_back(store_stats(zones[i]));
+    for (size_t i = 0; i < n; i++) stats.push_back(zones[i]->store->stats());
     std::string out;
     append_header(out, "nginx_channels_size_bytes", "gauge", "Size of the shared memory zone.");
     for (size_t i = 0; i < n; i++) append_sample(out, "nginx_channels_size_bytes", view(zones[i]->name), stats[i].size);
@@ -105,31 +75,24 @@ std::string prometheus(ZoneConf **zones, size_t n) {
 }
 
 std::string listing_json(const ChannelListing &list) {
-    std::string out = "{\"channels\":[";
-    for (size_t i = 0; i < list.rows.size(); i++) {
-        const ChannelListing::Row &row = list.rows[i];
-        out += i ? ",{\"id\":" : "{\"id\":";
-        channels::append_json_string(out, row.id);
-        append_field(out, "messages", row.messages);
-        append_field(out, "subscribers", row.subscribers);
-        out += ",\"last_event_id\":";
-        append_json_id(out, row.newest);
-        out += '}';
+    std::string out;
+    StringSink sink(out);
+    JsonWriter<StringSink> w(sink);
+    w.open_object().key("channels").open_array();
+    for (const ChannelListing::Row &row : list.rows) {
+        w.open_object().key("id").string(row.id).key("messages").number(row.messages);
+        w.key("subscribers").number(row.subscribers).key("last_event_id").id(row.newest).close_object();
     }
-    out += ']';
-    if (list.more && !list.rows.empty()) {
-        out += ",\"next_after\":";
-        channels::append_json_string(out, list.rows.back().id);
-    }
-    out += "}\n";
+    w.close_array();
+    if (list.more && !list.rows.empty()) w.key("next_after").string(list.rows.back().id);
+    w.close_object().raw("\n");
     return out;
 }
 
 ngx_int_t list_channels(ngx_http_request_t *r, ZoneConf *zone) {
     ngx_str_t prefix{}, after{}, limit_text{};
     bool found;
-    if (decoded_arg(r, "prefix", &prefix, &found) != NGX_OK ||
-        decoded_arg(r, "after", &after, &found) != NGX_OK ||
+    if (decoded_arg(r, "prefix", &prefix, &found) != NGX_OK || decoded_arg(r, "after", &after, &found) != NGX_OK ||
         decoded_arg(r, "limit", &limit_text, &found) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
@@ -137,10 +100,26 @@ ngx_int_t list_channels(ngx_http_request_t *r, ZoneConf *zone) {
     if (found) {
         ngx_int_t n = ngx_atoi(limit_text.data, limit_text.len);
         if (n <= 0) return send_text(r, NGX_HTTP_BAD_REQUEST, "invalid limit: a positive number");
-        limit = size_t(n);
+        limit = std::min(size_t(n), kMaxListLimit);
     }
-    ChannelListing list = store_list(zone, view(prefix), view(after), limit);
-    return send_body(r, NGX_HTTP_OK, "application/json", listing_json(list));
+    return send_body(r, NGX_HTTP_OK, "application/json", listing_json(zone->store->list(view(prefix), view(after), limit)));
+}
+
+// ?check: every zone walked under its lock; "consistent" and what did not add up.
+ngx_int_t check_zones(ngx_http_request_t *r, ZoneConf **zones, size_t n) {
+    std::string out;
+    StringSink sink(out);
+    JsonWriter<StringSink> w(sink);
+    w.open_object().key("zones").open_array();
+    for (size_t i = 0; i < n; i++) {
+        ZoneCheck check = zones[i]->store->check();
+        w.open_object().key("name").string(view(zones[i]->name)).key("consistent").boolean(check.problems.empty());
+        w.key("problems").open_array();
+        for (const std::string &p : check.problems) w.string(p);
+        w.close_array().close_object();
+    }
+    w.close_array().close_object().raw("\n");
+    return send_body(r, NGX_HTTP_OK, "application/json", out);
 }
 
 ngx_int_t handle(ngx_http_request_t *r) {
@@ -149,10 +128,10 @@ ngx_int_t handle(ngx_http_request_t *r) {
         return send_text(r, NGX_HTTP_NOT_ALLOWED, "method not allowed");
     }
     if (ngx_http_discard_request_body(r) != NGX_OK) return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    auto *mcf = static_cast<MainConf *>(ngx_http_get_module_main_conf(r, ngx_http_channels_module));
+    MainConf *mcf = main_conf(r);
     ZoneConf *one = zone_of(loc_conf(r));
-    ZoneConf **zones = one ? &one : static_cast<ZoneConf **>(mcf->zones.elts);
-    size_t n = one ? 1 : mcf->zones.nelts;
+    ZoneConf **zones = one != nullptr ? &one : static_cast<ZoneConf **>(mcf->zones.elts);
+    size_t n = one != nullptr ? 1 : mcf->zones.nelts;
     ngx_str_t name{};
     bool named;
     if (decoded_arg(r, "zone", &name, &named) != NGX_OK) return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -165,11 +144,9 @@ ngx_int_t handle(ngx_http_request_t *r) {
         zones = found;
         n = 1;
     }
-
+    if (has_arg(r, "check")) return check_zones(r, zones, n);
     if (has_arg(r, "channels")) {
-        if (n != 1) {
-            return send_text(r, NGX_HTTP_BAD_REQUEST, "channel listing needs one zone: add &zone=NAME");
-        }
+        if (n != 1) return send_text(r, NGX_HTTP_BAD_REQUEST, "channel listing needs one zone: add &zone=NAME");
         return list_channels(r, zones[0]);
     }
     ngx_str_t format{};
@@ -178,19 +155,19 @@ ngx_int_t handle(ngx_http_request_t *r) {
     if (found && view(format) == "prometheus") {
         return send_body(r, NGX_HTTP_OK, "text/plain; version=0.0.4; charset=utf-8", prometheus(zones, n));
     }
-    std::string out = "{\"zones\":[";
-    for (size_t i = 0; i < n; i++) {
-        if (i) out += ',';
-        append_zone_json(out, zones[i]);
-    }
-    out += "]}\n";
+    std::string out;
+    StringSink sink(out);
+    JsonWriter<StringSink> w(sink);
+    w.open_object().key("zones").open_array();
+    for (size_t i = 0; i < n; i++) append_zone_json(w, zones[i]);
+    w.close_array().close_object().raw("\n");
     return send_body(r, NGX_HTTP_OK, "application/json", out);
 }
 
 }  // namespace
 
-ngx_int_t stats_handler(ngx_http_request_t *r) {
-    return guarded(r->connection->log, [r] { return handle(r); });
+ngx_int_t ngx_http_channels_stats_handler(ngx_http_request_t *r) noexcept {
+    return guarded(r->connection->log, ngx_int_t(NGX_HTTP_INTERNAL_SERVER_ERROR), [r] { return handle(r); });
 }
 
-}  // namespace chn
+}  // namespace channels

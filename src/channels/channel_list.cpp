@@ -117,6 +117,15 @@ std::string_view describe(ListError err)
     return "invalid channel list";
 }
 
+ListError ChannelList::append_one(std::string_view decoded_value)
+{
+    if (decoded_value.empty()) {
+        return ListError::none;
+    }
+    ListError err = check_item(decoded_value);
+    return err != ListError::none ? err : add_distinct(*this, decoded_value);
+}
+
 ListError ChannelList::append(std::string_view decoded_value)
 {
     if (decoded_value.empty()) {

@@ -45,6 +45,10 @@ struct ChannelList {
     // error found; the list is then unspecified.
     ListError append(std::string_view decoded_value);
 
+    // Appends a value that is one channel id whatever it holds (composed of text and
+    // variables: a comma in it is a bad byte, never a second channel). Empty: skipped.
+    ListError append_one(std::string_view decoded_value);
+
     // Call after all arguments were appended: no_channel when the list is empty.
     ListError finish() const { return count == 0 ? ListError::no_channel : ListError::none; }
 };

@@ -1,40 +1,14 @@
-// JSON string escaping, UTF-8 validation (RFC 3629) and base64 (RFC 4648).
+// UTF-8 validation (RFC 3629); JSON strings, base64 and numbers appended to a std::string
+// (through the writer's own escaping: json_writer.h).
 #include "channels/json.h"
 
 #include <cstring>
 
+#include "channels/json_writer.h"
+
 namespace channels {
 
 namespace {
-
-// For each byte: 0 when it is copied as is, else the letter after the backslash
-// ('u' meaning \u00XX). Built at compile time (no global constructor).
-struct JsonEscapes {
-    char esc[256] = {};
-
-    constexpr JsonEscapes()
-    {
-        for (int c = 0; c < 0x20; c++) esc[c] = 'u';
-        const char pairs[][2] = {{'\b', 'b'}, {'\f', 'f'}, {'\n', 'n'}, {'\r', 'r'},
-                                 {'\t', 't'}, {'"', '"'},  {'\\', '\\'}};
-        for (const auto &pr : pairs) esc[static_cast<unsigned char>(pr[0])] = pr[1];
-    }
-};
-
-constexpr JsonEscapes kJsonEscapes;
-constexpr char kHex[] = "0123456789abcdef";
-constexpr char kBase64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-void append_escape(std::string &out, unsigned char c, char e)
-{
-    if (e != 'u') {
-        const char two[2] = {'\\', e};
-        out.append(two, 2);
-        return;
-    }
-    const char six[6] = {'\\', 'u', '0', '0', kHex[c >> 4], kHex[c & 15]};
-    out.append(six, 6);
-}
 
 bool is_tail(unsigned char c) { return (c & 0xC0) == 0x80; }
 
@@ -98,51 +72,21 @@ bool is_valid_utf8(std::string_view s)
 void append_json_string(std::string &out, std::string_view s)
 {
     out.reserve(out.size() + s.size() + 2);
-    out.push_back('"');
-    size_t run = 0;  // start of the pending run of bytes copied as they are
-    for (size_t i = 0; i < s.size(); i++) {
-        unsigned char c = static_cast<unsigned char>(s[i]);
-        char e = kJsonEscapes.esc[c];
-        if (e == 0) continue;
-        out.append(s.data() + run, i - run);
-        append_escape(out, c, e);
-        run = i + 1;
-    }
-    out.append(s.data() + run, s.size() - run);
-    out.push_back('"');
+    StringSink sink(out);
+    put_json_string(sink, s);
 }
 
 void append_base64(std::string &out, std::string_view bytes)
 {
-    size_t full = bytes.size() / 3, rest = bytes.size() % 3;
-    size_t at = out.size();
-    out.resize(at + (full + (rest != 0)) * 4);
-    char *w = &out[at];
-    const auto *p = reinterpret_cast<const unsigned char *>(bytes.data());
-    for (size_t i = 0; i < full; i++, p += 3, w += 4) {
-        uint32_t v = uint32_t{p[0]} << 16 | uint32_t{p[1]} << 8 | p[2];
-        w[0] = kBase64[v >> 18];
-        w[1] = kBase64[(v >> 12) & 63];
-        w[2] = kBase64[(v >> 6) & 63];
-        w[3] = kBase64[v & 63];
-    }
-    if (rest == 0) return;
-    uint32_t v = uint32_t{p[0]} << 16 | (rest == 2 ? uint32_t{p[1]} << 8 : 0);
-    w[0] = kBase64[v >> 18];
-    w[1] = kBase64[(v >> 12) & 63];
-    w[2] = rest == 2 ? kBase64[(v >> 6) & 63] : '=';
-    w[3] = '=';
+    out.reserve(out.size() + (bytes.size() + 2) / 3 * 4);
+    StringSink sink(out);
+    put_base64(sink, bytes);
 }
 
 void append_uint(std::string &out, uint64_t value)
 {
-    char tmp[20];
-    char *p = tmp + sizeof tmp;
-    do {
-        *--p = static_cast<char>('0' + value % 10);
-        value /= 10;
-    } while (value != 0);
-    out.append(p, static_cast<size_t>(tmp + sizeof tmp - p));
+    StringSink sink(out);
+    put_uint(sink, value);
 }
 
 }  // namespace channels

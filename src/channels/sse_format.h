@@ -1,21 +1,70 @@
 // Server-Sent Events framing (SPEC §4, WHATWG "event stream" format). Pure logic.
+//
+// Events are written into a Sink (json_writer.h): a SizeSink counts, a BufferSink writes
+// into memory sized that way, a StringSink appends to a std::string.
 #pragma once
 
 #include <cstdint>
 #include <string>
 #include <string_view>
 
+#include "channels/json_writer.h"
+
 namespace channels {
 
-// Appends one event: "id: <id>\n", "event: <event>\n" when event is not empty, one
+namespace sse_detail {
+
+// Position of the next CR or LF at or after from, or npos.
+inline size_t find_break(std::string_view s, size_t from) {
+    for (size_t i = from; i < s.size(); i++) {
+        if (s[i] == '\n' || s[i] == '\r') return i;
+    }
+    return std::string_view::npos;
+}
+
+// Position just after the line break at br (CRLF counts as one break).
+inline size_t skip_break(std::string_view s, size_t br) {
+    return s[br] == '\r' && br + 1 < s.size() && s[br + 1] == '\n' ? br + 2 : br + 1;
+}
+
+template <typename Sink>
+void put_field(Sink &sink, std::string_view name, std::string_view value) {
+    if (value.empty()) return;
+    sink.put(name);
+    sink.put(value);
+    sink.put('\n');
+}
+
+}  // namespace sse_detail
+
+// One event: "id: <id>\n", "event: <event>\n" when event is not empty, one
 // "data: <line>\n" per line of data (lines split on CRLF, CR and LF, as the WHATWG parser
 // splits them; empty data gives a single "data: \n"), then the blank line "\n".
 // id and event must not contain CR or LF (callers validate). An empty id writes no "id:"
 // line at all (an empty "id:" would reset the client's Last-Event-ID), as for channel-gap.
-void append_sse_event(std::string &out, std::string_view id, std::string_view event,
-                      std::string_view data);
+// The parser strips exactly one space after "field:", so "data: " + line reproduces any
+// line exactly, even one starting with a space.
+template <typename Sink>
+void put_sse_event(Sink &sink, std::string_view id, std::string_view event, std::string_view data) {
+    using namespace sse_detail;
+    put_field(sink, "id: ", id);
+    put_field(sink, "event: ", event);
+    size_t pos = 0;
+    for (;;) {
+        size_t br = find_break(data, pos);
+        size_t end = br == std::string_view::npos ? data.size() : br;
+        sink.put(std::string_view("data: "));
+        sink.put(data.substr(pos, end - pos));
+        sink.put('\n');
+        if (br == std::string_view::npos) break;
+        pos = skip_break(data, br);
+    }
+    sink.put('\n');
+}
 
-// Exact number of bytes append_sse_event would append.
+void append_sse_event(std::string &out, std::string_view id, std::string_view event, std::string_view data);
+
+// Exact number of bytes put_sse_event writes.
 size_t sse_event_size(std::string_view id, std::string_view event, std::string_view data);
 
 // ":<text>\n\n" keep-alive comment (text may be empty; must not contain CR or LF).

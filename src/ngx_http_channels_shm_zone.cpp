@@ -1,0 +1,500 @@
+// The shared-memory store's zone life: set-up and reload, the rebuild after a torn update,
+// ids across restarts, worker records, collection, statistics, listings and the
+// consistency check (see ngx_http_channels_shm.h).
+
+#include <algorithm>
+#include <cerrno>
+#include <csignal>
+#include <cstdio>
+#include <cstring>
+#include <new>
+
+#include "ngx_http_channels_shm.h"
+#include "ngx_http_channels_zone_ops.h"
+
+extern "C" {
+extern ngx_module_t ngx_http_channels_module;
+}
+
+namespace channels {
+
+using namespace shm;
+
+uint64_t now_ms() {
+    ngx_time_t *tp = ngx_timeofday();
+    return uint64_t(tp->sec) * 1000 + tp->msec;
+}
+
+uint64_t process_start_time(ngx_pid_t pid) {
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%d/stat", int(pid));
+    FILE *f = fopen(path, "re");
+    if (f == nullptr) return 0;
+    char text[1024];
+    size_t n = fread(text, 1, sizeof(text) - 1, f);
+    fclose(f);
+    text[n] = '\0';
+    // Field 22 (starttime); the command name (field 2) may hold spaces and parentheses.
+    const char *p = strrchr(text, ')');
+    if (p == nullptr) return 0;
+    int field = 2;
+    while (*p != '\0' && field < 22) {
+        if (*p++ == ' ') field++;
+    }
+    return strtoull(p, nullptr, 10);
+}
+
+namespace {
+
+constexpr uint64_t kMarkAhead = 10000;   // ms: ids promised taken by the id file, ahead of the last
+constexpr size_t kMaxRecordsSeen = 1024;
+constexpr size_t kListChunk = 1024;      // channels examined per lock hold by a listing
+
+// The last id of a zone of the same name in the cycle being replaced (a size change on
+// reload creates a new zone): ids go on from there.
+MessageId previous_zone_last_id(ngx_shm_zone_t *shm_zone) {
+    MessageId last;
+    auto *cycle = const_cast<ngx_cycle_t *>(ngx_cycle);
+    if (cycle == nullptr || cycle->shared_memory.part.elts == nullptr) return last;
+    for (ngx_list_part_t *part = &cycle->shared_memory.part; part != nullptr; part = part->next) {
+        auto *zones = static_cast<ngx_shm_zone_t *>(part->elts);
+        for (ngx_uint_t i = 0; i < part->nelts; i++) {
+            ngx_shm_zone_t *old = &zones[i];
+            if (old->tag != &ngx_http_channels_module || old->shm.addr == nullptr ||
+                old->shm.addr == shm_zone->shm.addr || old->shm.name.len != shm_zone->shm.name.len ||
+                ngx_strncmp(old->shm.name.data, shm_zone->shm.name.data, old->shm.name.len) != 0) {
+                continue;
+            }
+            auto *pool = reinterpret_cast<ngx_slab_pool_t *>(old->shm.addr);
+            auto *sh = static_cast<Shared *>(pool->data);
+            if (sh == nullptr || sh->layout != kLayoutVersion) continue;
+            ngx_shmtx_lock(&pool->mutex);
+            last = std::max(last, sh->last_id);
+            ngx_shmtx_unlock(&pool->mutex);
+        }
+    }
+    return last;
+}
+
+ssize_t write_id(ngx_fd_t fd, MessageId id) {
+    char text[kMaxIdText + 16];
+    size_t len = format_id(id, text);
+    while (len < kMaxIdText) text[len++] = ' ';   // fixed width: a rewrite covers the old text
+    text[len++] = '\n';
+    return pwrite(fd, text, len, 0);
+}
+
+}  // namespace
+
+ShmStore::ShmStore(ngx_shm_zone_t *shm_zone, ngx_str_t name, uint64_t history, uint64_t ttl_ms)
+    : shm_zone_(shm_zone), name_(name), history_(history), ttl_ms_(ttl_ms) {}
+
+// ---- zone set-up ----
+
+ngx_int_t ShmStore::create_root(uint64_t first_ms) {
+    void *mem = ngx_slab_alloc_locked(pool_, sizeof(Shared));
+    if (mem == nullptr) return NGX_ERROR;
+    auto *sh = new (mem) Shared{};
+    sh->layout = kLayoutVersion;
+    ngx_rbtree_init(&sh->tree, &sh->sentinel, nullptr);
+    ngx_queue_init(&sh->log);
+    ngx_queue_init(&sh->trimmed);
+    ngx_queue_init(&sh->records);
+    sh->history = history_;
+    sh->ttl_ms = ttl_ms_;
+    uint64_t usable = uint64_t(pool_->end - pool_->start);
+    sh->idle_cap = usable / 8;
+    sh->message_budget = usable - sh->idle_cap;
+    sh->last_id = MessageId{first_ms, 0};
+    pool_->data = sh;
+
+    size_t len = sizeof(" in channel_zone \"\"") + name_.len;
+    pool_->log_ctx = static_cast<u_char *>(ngx_slab_alloc_locked(pool_, len));
+    if (pool_->log_ctx == nullptr) return NGX_ERROR;
+    ngx_sprintf(pool_->log_ctx, " in channel_zone \"%V\"%Z", &name_);
+    pool_->log_nomem = 0;   // eviction handles a full zone; what fails is logged by us
+    return NGX_OK;
+}
+
+ngx_int_t ShmStore::init(bool existing) noexcept {
+    pool_ = reinterpret_cast<ngx_slab_pool_t *>(shm_zone_->shm.addr);
+    if (existing) {
+        auto *sh = static_cast<Shared *>(pool_->data);
+        if (sh == nullptr || sh->layout != kLayoutVersion) {
+            ngx_log_error(NGX_LOG_EMERG, ngx_cycle->log, 0,
+                          "channel_zone \"%V\" was laid out by another version of the module: restart nginx", &name_);
+            return NGX_ERROR;
+        }
+        ngx_shmtx_lock(&pool_->mutex);
+        sh->history = history_;
+        sh->ttl_ms = ttl_ms_;
+        ngx_shmtx_unlock(&pool_->mutex);
+        return NGX_OK;
+    }
+    // A Redis zone mirrors the shared log from its start; others go on from the clock and
+    // from any previous zone of this name (the id file is read later, in init_module).
+    uint64_t first = 0;
+    if (!redis_ids) first = std::max(now_ms(), previous_zone_last_id(shm_zone_).ms + 1);
+    return create_root(first);
+}
+
+// A worker died holding the lock in the middle of an update: queues, the tree or the slab
+// allocator's own lists may be half-changed. Nothing of it can be trusted, so the zone is
+// rebuilt empty, keeping what needs no structure (ids and counters). Workers find a new
+// generation and put their subscriptions back; everyone gets channel-gap for what was lost.
+Shared *ShmStore::rebuild_locked(Shared *torn) {
+    MessageId last = torn->last_id;
+    uint32_t generation = torn->generation, epoch = torn->count_epoch, version = torn->records_version;
+    uint64_t published = torn->published, evicted = torn->evicted, rebuilds = torn->rebuilds;
+    uint64_t persisted = torn->persisted_ms;
+    uint64_t delivered = torn->delivered.load(), dropped = torn->dropped_slow.load();
+    ngx_pid_t updater = torn->updater;
+    ngx_slab_init(pool_);
+    if (create_root(std::max(last.ms, now_ms())) != NGX_OK) {
+        ngx_log_error(NGX_LOG_ALERT, ngx_cycle->log, 0, "channels: cannot rebuild zone \"%V\"", &name_);
+    }
+    auto *sh = static_cast<Shared *>(pool_->data);
+    sh->last_id = std::max(sh->last_id, last);
+    sh->generation = generation + 1;
+    sh->count_epoch = epoch + 1;
+    sh->records_version = version + 1;
+    sh->gap_floor = sh->gc_floor = sh->last_id;
+    sh->dropped_floor = MessageId{sh->last_id.ms, sh->last_id.seq + 1};
+    sh->persisted_ms = persisted;
+    sh->published = published;
+    sh->evicted = evicted;
+    sh->rebuilds = rebuilds + 1;
+    sh->delivered = delivered;
+    sh->dropped_slow = dropped;
+    ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                  "channels: zone \"%V\" was left half-updated by process %P, which died; rebuilt it "
+                  "(retained messages dropped, resuming clients get channel-gap)",
+                  &name_, updater);
+    return sh;
+}
+
+// ---- ids across restarts ----
+
+ngx_int_t ShmStore::open_id_file(ngx_cycle_t *cycle) {
+    if (redis_ids) return NGX_OK;   // Redis zones take Redis' ids
+    auto *ccf = reinterpret_cast<ngx_core_conf_t *>(ngx_get_conf(cycle->conf_ctx, ngx_core_module));
+    size_t dir = ccf->pid.len;
+    while (dir > 0 && ccf->pid.data[dir - 1] != '/') dir--;
+    size_t len = dir + sizeof("channels-.id") - 1 + name_.len;
+    auto *path = static_cast<u_char *>(ngx_pnalloc(cycle->pool, len + 1));
+    if (path == nullptr) return NGX_ERROR;
+    ngx_sprintf(path, "%*schannels-%V.id%Z", dir, ccf->pid.data, &name_);
+    // Opened by the master (workers may not create files there) and inherited by the
+    // workers, which keep it ahead of the ids they hand out.
+    ngx_fd_t fd = ngx_open_file(path, NGX_FILE_RDWR, NGX_FILE_CREATE_OR_OPEN, NGX_FILE_DEFAULT_ACCESS);
+    if (fd == NGX_INVALID_FILE) {
+        ngx_log_error(NGX_LOG_WARN, cycle->log, ngx_errno, "channels: cannot open \"%s\"", path);
+        return NGX_OK;
+    }
+    ngx_pool_cleanup_t *cln = ngx_pool_cleanup_add(cycle->pool, 0);
+    if (cln == nullptr) {
+        ngx_close_file(fd);
+        return NGX_ERROR;
+    }
+    cln->handler = [](void *data) noexcept { ngx_close_file(static_cast<ngx_fd_t>(reinterpret_cast<intptr_t>(data))); };
+    cln->data = reinterpret_cast<void *>(intptr_t(fd));
+    id_fd_ = fd;
+    char text[kMaxIdText + 16];
+    ssize_t n = pread(fd, text, sizeof(text) - 1, 0);
+    std::string_view value{text, n > 0 ? size_t(n) : 0};
+    while (!value.empty() && (value.back() == '\n' || value.back() == ' ')) value.remove_suffix(1);
+    std::optional<MessageId> saved = parse_id(value);
+    if (!saved) {
+        if (!value.empty()) ngx_log_error(NGX_LOG_WARN, cycle->log, 0, "channels: ignoring unreadable \"%s\"", path);
+        return NGX_OK;
+    }
+    ZoneLock lock(*this);
+    Shared *sh = lock.sh();
+    if (sh->last_id < *saved) sh->last_id = *saved;
+    return NGX_OK;
+}
+
+void ShmStore::save_id_file() {
+    if (id_fd_ == NGX_INVALID_FILE) return;
+    MessageId last;
+    {
+        ZoneLock lock(*this);
+        last = lock.sh()->last_id;
+        last = std::max(last, MessageId{lock.sh()->persisted_ms, 0});
+    }
+    if (write_id(id_fd_, last) < 0) {
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, ngx_errno, "channels: cannot save the last id of zone \"%V\"",
+                      &name_);
+    }
+}
+
+// Keeps the id file ahead of every id handed out (a worker's housekeeping): after a crash
+// of the whole server, or with the clock set back, ids still go on above every id a client
+// may hold.
+void ShmStore::persist_mark() {
+    if (id_fd_ == NGX_INVALID_FILE) return;
+    uint64_t mark;
+    {
+        ZoneLock lock(*this);
+        Shared *sh = lock.sh();
+        if (sh->last_id.ms + kMarkAhead / 2 < sh->persisted_ms) return;
+        mark = std::max(sh->last_id.ms, now_ms()) + kMarkAhead;
+    }
+    if (write_id(id_fd_, MessageId{mark, 0}) < 0 || fdatasync(id_fd_) != 0) {
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, ngx_errno, "channels: cannot save the ids of zone \"%V\"", &name_);
+        return;
+    }
+    ZoneLock lock(*this);
+    lock.sh()->persisted_ms = std::max(lock.sh()->persisted_ms, mark);
+}
+
+// ---- worker life ----
+
+ngx_int_t ShmStore::start_worker(ngx_cycle_t *cycle, ZoneSession *s, StoreListener *listener) {
+    listener_ = listener;
+    start_time_ = process_start_time(ngx_pid);
+    s->log = cycle->log;
+    ZoneLock lock(*this);
+    Zone z(*this, lock.sh(), now_ms());
+    z.sync(*s);
+    if (s->record == nullptr) {
+        ngx_log_error(NGX_LOG_ALERT, cycle->log, 0, "channels: zone \"%V\" has no room for a worker record",
+                      &name_);
+    }
+    return NGX_OK;
+}
+
+void ShmStore::stop_worker(ZoneSession *s) {
+    ZoneLock lock(*this);
+    Zone z(*this, lock.sh(), now_ms());
+    z.sync(*s);
+    s->for_each([&](LocalChannel *lc) {
+        while (lc->count > 0 && lc->key != 0) z.detach(*s, reinterpret_cast<Channel *>(lc->key), lc);
+    });
+    if (s->record != nullptr) z.drop_record(z.record_of(*s));
+    s->record = nullptr;
+    z.release_read();
+}
+
+// Records of workers that are gone (crashed: a clean exit drops its own). Liveness is
+// checked outside the lock: a process that exists with the recorded start time.
+void ShmStore::drop_dead_records() {
+    struct Seen {
+        ngx_pid_t pid;
+        uint64_t start_time;
+    } seen[kMaxRecordsSeen];
+    size_t n = 0;
+    {
+        ZoneLock lock(*this);
+        Zone z(*this, lock.sh(), now_ms());
+        z.for_each_record([&](WorkerRecord *r) {
+            if (n < kMaxRecordsSeen && r->pid != ngx_pid) seen[n++] = {r->pid, r->start_time};
+        });
+    }
+    size_t dead = 0;
+    for (size_t i = 0; i < n; i++) {
+        bool exists = kill(seen[i].pid, 0) == 0 || errno == EPERM;
+        uint64_t started = exists ? process_start_time(seen[i].pid) : 0;
+        if (exists && (seen[i].start_time == 0 || started == 0 || started == seen[i].start_time)) continue;
+        seen[dead++] = seen[i];
+    }
+    if (dead == 0) return;
+    uint64_t wake = 0;
+    {
+        ZoneLock lock(*this);
+        Zone z(*this, lock.sh(), now_ms());
+        bool reset = false;
+        z.for_each_record([&](WorkerRecord *r) {
+            for (size_t i = 0; i < dead; i++) {
+                if (r->pid != seen[i].pid || r->start_time != seen[i].start_time) continue;
+                ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
+                              "channels: zone \"%V\": releasing subscribers of exited worker %P", &name_, r->pid);
+                reset |= r->active || r->connections > 0;
+                z.drop_record(r);
+                break;
+            }
+        });
+        if (reset) {
+            z.reset_counts();
+            wake = z.record_bits();   // each live worker puts its counts back when it wakes
+        }
+        z.release_read();
+    }
+    notify(wake);
+}
+
+void ShmStore::collect(ZoneSession *) {
+    size_t expired;
+    int rounds = 0;
+    do {   // bounded lock holds; a large expiry takes several
+        ZoneLock lock(*this);
+        Zone z(*this, lock.sh(), now_ms());
+        expired = z.expire(4096);
+        z.release_read();
+    } while (expired == 4096 && ++rounds < 16);
+    drop_dead_records();
+    persist_mark();
+}
+
+// ---- statistics, listings, checks ----
+
+ZoneStats ShmStore::stats() {
+    ZoneStats st;
+    st.workers.reserve(kMaxRecordsSeen);
+    ZoneLock lock(*this);
+    Shared *sh = lock.sh();
+    st.size = shm_zone_->shm.size;
+    st.used = st.size - std::min(st.size, size_t(pool_->pfree) * ngx_pagesize);
+    st.channels = sh->nchannels;
+    st.messages = sh->nmessages;
+    st.subscribers = sh->connections;
+    st.published = sh->published;
+    st.delivered = sh->delivered.load(std::memory_order_relaxed);
+    st.evicted = sh->evicted;
+    st.dropped_slow = sh->dropped_slow.load(std::memory_order_relaxed);
+    st.idle_bytes = sh->idle_bytes;
+    st.idle_cap = sh->idle_cap;
+    st.rebuilds = sh->rebuilds;
+    st.last_id = sh->last_id;
+    for (ngx_queue_t *q = ngx_queue_head(&sh->records); q != ngx_queue_sentinel(&sh->records); q = ngx_queue_next(q)) {
+        const WorkerRecord *r = ngx_queue_data(q, WorkerRecord, in_zone);
+        if (st.workers.size() == st.workers.capacity()) break;
+        st.workers.push_back({r->pid, r->connections, r->wakeups.load(std::memory_order_relaxed),
+                              r->entries_read.load(std::memory_order_relaxed)});
+    }
+    return st;
+}
+
+namespace {
+
+// The first channel after (key, id) in the tree's order: where a listing resumes.
+Channel *first_after(Shared *sh, ngx_rbtree_key_t key, std::string_view id, bool start) {
+    ngx_rbtree_node_t *node = sh->tree.root, *sentinel = sh->tree.sentinel, *best = nullptr;
+    while (node != sentinel) {
+        auto *ch = reinterpret_cast<Channel *>(node);
+        bool after = start || node->key > key || (node->key == key && compare_ids(ch->name(), id) > 0);
+        if (after) {
+            best = node;
+            node = node->left;
+        } else {
+            node = node->right;
+        }
+    }
+    return reinterpret_cast<Channel *>(best);
+}
+
+}  // namespace
+
+// Every channel is examined (ids are hashed, not ordered), but in chunks: the lock is
+// held for kListChunk channels at a time and nothing is allocated under it.
+ChannelListing ShmStore::list(std::string_view prefix, std::string_view after, size_t limit) {
+    struct Candidate {
+        size_t at, len;
+        uint32_t messages, subscribers;
+        MessageId newest;
+    };
+    ChannelListing out;
+    std::vector<Candidate> found;
+    std::vector<char> names;
+    found.reserve(kListChunk);
+    names.reserve(kListChunk * 256);
+    ngx_rbtree_key_t key = 0;
+    char last[256];
+    size_t last_len = 0;
+    bool start = true, done = false;
+    while (!done) {
+        found.clear();
+        names.clear();
+        {
+            ZoneLock lock(*this);
+            Zone z(*this, lock.sh(), now_ms());
+            Channel *ch = first_after(lock.sh(), key, {last, last_len}, start);
+            for (size_t n = 0; ch != nullptr && n < kListChunk; n++) {
+                std::string_view id = ch->name();
+                ChannelInfo info = z.info(ch);
+                if (info.exists && id.substr(0, prefix.size()) == prefix &&
+                    (after.empty() || compare_ids(id, after) > 0)) {
+                    found.push_back({names.size(), id.size(), info.messages, info.subscribers, info.newest});
+                    names.insert(names.end(), id.begin(), id.end());
+                }
+                key = ch->node.key;
+                last_len = id.size();
+                ngx_memcpy(last, id.data(), id.size());
+                ngx_rbtree_node_t *next = ngx_rbtree_next(&lock.sh()->tree, &ch->node);
+                ch = reinterpret_cast<Channel *>(next);
+            }
+            done = ch == nullptr;
+            start = false;
+        }
+        for (const Candidate &c : found) {
+            out.rows.push_back({std::string(names.data() + c.at, c.len), c.messages, c.subscribers, c.newest});
+        }
+        std::sort(out.rows.begin(), out.rows.end(), [](const ChannelListing::Row &a, const ChannelListing::Row &b) {
+            return compare_ids(a.id, b.id) < 0;
+        });
+        if (out.rows.size() > limit) {
+            out.rows.resize(limit);
+            out.more = true;
+        }
+    }
+    return out;
+}
+
+// Walks everything under the lock and reports what does not add up. For tests and
+// administrators (it holds the lock for a walk of the whole zone).
+ZoneCheck ShmStore::check() {
+    ZoneCheck out;
+    auto problem = [&out](const char *what, std::string_view where = {}) {
+        if (out.problems.size() < 64) out.problems.push_back(std::string(what) + (where.empty() ? "" : ": ") + std::string(where));
+    };
+    ZoneLock lock(*this);
+    Shared *sh = lock.sh();
+    Zone z(*this, sh, now_ms());
+    uint64_t channels = 0, messages = 0, idle = 0;
+    MessageId prev;
+    size_t in_log = 0;
+    for (ngx_queue_t *q = ngx_queue_head(&sh->log); q != ngx_queue_sentinel(&sh->log); q = ngx_queue_next(q)) {
+        Entry *e = ngx_queue_data(q, Entry, in_log);
+        if (in_log++ > 0 && !(prev < e->id)) problem("log not in id order");
+        prev = e->id;
+        if (e->id > sh->last_id) problem("log entry newer than the last id");
+        if (z.find(e->channel->name()) != e->channel) problem("log entry of a channel not in the tree");
+    }
+    z.for_each_channel([&](Channel *ch) {
+        channels++;
+        uint32_t nmsg = 0;
+        MessageId last;
+        for (uint32_t seq = ch->head_seq; seq != ch->next_seq; seq++) {
+            Entry *e = ch->slot(seq);
+            if (e->channel != ch || e->seq != seq || e->state != EntryState::retained) {
+                problem("ring entry out of place", ch->name());
+                return;
+            }
+            if (seq != ch->head_seq && !(last < e->id)) problem("ring not in id order", ch->name());
+            last = e->id;
+            if (e->kind == EntryKind::message) nmsg++;
+        }
+        if (nmsg != ch->nmessages) problem("channel message count wrong", ch->name());
+        if ((ch->ring_len() > 0) != (ch->ring != nullptr)) problem("channel ring allocation wrong", ch->name());
+        if (ch->has(kIdle) != (ch->nmessages == 0)) problem("channel idle flag wrong", ch->name());
+        if (ch->has(kIdle)) idle += slab_size(offsetof(Channel, id) + ch->name().size());
+        messages += nmsg;
+    });
+    size_t trimmed = 0;
+    for (ngx_queue_t *q = ngx_queue_head(&sh->trimmed); q != ngx_queue_sentinel(&sh->trimmed); q = ngx_queue_next(q)) {
+        if ((ngx_queue_data(q, Entry, in_trimmed))->state != EntryState::trimmed) problem("trimmed list holds a retained entry");
+        if (++trimmed > in_log) {
+            problem("trimmed list longer than the log");
+            break;
+        }
+    }
+    if (channels != sh->nchannels) problem("channel count wrong");
+    if (messages != sh->nmessages) problem("message count wrong");
+    if (idle != sh->idle_bytes) problem("idle bytes wrong");
+    z.for_each_record([&](WorkerRecord *r) {
+        if (r->bookmark != nullptr && r->bookmark->id <= r->read_upto) problem("record bookmark behind its position");
+    });
+    return out;
+}
+
+}  // namespace channels

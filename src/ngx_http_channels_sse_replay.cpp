@@ -1,0 +1,114 @@
+// An SSE stream's start and replay: the retained messages after the client's cursor are
+// read a page at a time (at most kPageMessages messages or kPageBytes bytes under the zone
+// lock, whatever the history) while the client takes them — after each write that emptied
+// the output, the next page comes on the next event-loop turn, so a replay finishes at the
+// client's speed with or without write events or pings (SPEC §9). Live messages wait in the
+// store meanwhile and come in the pages, in id order, deletion markers included.
+
+#include "ngx_http_channels_fault.h"
+#include "ngx_http_channels_sse_events.h"
+#include "ngx_http_channels_sse_stream.h"
+
+namespace channels {
+namespace {
+
+constexpr int kPagesPerTurn = 8;   // read ahead while the output stays under a page
+
+}  // namespace
+
+ngx_int_t SseStream::start(ngx_http_cleanup_t *cln, const Batch &first_page, bool more) noexcept {
+    LocConf *lcf = loc_conf(request);
+    cleanup_ = cln;
+    ping_interval_ = lcf->sse_ping;
+    retry_ = lcf->sse_retry;
+    send_timeout_ = static_cast<ngx_http_core_loc_conf_t *>(ngx_http_get_module_loc_conf(request, ngx_http_core_module))
+                        ->send_timeout;
+    timer_.data = this;
+    timer_.log = conn_->log;
+    refill_event_.data = this;
+    refill_event_.log = conn_->log;
+    refill_event_.handler = refill_handler;
+    catching_up_ = more;
+    if (!queue_page(first_page, true) || write_output() != NGX_OK) return NGX_ERROR;
+    if (catching_up_) schedule_refill();
+    if (may_detach()) {
+        timer_.handler = detach_handler;   // once the handler has returned
+        ngx_post_event(&timer_, &ngx_posted_events);
+    } else {
+        start_pings();
+    }
+    return NGX_OK;
+}
+
+// One page as one frame: gap notices, then the messages and deletion markers in id order
+// (the stream's first page also carries retry:, and a comment when it holds nothing else,
+// to flush the header).
+bool SseStream::queue_page(const Batch &page, bool first) noexcept {
+    bool retry = first && retry_ > 0;
+    bool filler = first && !retry && page.gaps.empty() && page.items.empty();
+    if (retry || filler || !page.gaps.empty() || !page.items.empty()) {
+        MessageId from = cursor;
+        Frame *f = frame_build(detached_, [&](auto &sink) {
+            if (retry) put_retry(sink, retry_);
+            if (filler) sink.put(std::string_view(":\n\n"));
+            for (const GapInfo &gap : page.gaps) put_gap_event(sink, gap.channel_id, from, gap.oldest);
+            for (const MessageCopy &m : page.items) {
+                if (m.kind == EntryKind::deleted) {
+                    put_deleted_event(sink, m.id, m.channel_id);
+                } else {
+                    put_message_event(sink, m, multi);
+                }
+            }
+        });
+        bool queued = f != nullptr && queue(f);
+        frame_unref(f);
+        if (!queued) return false;
+    }
+    for (const MessageCopy &m : page.items) {
+        cursor = std::max(cursor, m.id);
+        if (m.kind == EntryKind::deleted) leaving_ = true;   // the store ended its position
+    }
+    if (!page.more) {
+        catching_up_ = false;
+        cursor = std::max(cursor, page.position);   // later ids come live
+    }
+    if (leaving_) leave_deleted_channels();
+    return true;
+}
+
+// Queues replay pages while the output is short of one; false when memory is short.
+bool SseStream::refill() noexcept {
+    for (int pages = 0; catching_up_ && held() < kPageBytes && pages < kPagesPerTurn; pages++) {
+        if (fault::hit(fault::Site::replay_read)) return false;
+        Batch *b = batch_take(wz, kPageBytes);
+        if (b == nullptr) return false;
+        wz->store->read_page(wz->session, positions, nlinks, cursor, attached_at, kPageMessages, kPageBytes, *b);
+        if (b->need_bytes > 0) {   // one message larger than a page
+            if (!batch_grow(b)) {
+                batch_give(wz, b);
+                return false;
+            }
+            b->clear();
+            wz->store->read_page(wz->session, positions, nlinks, cursor, attached_at, kPageMessages, kPageBytes, *b);
+        }
+        bool queued = queue_page(*b, false);
+        batch_give(wz, b);
+        if (!queued) return false;
+    }
+    return true;
+}
+
+void SseStream::schedule_refill() noexcept {
+    if (!refill_event_.posted) {
+        ngx_post_event(&refill_event_, &ngx_posted_next_events);
+    }
+}
+
+void SseStream::refill_handler(ngx_event_t *ev) noexcept {
+    auto *sub = static_cast<SseStream *>(ev->data);
+    ngx_connection_t *c = sub->request_connection();
+    sub->send();
+    if (c != nullptr) ngx_http_run_posted_requests(c);
+}
+
+}  // namespace channels

@@ -1,0 +1,270 @@
+// An SSE stream: delivery callbacks, writing, ending, pings and slow clients
+// (see ngx_http_channels_sse_stream.h).
+//
+// Entry points capture the connection first: ending or aborting a request-mode stream may
+// free this object (request cleanup) before nginx's posted requests are run.
+
+#include "ngx_http_channels_sse_stream.h"
+
+#include "ngx_http_channels_fault.h"
+#include "ngx_http_channels_sse_events.h"
+
+namespace channels {
+namespace {
+
+constexpr ngx_msec_t kStallWindow = 5000;   // a replay that makes no progress this long: cut off
+
+void run_posted(ngx_connection_t *c) {
+    if (c != nullptr) ngx_http_run_posted_requests(c);
+}
+
+}  // namespace
+
+SseStream::SseStream(ngx_http_request_t *r, WorkerZone *zone, bool multi_channel)
+    : request(r), multi(multi_channel), conn_(r->connection) {
+    wz = zone;
+#if (NGX_HTTP_V2)
+    copy_frames_ = r->stream != nullptr;
+#endif
+    filters_.init(r, copy_frames_);
+}
+
+// ---- Subscriber ----
+
+void SseStream::on_message(const MessageCopy &m, size_t index, MessageFrames &frames) noexcept {
+    if (catching_up_ || failed_ || finished_) return;   // a replay in progress reads it in order
+    MessageId before = cursor;
+    cursor = std::max(cursor, m.id);
+    Frame *f;
+    if (m.kind == EntryKind::deleted) {
+        Frame *&shared = frames.slot(false, detached_);
+        if (shared == nullptr) {
+            shared = frame_build(detached_, [&](auto &sink) { put_deleted_event(sink, m.id, m.channel_id); });
+        }
+        positions[index].active = false;
+        leaving_ = true;
+        f = shared;
+    } else {
+        if (m.channel_dropped > before) {   // this worker missed messages of the channel
+            Frame *gap = frame_build(detached_, [&](auto &sink) {
+                put_gap_event(sink, m.channel_id, before, MessageId{});
+            });
+            bool queued = gap != nullptr && queue(gap);
+            frame_unref(gap);
+            if (!queued) {
+                failed_ = true;
+                return;
+            }
+        }
+        Frame *&shared = frames.slot(multi, detached_);
+        if (shared == nullptr) shared = frame_build(detached_, [&](auto &sink) { put_message_event(sink, m, multi); });
+        f = shared;
+    }
+    if (f == nullptr || !queue(f)) failed_ = true;
+}
+
+void SseStream::on_flush() noexcept {
+    ngx_connection_t *c = request_connection();
+    if (failed_) {
+        abort_stream("out of memory queuing an event, closing the stream");
+    } else {
+        if (leaving_) leave_deleted_channels();
+        send();
+    }
+    run_posted(c);
+}
+
+// The worker is going away: end the stream now. A client that cannot take the end at once
+// is closed rather than allowed to hold the old worker (it resumes anyway).
+void SseStream::on_shutdown() noexcept {
+    ngx_connection_t *c = request_connection();
+    if (finished_) return;
+    if (send() != NGX_OK) {
+        run_posted(c);
+        return;
+    }
+    if (detached_) {
+        stop();
+        Frame *end = end_frame();
+        if (end != nullptr && socket_.queue(end, conn_->log)) socket_.write(conn_);   // one attempt
+        close_detached();
+        return;
+    }
+    if (!filters_.empty() || conn_->buffered) {
+        abort_stream("closing a stream that does not read, the worker is shutting down");
+    } else {
+        end_stream();
+    }
+    run_posted(c);
+}
+
+// ---- writing ----
+
+bool SseStream::queue(Frame *f) noexcept {
+    if (fault::hit(fault::Site::sse_queue)) return false;
+    return detached_ ? socket_.queue(f, conn_->log) : filters_.queue(f);
+}
+
+ngx_int_t SseStream::write_output() noexcept {
+    if (detached_) {
+        if (socket_.write(conn_) != NGX_OK) return NGX_ERROR;
+        return arm_write_timer(!socket_.empty());
+    }
+    if (filters_.write() != NGX_OK) return NGX_ERROR;
+    return arm_write_timer(filters_.blocked());
+}
+
+// Writes what is queued, and the next replay pages while the client keeps up.
+// NGX_OK: the stream goes on; NGX_DONE: it was ended (this object may be gone).
+ngx_int_t SseStream::send() noexcept {
+    if (finished_ && !ending_) return NGX_DONE;
+    ngx_int_t rc = write_output();
+    if (rc == NGX_OK && catching_up_ && !ending_ && held() < kPageBytes) {
+        if (!refill()) return abort_stream("out of memory reading a replay page, closing the stream");
+        rc = write_output();
+    }
+    if (rc != NGX_OK) return abort_stream(nullptr);
+    if (held() > kMaxHeld) return cut_slow();
+    if (ending_) {
+        if (output_empty()) {
+            close_detached();
+            return NGX_DONE;
+        }
+        return NGX_OK;
+    }
+    if (nactive == 0) {   // every channel was deleted
+        end_stream();
+        return NGX_DONE;
+    }
+    if (catching_up_ && held() < kPageBytes) schedule_refill();   // the client keeps up: more
+    if (want_detach_ && !catching_up_ && output_empty() && !conn_->buffered) detach_later();
+    return NGX_OK;
+}
+
+// While output waits: send_timeout, or the stall window while a replay is being paged in;
+// restarted whenever the client took something.
+ngx_int_t SseStream::arm_write_timer(bool blocked) noexcept {
+    ngx_event_t *wev = conn_->write;
+    if (!blocked) {
+        if (wev->timer_set) ngx_del_timer(wev);
+        return NGX_OK;
+    }
+    bool watch = catching_up_;
+    size_t sent = progress();
+    if (!wev->timer_set || sent != armed_at_ || watch != armed_watching_) {
+        ngx_add_timer(wev, watch ? kStallWindow : send_timeout_);
+        armed_at_ = sent;
+        armed_watching_ = watch;
+    }
+    return ngx_handle_write_event(wev, 0);
+}
+
+// ---- ending ----
+
+// The stream ends cleanly: the client reconnects and resumes from its cursor.
+void SseStream::end_stream() noexcept {
+    stop();
+    if (detached_) {
+        ending_ = true;
+        Frame *end = end_frame();
+        if (end == nullptr || !socket_.queue(end, conn_->log)) {
+            close_detached();
+            return;
+        }
+        send();
+        return;
+    }
+    ngx_http_request_t *r = request;
+    filters_.write(true);   // what was held back goes first
+    ngx_http_finalize_request(r, ngx_http_send_special(r, NGX_HTTP_LAST));
+}
+
+ngx_int_t SseStream::abort_stream(const char *reason) noexcept {
+    if (reason != nullptr) ngx_log_error(NGX_LOG_INFO, conn_->log, 0, "channels: %s", reason);
+    stop();
+    if (detached_) {
+        close_detached();
+    } else {
+        ngx_http_finalize_request(request, NGX_ERROR);
+    }
+    return NGX_DONE;
+}
+
+ngx_int_t SseStream::cut_slow() noexcept {
+    wz->store->count_dropped_slow();
+    return abort_stream("subscriber stopped reading with more than 1 MiB unsent, closing it");
+}
+
+// No more deliveries, pings, replay pages or write timeouts.
+void SseStream::stop() noexcept {
+    finished_ = true;
+    catching_up_ = false;
+    delivery_detach(this);
+    if (timer_.timer_set) ngx_del_timer(&timer_);
+    for (ngx_event_t *ev : {&timer_, &refill_event_}) {
+        if (ev->posted) {
+            ngx_delete_posted_event(ev);
+        }
+    }
+    if (conn_->write->timer_set) ngx_del_timer(conn_->write);
+}
+
+void SseStream::release_request_mode() noexcept {
+    if (!finished_ && cleanup_ != nullptr) {
+        stop();
+    } else if (!finished_) {
+        delivery_detach(this);   // refused or failed before it started: no timers of ours
+    }
+    filters_.release();
+    delivery_free_links(this);
+}
+
+void SseStream::leave_deleted_channels() noexcept {
+    leaving_ = false;
+    for (size_t i = 0; i < nlinks; i++) {
+        if (!positions[i].active && positions[i].channel != nullptr) delivery_leave(this, i);
+    }
+}
+
+// ---- events ----
+
+void SseStream::start_pings() noexcept {
+    timer_.handler = ping_handler;
+    if (ping_interval_ > 0) ngx_add_timer(&timer_, ping_interval_);
+}
+
+void SseStream::ping() noexcept {
+    ngx_connection_t *c = request_connection();
+    Frame *f = ping_frame(detached_);
+    if (f == nullptr || !queue(f)) {
+        abort_stream("out of memory queuing a ping, closing the stream");
+    } else if (send() == NGX_OK && ping_interval_ > 0) {
+        ngx_add_timer(&timer_, ping_interval_);
+    }
+    run_posted(c);
+}
+
+void SseStream::ping_handler(ngx_event_t *ev) noexcept { static_cast<SseStream *>(ev->data)->ping(); }
+
+void SseStream::on_write_event() noexcept {
+    ngx_connection_t *c = request_connection();
+    if (conn_->write->timedout) {
+        conn_->timedout = 1;
+        if (catching_up_) {
+            cut_slow();   // a replay that makes no progress
+        } else {
+            abort_stream("client timed out");
+        }
+    } else {
+        send();
+    }
+    run_posted(c);
+}
+
+// The client went away (detached streams notice it here; requests in ngx_http_test_reading).
+void SseStream::client_closed() noexcept {
+    ngx_log_error(NGX_LOG_INFO, conn_->log, 0, "client prematurely closed connection");
+    abort_stream(nullptr);
+}
+
+}  // namespace channels

@@ -1,0 +1,154 @@
+// An SSE stream (sse_channel, SPEC §4): a Subscriber that turns messages into events.
+//
+// A stream starts as a parked request whose output goes through nginx's filters
+// (FilterOutput). Plain HTTP/1.1 streams are then detached: the request is logged and
+// freed, and the connection writes shared, pre-chunked frames itself (SocketOutput), at
+// about a tenth of a parked request's memory. HTTP/2 streams copy frames into their own
+// recycled buffers, because an HTTP/2 stream may still send queued data after its request
+// cleanup ran.
+//
+// Concerns, one file each:
+//   ngx_http_channels_sse_stream.cpp   delivery callbacks, ending, pings, slow clients
+//   ngx_http_channels_sse_replay.cpp   the replay paged in as the client reads
+//   ngx_http_channels_sse_output.cpp   the two outputs, and detaching
+//   ngx_http_channels_sse.cpp          the content handler
+#pragma once
+
+#include "ngx_http_channels_delivery.h"
+
+namespace channels {
+
+// Bytes a subscriber may hold unsent before it is cut off (SPEC §4, §9).
+inline constexpr size_t kMaxHeld = 1024 * 1024;
+// Memory of one queued buffer beyond its bytes (an ngx_buf_t and a chain link).
+inline constexpr size_t kBufOverhead = sizeof(ngx_buf_t) + sizeof(ngx_chain_t);
+
+// Request mode: buffers handed to nginx's output filters, a batch at a time.
+class FilterOutput {
+public:
+    void init(ngx_http_request_t *r, bool copy);
+    bool queue(Frame *f) noexcept;                // false: memory is short
+    // Hands queued buffers to the filters when nginx has sent the previous ones (or now,
+    // when forced: the stream ends). NGX_OK or NGX_ERROR.
+    ngx_int_t write(bool force = false) noexcept;
+    bool blocked() const;                          // nginx holds data it could not send
+    bool empty() const { return pending_ == nullptr && busy_ == nullptr; }
+    size_t held() const { return held_; }
+    size_t progress() const;                       // bytes the client has taken, so far
+    void release() noexcept;                       // request cleanup: frame references go
+
+private:
+    bool copy_into(ngx_buf_t *b, Frame *f) noexcept;
+    void reclaim() noexcept;
+    void free_buffer(ngx_buf_t *b) noexcept;
+
+    ngx_http_request_t *r_ = nullptr;
+    bool copy_ = false;
+    ngx_chain_t *pending_ = nullptr, **pending_last_ = &pending_;
+    ngx_chain_t *busy_ = nullptr, **busy_last_ = &busy_;
+    ngx_chain_t *free_ = nullptr;
+    size_t held_ = 0;
+    size_t sent_ = 0;
+    size_t free_buffers_ = 0;
+};
+
+// Detached: a ring of frames written to the socket with writev (or SSL_write).
+class SocketOutput {
+public:
+    bool queue(Frame *f, ngx_log_t *log) noexcept;
+    ngx_int_t write(ngx_connection_t *c) noexcept;   // NGX_OK or NGX_ERROR
+    bool empty() const { return count_ == 0; }
+    size_t held() const { return held_; }
+    size_t progress() const { return sent_; }
+    void release() noexcept;
+
+private:
+    void pop() noexcept;
+    void consume(size_t n) noexcept;
+    ssize_t write_some(ngx_connection_t *c) noexcept;
+
+    Frame **ring_ = nullptr;
+    uint32_t capacity_ = 0, head_ = 0, count_ = 0, head_sent_ = 0;
+    size_t held_ = 0;
+    size_t sent_ = 0;
+};
+
+class SseStream final : public Subscriber {
+public:
+    SseStream(ngx_http_request_t *r, WorkerZone *zone, bool multi_channel);
+
+    // ---- Subscriber ----
+    void on_message(const MessageCopy &m, size_t index, MessageFrames &frames) noexcept override;
+    void on_flush() noexcept override;
+    void on_shutdown() noexcept override;
+
+    // ---- from the handler ----
+    // Header sent; queues the stream's first bytes (retry, gaps, first page) and starts it.
+    ngx_int_t start(ngx_http_cleanup_t *cln, const Batch &first_page, bool more) noexcept;
+    void release_request_mode() noexcept;   // request cleanup
+    bool finished() const { return finished_; }
+    void on_write_event() noexcept;
+
+    ngx_http_request_t *request;
+    bool multi;
+
+private:
+    friend void sse_detached_read(ngx_event_t *rev) noexcept;
+    friend void sse_detached_write(ngx_event_t *wev) noexcept;
+
+    // stream
+    bool queue(Frame *f) noexcept;
+    ngx_int_t send() noexcept;
+    void end_stream() noexcept;
+    ngx_int_t abort_stream(const char *reason) noexcept;
+    ngx_int_t cut_slow() noexcept;
+    void stop() noexcept;
+    void ping() noexcept;
+    void start_pings() noexcept;
+    void client_closed() noexcept;
+    ngx_connection_t *request_connection() const { return detached_ ? nullptr : conn_; }
+    size_t held() const { return detached_ ? socket_.held() : filters_.held(); }
+    size_t progress() const { return detached_ ? socket_.progress() : filters_.progress(); }
+    bool output_empty() const { return detached_ ? socket_.empty() : filters_.empty(); }
+    ngx_int_t write_output() noexcept;
+    ngx_int_t arm_write_timer(bool blocked) noexcept;
+    void leave_deleted_channels() noexcept;
+
+    // replay (ngx_http_channels_sse_replay.cpp)
+    bool queue_page(const Batch &page, bool first) noexcept;
+    bool refill() noexcept;
+    void schedule_refill() noexcept;
+
+    // detaching (ngx_http_channels_sse_output.cpp)
+    bool may_detach() const;
+    bool detach() noexcept;
+    void detach_later() noexcept;
+    void close_detached() noexcept;
+
+    static void ping_handler(ngx_event_t *ev) noexcept;
+    static void refill_handler(ngx_event_t *ev) noexcept;
+    static void detach_handler(ngx_event_t *ev) noexcept;
+
+    ngx_connection_t   *conn_;
+    ngx_http_cleanup_t *cleanup_ = nullptr;
+    ngx_event_t         timer_{};          // posted once to detach, then the ping timer
+    ngx_event_t         refill_event_{};   // the next replay page, after other events
+    ngx_msec_t          ping_interval_ = 0;
+    ngx_msec_t          send_timeout_ = 0;
+    ngx_msec_t          retry_ = 0;
+    size_t              armed_at_ = 0;     // progress() when the write timer was armed
+    size_t              read_bytes_ = 0;   // detached: what the client sent after its request
+    bool                armed_watching_ = false;
+    bool                catching_up_ = false;   // a replay is still being read in pages
+    bool                copy_frames_ = false;
+    bool                detached_ = false;
+    bool                leaving_ = false;       // a channel was deleted: leave it at flush
+    bool                ending_ = false;        // detached: close once the end chunk is out
+    bool                failed_ = false;        // an event could not be queued: end at flush
+    bool                want_detach_ = false;   // detach once the output is empty
+    bool                finished_ = false;
+    FilterOutput        filters_;
+    SocketOutput        socket_;
+};
+
+}  // namespace channels

@@ -1,0 +1,585 @@
+// Operations on the locked zone (see ngx_http_channels_zone_ops.h).
+
+#include "ngx_http_channels_zone_ops.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "ngx_http_channels_fault.h"
+#include "ngx_http_channels_shm.h"
+
+namespace channels::shm {
+namespace {
+
+uint32_t hash_id(std::string_view id) {
+    return ngx_crc32_short(reinterpret_cast<u_char *>(const_cast<char *>(id.data())), id.size());
+}
+
+Channel *channel_of(ngx_rbtree_node_t *node) { return reinterpret_cast<Channel *>(node); }
+
+// Orders channels in the rbtree: crc32 key, then bytes. Set as the tree's insert function
+// right before each insert, by the process inserting (code addresses differ across reloads).
+void insert_channel(ngx_rbtree_node_t *temp, ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel) {
+    ngx_rbtree_node_t **p;
+    for (;;) {
+        if (node->key != temp->key) {
+            p = node->key < temp->key ? &temp->left : &temp->right;
+        } else {
+            p = compare_ids(channel_of(node)->name(), channel_of(temp)->name()) < 0 ? &temp->left : &temp->right;
+        }
+        if (*p == sentinel) break;
+        temp = *p;
+    }
+    *p = node;
+    node->parent = temp;
+    node->left = sentinel;
+    node->right = sentinel;
+    ngx_rbt_red(node);
+}
+
+size_t channel_size(std::string_view id) { return offsetof(Channel, id) + id.size(); }
+
+size_t entry_size(const PublishInput &in) {
+    return offsetof(Entry, bytes) + in.event.size() + in.content_type.size() + in.data.size();
+}
+
+size_t entry_size(const Entry *e) { return offsetof(Entry, bytes) + e->text_size(); }
+
+// An empty view may have no pointer at all, which memcpy must not be given.
+u_char *copy_bytes(u_char *dst, std::string_view bytes) {
+    return bytes.empty() ? dst : ngx_cpymem(dst, bytes.data(), bytes.size());
+}
+
+}  // namespace
+
+size_t slab_size(size_t size) {
+    if (size > ngx_pagesize / 2) return ngx_align(size, ngx_pagesize);
+    size_t slot = 8;
+    while (slot < size) slot <<= 1;
+    return slot;
+}
+
+int compare_ids(std::string_view a, std::string_view b) {
+    int rc = std::memcmp(a.data(), b.data(), std::min(a.size(), b.size()));
+    if (rc != 0) return rc;
+    return a.size() < b.size() ? -1 : (a.size() > b.size() ? 1 : 0);
+}
+
+ZoneLock::ZoneLock(ShmStore &store) : pool_(store.pool()) {
+    ngx_shmtx_lock(&pool_->mutex);
+    sh_ = static_cast<Shared *>(pool_->data);
+    if (sh_->updating) sh_ = store.rebuild_locked(sh_);
+    sh_->updating = 1;
+    sh_->updater = ngx_pid;
+}
+
+ZoneLock::~ZoneLock() {
+    sh_->updating = 0;
+    ngx_shmtx_unlock(&pool_->mutex);
+}
+
+Zone::Zone(ShmStore &store, Shared *sh, uint64_t now) : store_(store), sh_(sh), pool_(store.pool()), now_(now) {}
+
+// ---- channels ----
+
+Channel *Zone::find(std::string_view id) const {
+    uint32_t hash = hash_id(id);
+    ngx_rbtree_node_t *node = sh_->tree.root, *sentinel = sh_->tree.sentinel;
+    while (node != sentinel) {
+        if (hash != node->key) {
+            node = hash < node->key ? node->left : node->right;
+            continue;
+        }
+        int rc = compare_ids(id, channel_of(node)->name());
+        if (rc == 0) return channel_of(node);
+        node = rc < 0 ? node->left : node->right;
+    }
+    return nullptr;
+}
+
+Channel *Zone::init_channel(void *mem, std::string_view id) {
+    auto *ch = static_cast<Channel *>(mem);
+    ngx_memzero(ch, offsetof(Channel, id));
+    ngx_memcpy(ch->id, id.data(), id.size());
+    ch->len = uint8_t(id.size() - 1);
+    ch->node.key = hash_id(id);
+    ch->trimmed_upto = PackedId::of(sh_->gc_floor);
+    sh_->tree.insert = insert_channel;
+    ngx_rbtree_insert(&sh_->tree, &ch->node);
+    sh_->nchannels++;
+    set_idle(ch, true);
+    return ch;
+}
+
+Channel *Zone::create_for_publish(std::string_view id) {
+    size_t size = channel_size(id);
+    // A new channel holds a message at once: it counts against the messages' budget.
+    while (sh_->message_bytes + slab_size(size) > sh_->message_budget && evict_one()) {
+    }
+    void *mem = alloc_evicting(size);
+    return mem == nullptr ? nullptr : init_channel(mem, id);
+}
+
+Channel *Zone::create_for_subscriber(std::string_view id, Refusal *why) {
+    size_t size = channel_size(id);
+    if (sh_->idle_bytes + slab_size(size) > sh_->idle_cap) {
+        *why = Refusal::over_cap;
+        return nullptr;
+    }
+    void *mem = ngx_slab_alloc_locked(pool_, size);   // never evicts (SPEC §9)
+    if (mem == nullptr) {
+        *why = Refusal::no_memory;
+        return nullptr;
+    }
+    return init_channel(mem, id);
+}
+
+// Idle channels (no message) are counted against the idle cap, the others against the
+// messages' budget.
+void Zone::set_idle(Channel *ch, bool idle) {
+    if (ch->has(kIdle) == idle) return;
+    size_t size = slab_size(channel_size(ch->name()));
+    if (idle) {
+        ch->flags |= kIdle;
+        sh_->idle_bytes += size;
+        sh_->message_bytes -= size;
+    } else {
+        ch->flags &= ~kIdle;
+        sh_->idle_bytes -= size;
+        sh_->message_bytes += size;
+    }
+}
+
+void Zone::set_exists(Channel *ch, bool exists) { ch->flags = exists ? ch->flags | kExists : ch->flags & ~kExists; }
+
+void Zone::unpin(Channel *ch) {
+    ch->flags &= ~kPinned;
+    free_if_unused(ch);
+}
+
+void Zone::free_if_unused(Channel *ch) {
+    if (ch->nmessages != 0 || ch->subscribers != 0 || ch->wake_bits != 0 || ch->has(kPinned)) return;
+    if (ch->ring_len() != 0) clear(ch);   // deletion markers nobody will read
+    if (ch->log_refs == 0 && ch->ring_len() == 0) free_channel(ch);
+}
+
+void Zone::free_channel(Channel *ch) {
+    sh_->gc_floor = std::max(sh_->gc_floor, ch->trimmed_upto.get());
+    ngx_rbtree_delete(&sh_->tree, &ch->node);
+    sh_->nchannels--;
+    size_t size = slab_size(channel_size(ch->name()));
+    if (ch->has(kIdle)) {
+        sh_->idle_bytes -= size;
+    } else {
+        sh_->message_bytes -= size;
+    }
+    ngx_slab_free_locked(pool_, ch);
+}
+
+MessageId Zone::trimmed_upto(const Channel *ch) const { return std::max(ch->trimmed_upto.get(), sh_->gap_floor); }
+
+MessageId Zone::dropped_upto(const Channel *ch) const {
+    return std::max(ch->dropped_upto.get(), sh_->dropped_floor);
+}
+
+ChannelInfo Zone::info(Channel *ch) const {
+    ChannelInfo info;
+    if (ch == nullptr || !(ch->has(kExists) || ch->subscribers > 0)) return info;
+    info.exists = true;
+    info.subscribers = ch->subscribers;
+    info.messages = ch->nmessages;
+    for (uint32_t seq = ch->next_seq; seq != ch->head_seq; seq--) {
+        const Entry *e = ch->slot(seq - 1);
+        if (e->kind == EntryKind::message) {
+            info.newest = e->id;
+            break;
+        }
+    }
+    info.oldest = oldest_retained(ch);
+    return info;
+}
+
+// ---- entries ----
+
+MessageId Zone::next_id() {
+    sh_->last_id = channels::next_id(sh_->last_id, now_);
+    return sh_->last_id;
+}
+
+Entry *Zone::append(Channel *ch, EntryKind kind, const PublishInput &in, const MessageId *given) {
+    size_t size = entry_size(in);
+    while (sh_->message_bytes + slab_size(size) > sh_->message_budget && evict_one()) {
+    }
+    auto *e = static_cast<Entry *>(alloc_evicting(size));
+    if (e == nullptr) return nullptr;
+    sh_->message_bytes += slab_size(size);
+    if (ch->ring_len() == ch->capacity() && !grow_ring(ch)) {
+        sh_->message_bytes -= slab_size(size);
+        ngx_slab_free_locked(pool_, e);
+        return nullptr;
+    }
+    e->channel = ch;
+    e->kind = kind;
+    e->state = EntryState::retained;
+    e->bookmarks = 0;
+    e->data_len = uint32_t(in.data.size());
+    e->event_len = uint8_t(in.event.size());
+    e->ctype_len = uint8_t(in.content_type.size());
+    copy_bytes(copy_bytes(copy_bytes(e->bytes, in.event), in.content_type), in.data);
+    // The id last, after anything that may evict: log order is id order.
+    if (given != nullptr) {
+        e->id = *given;
+        sh_->last_id = *given;
+    } else {
+        e->id = next_id();
+    }
+    ngx_queue_insert_tail(&sh_->log, &e->in_log);
+    fault::kill_point();   // tests: a worker dying here leaves the entry in the log, not its ring
+    push(ch, e);
+    if (kind == EntryKind::message) {
+        ch->nmessages++;
+        sh_->nmessages++;
+        set_idle(ch, false);
+    }
+    return e;
+}
+
+bool Zone::grow_ring(Channel *ch) {
+    uint32_t capacity = std::max<uint32_t>(ch->capacity() * 2, 2);
+    size_t size = capacity * sizeof(Entry *);
+    while (sh_->message_bytes + slab_size(size) > sh_->message_budget && evict_one()) {
+    }
+    auto **ring = static_cast<Entry **>(alloc_evicting(size));
+    if (ring == nullptr) return false;
+    // Evicting may have taken entries of this channel (or its whole ring): copy what is left.
+    uint32_t old_capacity = ch->capacity();
+    if (old_capacity >= capacity) {   // impossible; keep the old ring
+        ngx_slab_free_locked(pool_, ring);
+        return true;
+    }
+    for (uint32_t seq = ch->head_seq; seq != ch->next_seq; seq++) ring[seq & (capacity - 1)] = ch->slot(seq);
+    if (ch->ring != nullptr) {
+        sh_->message_bytes -= slab_size(old_capacity * sizeof(Entry *));
+        ngx_slab_free_locked(pool_, ch->ring);
+    }
+    sh_->message_bytes += slab_size(size);
+    ch->ring = ring;
+    ch->ring_shift = 0;
+    while ((uint32_t(1) << ch->ring_shift) < capacity) ch->ring_shift++;
+    return true;
+}
+
+void Zone::push(Channel *ch, Entry *e) {
+    e->seq = ch->next_seq;
+    ch->slot(e->seq) = e;
+    ch->next_seq++;
+}
+
+// Takes the oldest entry out of the ring (it stays in the log for the caller to decide).
+Entry *Zone::pop_head(Channel *ch) {
+    Entry *e = ch->slot(ch->head_seq);
+    ch->head_seq++;
+    if (ch->ring_len() == 0) {
+        sh_->message_bytes -= slab_size(ch->capacity() * sizeof(Entry *));
+        ngx_slab_free_locked(pool_, ch->ring);
+        ch->ring = nullptr;
+        ch->ring_shift = 0;
+    }
+    if (e->kind == EntryKind::message) {
+        ch->nmessages--;
+        sh_->nmessages--;
+        ch->trimmed_upto = PackedId::of(std::max(ch->trimmed_upto.get(), e->id));
+        if (ch->nmessages == 0) set_idle(ch, true);
+    }
+    return e;
+}
+
+// The oldest entry leaves the ring; it stays in the log while a worker that holds
+// subscribers of the channel has not read it (its live subscribers still get it).
+void Zone::trim_head(Channel *ch) {
+    Entry *e = pop_head(ch);
+    if (!unread(e)) {
+        remove_entry(e);
+        return;
+    }
+    e->state = EntryState::trimmed;
+    ngx_queue_insert_tail(&sh_->trimmed, &e->in_trimmed);
+    ch->log_refs++;
+}
+
+void Zone::trim_history(Channel *ch) {
+    while (ch->nmessages > sh_->history) trim_head(ch);
+}
+
+void Zone::clear(Channel *ch) {
+    bool pinned = ch->has(kPinned);
+    ch->flags |= kPinned;   // emptying it must not free it under our feet
+    while (ch->ring_len() > 0) trim_head(ch);
+    if (!pinned) ch->flags &= ~kPinned;
+}
+
+// Frees an entry that is out of its ring. A message some worker had not read yet is lost
+// to that worker's subscribers: the channel remembers it so they are told (channel-gap).
+void Zone::remove_entry(Entry *e) {
+    Channel *ch = e->channel;
+    if (e->bookmarks > 0) {
+        ngx_queue_t *next = ngx_queue_next(&e->in_log);
+        Entry *to = next == ngx_queue_sentinel(&sh_->log) ? nullptr : ngx_queue_data(next, Entry, in_log);
+        for_each_record([&](WorkerRecord *r) {
+            if (r->bookmark == e) move_bookmark(r, to);
+        });
+    }
+    ngx_queue_remove(&e->in_log);
+    if (e->state == EntryState::trimmed) {
+        ngx_queue_remove(&e->in_trimmed);
+        ch->log_refs--;
+    }
+    if (e->kind == EntryKind::message && unread(e)) {
+        ch->dropped_upto = PackedId::of(std::max(ch->dropped_upto.get(), e->id));
+    }
+    sh_->message_bytes -= slab_size(entry_size(e));
+    ngx_slab_free_locked(pool_, e);
+    free_if_unused(ch);
+}
+
+// Whether a worker holding subscribers of e's channel has not read the log up to e.
+bool Zone::unread(const Entry *e) const {
+    uint64_t bits = e->channel->wake_bits;
+    if (bits == 0) return false;
+    for (ngx_queue_t *q = ngx_queue_head(&sh_->records); q != ngx_queue_sentinel(&sh_->records);
+         q = ngx_queue_next(q)) {
+        const WorkerRecord *r = ngx_queue_data(q, WorkerRecord, in_zone);
+        if (r->active && (bits >> r->bit & 1) && r->read_upto < e->id) return true;
+    }
+    return false;
+}
+
+size_t Zone::expire(size_t budget) {
+    size_t n = 0;
+    while (n < budget && !ngx_queue_empty(&sh_->log)) {
+        Entry *e = ngx_queue_data(ngx_queue_head(&sh_->log), Entry, in_log);
+        if (!expired(e)) break;
+        if (e->state == EntryState::retained) pop_head(e->channel);   // the log's oldest is its ring's
+        remove_entry(e);
+        n++;
+    }
+    return n;
+}
+
+void Zone::release_read() {
+    while (!ngx_queue_empty(&sh_->trimmed)) {
+        Entry *e = ngx_queue_data(ngx_queue_head(&sh_->trimmed), Entry, in_trimmed);
+        if (unread(e)) break;
+        remove_entry(e);
+    }
+}
+
+bool Zone::evict_one() {
+    if (!ngx_queue_empty(&sh_->trimmed)) {
+        remove_entry(ngx_queue_data(ngx_queue_head(&sh_->trimmed), Entry, in_trimmed));
+        return true;
+    }
+    if (ngx_queue_empty(&sh_->log)) return false;
+    Entry *e = ngx_queue_data(ngx_queue_head(&sh_->log), Entry, in_log);
+    if (e->state == EntryState::retained) {
+        if (e->kind == EntryKind::message) sh_->evicted++;
+        pop_head(e->channel);
+    }
+    remove_entry(e);
+    return true;
+}
+
+void *Zone::alloc_evicting(size_t size) {
+    for (;;) {
+        void *p = ngx_slab_alloc_locked(pool_, size);
+        if (p != nullptr) return p;
+        if (!evict_one()) return nullptr;
+    }
+}
+
+// ---- reading ----
+
+uint32_t Zone::seq_after(Channel *ch, MessageId cursor) const {
+    uint32_t lo = 0, hi = ch->ring_len();
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (ch->slot(ch->head_seq + mid)->id <= cursor) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    return ch->head_seq + lo;
+}
+
+uint32_t Zone::seq_last(Channel *ch, uint32_t n) const {
+    uint32_t seq = ch->next_seq;
+    while (n > 0 && seq != ch->head_seq) {
+        seq--;
+        if (ch->slot(seq)->kind == EntryKind::message) n--;
+    }
+    return seq;
+}
+
+MessageId Zone::oldest_retained(Channel *ch) const {
+    for (uint32_t seq = ch->head_seq, n = 0; seq != ch->next_seq && n < 64; seq++, n++) {
+        const Entry *e = ch->slot(seq);
+        if (e->kind == EntryKind::message && !expired(e)) return e->id;
+    }
+    return {};
+}
+
+bool Zone::copy(const Entry *e, uint16_t channel_index, Batch &out) const {
+    std::string_view name = e->channel->name();
+    if (out.items.size() == out.items.capacity() || !out.fits(name.size() + e->text_size())) return false;
+    MessageCopy m;
+    m.id = e->id;
+    m.kind = e->kind;
+    m.channel_index = channel_index;
+    m.channel_id = out.keep(name);
+    m.event = out.keep(e->event());
+    m.content_type = out.keep(e->content_type());
+    m.data = out.keep(e->data());
+    m.channel_dropped = dropped_upto(e->channel);
+    out.items.push_back(m);
+    return true;
+}
+
+// ---- workers ----
+
+WorkerRecord *Zone::claim_record(ngx_pid_t pid, uint64_t start_time) {
+    auto *rec = static_cast<WorkerRecord *>(alloc_evicting(sizeof(WorkerRecord)));
+    if (rec == nullptr) return nullptr;
+    uint64_t used = 0;
+    size_t n = 0;
+    for_each_record([&](WorkerRecord *r) {
+        used |= uint64_t(1) << r->bit;
+        n++;
+    });
+    uint32_t bit = 0;
+    while (bit < 64 && (used >> bit & 1)) bit++;
+    if (bit == 64) bit = uint32_t(n % 64);   // more than 64 workers: bits are shared
+    new (rec) WorkerRecord{};
+    rec->pid = pid;
+    rec->bit = bit;
+    rec->start_time = start_time;
+    rec->read_upto = sh_->last_id;
+    rec->counted_epoch = sh_->count_epoch;
+    ngx_queue_insert_tail(&sh_->records, &rec->in_zone);
+    sh_->records_version++;
+    return rec;
+}
+
+bool Zone::bit_shared(const WorkerRecord *rec) const {
+    bool shared = false;
+    for_each_record([&](WorkerRecord *r) {
+        if (r != rec && r->bit == rec->bit) shared = true;
+    });
+    return shared;
+}
+
+void Zone::move_bookmark(WorkerRecord *rec, Entry *to) {
+    if (rec->bookmark != nullptr) rec->bookmark->bookmarks--;
+    rec->bookmark = to;
+    if (to != nullptr) to->bookmarks++;
+}
+
+void Zone::sync(ZoneSession &s) {
+    if (s.record != nullptr && s.generation == sh_->generation) {
+        if (s.counted_epoch == sh_->count_epoch) return;
+        // Counts were reset after a worker died: add this worker's back.
+        s.for_each([](LocalChannel *lc) {
+            if (lc->count > 0 && lc->key != 0) reinterpret_cast<Channel *>(lc->key)->subscribers += lc->count;
+        });
+        s.counted_epoch = sh_->count_epoch;
+        record_of(s)->counted_epoch = s.counted_epoch;
+        return;
+    }
+    // A new zone (rebuilt after a torn update): claim a record, put every held channel back.
+    WorkerRecord *rec = claim_record(ngx_pid, store_.start_time());
+    s.record = rec;
+    s.generation = sh_->generation;
+    s.counted_epoch = sh_->count_epoch;
+    if (rec == nullptr) return;
+    s.bit = rec->bit;
+    uint32_t held = 0;
+    s.for_each([&](LocalChannel *lc) {
+        lc->key = 0;
+        lc->generation = sh_->generation;
+        if (lc->count == 0) return;
+        Channel *ch = find(lc->name());
+        Refusal why;
+        if (ch == nullptr && (ch = create_for_subscriber(lc->name(), &why)) == nullptr) {
+            ch = create_for_publish(lc->name());   // the zone was just emptied: room is there
+        }
+        if (ch == nullptr) return;
+        ch->subscribers += lc->count;
+        ch->wake_bits |= uint64_t(1) << rec->bit;
+        lc->key = reinterpret_cast<ChannelKey>(ch);
+        held++;
+    });
+    rec->connections = s.connections;
+    sh_->connections += s.connections;
+    rec->active = held > 0;
+}
+
+void Zone::attach(ZoneSession &s, Channel *ch, LocalChannel *lc) {
+    WorkerRecord *rec = record_of(s);
+    if (lc->count++ == 0) {
+        ch->wake_bits |= uint64_t(1) << rec->bit;
+        s.held++;
+    }
+    lc->key = reinterpret_cast<ChannelKey>(ch);
+    lc->generation = sh_->generation;
+    ch->subscribers++;
+    if (!rec->active) {
+        // Its first subscriber: the worker reads the log from here on, and nothing older
+        // has to wait for it.
+        rec->active = 1;
+        rec->read_upto = sh_->last_id;
+        move_bookmark(rec, nullptr);
+    }
+}
+
+void Zone::detach(ZoneSession &s, Channel *ch, LocalChannel *lc) {
+    if (lc->count == 0) return;
+    WorkerRecord *rec = record_of(s);
+    if (ch->subscribers > 0) ch->subscribers--;
+    if (--lc->count == 0) {
+        if (!bit_shared(rec)) ch->wake_bits &= ~(uint64_t(1) << rec->bit);
+        if (--s.held == 0) {
+            rec->active = 0;
+            move_bookmark(rec, nullptr);
+        }
+    }
+    free_if_unused(ch);
+}
+
+void Zone::drop_record(WorkerRecord *rec) {
+    move_bookmark(rec, nullptr);
+    sh_->connections -= std::min(sh_->connections, rec->connections);
+    ngx_queue_remove(&rec->in_zone);
+    ngx_slab_free_locked(pool_, rec);
+    sh_->records_version++;
+}
+
+uint64_t Zone::record_bits() const {
+    uint64_t bits = 0;
+    for_each_record([&](WorkerRecord *r) { bits |= uint64_t(1) << r->bit; });
+    return bits;
+}
+
+// After dropping records of dead workers: their subscriber counts cannot be told apart
+// from the others', so every channel's count restarts at zero and each live worker adds
+// its own back (ZoneSession::counted_epoch, Zone::sync()). Bits no live worker uses go.
+void Zone::reset_counts() {
+    uint64_t live = record_bits();
+    for_each_channel([&](Channel *ch) {
+        ch->subscribers = 0;
+        ch->wake_bits &= live;
+        free_if_unused(ch);
+    });
+    sh_->count_epoch++;
+}
+
+}  // namespace channels::shm
