@@ -232,7 +232,7 @@ std::string_view zone_name(const RedisWorker *w) { return w->store->name(); }
 void log_zone(ngx_uint_t level, const RedisWorker *w, const char *what, const char *detail) {
     std::string_view name = zone_name(w);
     ngx_str_t z{name.size(), reinterpret_cast<u_char *>(const_cast<char *>(name.data()))};
-    ngx_log_error(level, ngx_cycle->log, 0, "channels: zone \"%V\": %s%s%s", &z, what, detail ? ": " : "",
+    ngx_log_error(level, ngx_cycle->log, 0, "channels: zone \"%V\" %s%s%s", &z, what, detail ? ": " : "",
                   detail ? detail : "");
 }
 

@@ -42,7 +42,7 @@ bool subscriber_prelude(ngx_http_request_t *r, ChannelArgs &args, ngx_int_t *rc)
     }
     if (args.error == ListError::too_many) {
         u_char line[64];
-        u_char *end = ngx_snprintf(line, sizeof(line), "too many channels: at most %ui per request",
+        u_char *end = ngx_snprintf(line, sizeof(line), "too many channels: at most %ui per subscriber",
                                    lcf->max_per_request);
         *rc = send_text(r, NGX_HTTP_BAD_REQUEST, {reinterpret_cast<char *>(line), size_t(end - line)});
         return false;

@@ -152,6 +152,12 @@ ngx_int_t FilterOutput::write(bool force) noexcept {
     return NGX_OK;
 }
 
+size_t FilterOutput::backlog() const {
+    ngx_chain_t *first = busy_ != nullptr ? busy_ : pending_;
+    if (first == nullptr || first->buf->start == nullptr) return held_;
+    return held_ - std::min(held_, capacity(first->buf) + kBufOverhead);
+}
+
 bool FilterOutput::blocked() const {
     return busy_ != nullptr || pending_ != nullptr || r_->connection->buffered;
 }

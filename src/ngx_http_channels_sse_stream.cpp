@@ -124,7 +124,7 @@ ngx_int_t SseStream::send() noexcept {
         rc = write_output();
     }
     if (rc != NGX_OK) return abort_stream(nullptr);
-    if (held() > kMaxHeld) return cut_slow();
+    if (backlog() > kMaxHeld) return cut_slow();
     if (ending_) {
         if (output_empty()) {
             close_detached();

@@ -34,6 +34,9 @@ public:
     bool blocked() const;                          // nginx holds data it could not send
     bool empty() const { return pending_ == nullptr && busy_ == nullptr; }
     size_t held() const { return held_; }
+    // Held behind the buffer being sent: a client that reads gets any one message whole,
+    // however large; one that stops reading is cut off past kMaxHeld.
+    size_t backlog() const;
     size_t progress() const;                       // bytes the client has taken, so far
     void release() noexcept;                       // request cleanup: frame references go
 
@@ -59,6 +62,7 @@ public:
     ngx_int_t write(ngx_connection_t *c) noexcept;   // NGX_OK or NGX_ERROR
     bool empty() const { return count_ == 0; }
     size_t held() const { return held_; }
+    size_t backlog() const { return count_ == 0 ? 0 : held_ - ring_[head_]->len - sizeof(Frame *); }
     size_t progress() const { return sent_; }
     void release() noexcept;
 
@@ -108,6 +112,7 @@ private:
     void client_closed() noexcept;
     ngx_connection_t *request_connection() const { return detached_ ? nullptr : conn_; }
     size_t held() const { return detached_ ? socket_.held() : filters_.held(); }
+    size_t backlog() const { return detached_ ? socket_.backlog() : filters_.backlog(); }
     size_t progress() const { return detached_ ? socket_.progress() : filters_.progress(); }
     bool output_empty() const { return detached_ ? socket_.empty() : filters_.empty(); }
     ngx_int_t write_output() noexcept;

@@ -107,7 +107,8 @@ Channel *Zone::init_channel(void *mem, std::string_view id) {
     sh_->tree.insert = insert_channel;
     ngx_rbtree_insert(&sh_->tree, &ch->node);
     sh_->nchannels++;
-    set_idle(ch, true);
+    ch->flags = kIdle;   // no message yet: counted against the idle cap until its first
+    sh_->idle_bytes += slab_size(channel_size(id));
     return ch;
 }
 
