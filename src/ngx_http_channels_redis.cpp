@@ -113,6 +113,7 @@ struct RedisWorker {
     uint64_t       latency_us = 0;     // of the last publish round trip
     uint64_t       failures = 0;
     uint64_t       invalid = 0;        // entries of the shared log skipped as invalid
+    MessageId      skipped;            // newest id read and skipped: the tail goes on after it
     ngx_queue_t    awaiting{};
 };
 
@@ -314,8 +315,8 @@ const char *check_entry(const redisReply *entry, uint64_t now, LogEntry *out) {
     if (entry->type != REDIS_REPLY_ARRAY || entry->elements != 2) return "not an entry";
     std::optional<MessageId> id = parse_id(reply_text(entry->element[0]));
     if (!id) return "malformed id";
-    if (id->ms > now + kMaxAheadMs) return "id far ahead of the clock";
     out->id = *id;
+    if (id->ms > now + kMaxAheadMs) return "id far ahead of the clock";
     const redisReply *fields = entry->element[1];
     if (fields->type != REDIS_REPLY_ARRAY || fields->elements % 2 != 0) return "malformed fields";
     unsigned seen = 0;
@@ -347,7 +348,11 @@ uint64_t ingest_entry(RedisWorker *w, const redisReply *entry, bool *far_ahead) 
     const char *problem = check_entry(entry, now_ms(), &e);
     if (problem != nullptr) {
         w->invalid++;
-        *far_ahead |= e.id.ms > now_ms() + kMaxAheadMs;
+        if (e.id.ms > now_ms() + kMaxAheadMs) {
+            *far_ahead = true;   // the log is started again (kRepairScript)
+        } else {
+            w->skipped = std::max(w->skipped, e.id);
+        }
         std::string_view id = entry->type == REDIS_REPLY_ARRAY && entry->elements > 0 ? reply_text(entry->element[0])
                                                                                        : std::string_view{};
         ngx_str_t text{std::min<size_t>(id.size(), 64), reinterpret_cast<u_char *>(const_cast<char *>(id.data()))};
@@ -403,7 +408,7 @@ void on_log_reply(redisAsyncContext *, void *reply_ptr, void *data) {
 void read_log(RedisWorker *w) {
     if (w->log.ac == nullptr) return;
     char cursor[kMaxIdText];
-    size_t len = format_id(w->store->local()->last_id(), cursor);
+    size_t len = format_id(std::max(w->store->local()->last_id(), w->skipped), cursor);
     std::string log_key = key(w->store->conf(), "#log");
     send_argv(&w->log, on_log_reply, w, {"XREAD", "COUNT", kReadBatch, "BLOCK", "0", "STREAMS", log_key, {cursor, len}});
 }

@@ -367,13 +367,14 @@ ZoneStats ShmStore::stats() {
 
 namespace {
 
-// The first channel after (key, id) in the tree's order: where a listing resumes.
-Channel *first_after(Shared *sh, ngx_rbtree_key_t key, std::string_view id, bool start) {
+// The first channel whose id is greater than `after` (or not less, when inclusive).
+Channel *lower_bound(Shared *sh, std::string_view after, bool inclusive) {
+    ngx_rbtree_key_t key = id_key(after);
     ngx_rbtree_node_t *node = sh->tree.root, *sentinel = sh->tree.sentinel, *best = nullptr;
     while (node != sentinel) {
-        auto *ch = reinterpret_cast<Channel *>(node);
-        bool after = start || node->key > key || (node->key == key && compare_ids(ch->name(), id) > 0);
-        if (after) {
+        int rc = node->key != key ? (node->key > key ? 1 : -1)
+                                  : compare_ids(reinterpret_cast<Channel *>(node)->name(), after);
+        if (rc > 0 || (rc == 0 && inclusive)) {
             best = node;
             node = node->left;
         } else {
@@ -385,8 +386,8 @@ Channel *first_after(Shared *sh, ngx_rbtree_key_t key, std::string_view id, bool
 
 }  // namespace
 
-// Every channel is examined (ids are hashed, not ordered), but in chunks: the lock is
-// held for kListChunk channels at a time and nothing is allocated under it.
+// The tree is in id order: a page starts at the first id after `after` (or at the prefix)
+// and walks at most kListChunk channels per lock hold, nothing allocated under it.
 ChannelListing ShmStore::list(std::string_view prefix, std::string_view after, size_t limit) {
     struct Candidate {
         size_t at, len;
@@ -396,46 +397,39 @@ ChannelListing ShmStore::list(std::string_view prefix, std::string_view after, s
     ChannelListing out;
     std::vector<Candidate> found;
     std::vector<char> names;
-    found.reserve(kListChunk);
-    names.reserve(kListChunk * 256);
-    ngx_rbtree_key_t key = 0;
-    char last[256];
-    size_t last_len = 0;
-    bool start = true, done = false;
-    while (!done) {
-        found.clear();
-        names.clear();
-        {
-            ZoneLock lock(*this);
-            Zone z(*this, lock.sh(), now_ms());
-            Channel *ch = first_after(lock.sh(), key, {last, last_len}, start);
-            for (size_t n = 0; ch != nullptr && n < kListChunk; n++) {
-                std::string_view id = ch->name();
-                ChannelInfo info = z.info(ch);
-                if (info.exists && id.substr(0, prefix.size()) == prefix &&
-                    (after.empty() || compare_ids(id, after) > 0)) {
-                    found.push_back({names.size(), id.size(), info.messages, info.subscribers, info.newest});
-                    names.insert(names.end(), id.begin(), id.end());
-                }
-                key = ch->node.key;
-                last_len = id.size();
-                ngx_memcpy(last, id.data(), id.size());
-                ngx_rbtree_node_t *next = ngx_rbtree_next(&lock.sh()->tree, &ch->node);
-                ch = reinterpret_cast<Channel *>(next);
+    found.reserve(limit + 1);
+    names.reserve((limit + 1) * 256);
+    char from[256];
+    size_t from_len = 0;
+    bool inclusive = compare_ids(prefix, after) > 0;
+    std::string_view start = inclusive ? prefix : after;
+    ngx_memcpy(from, start.data(), std::min(start.size(), sizeof(from)));
+    from_len = std::min(start.size(), sizeof(from));
+    for (bool done = false; !done;) {
+        ZoneLock lock(*this);
+        Zone z(*this, lock.sh(), now_ms());
+        Channel *ch = lower_bound(lock.sh(), {from, from_len}, inclusive);
+        for (size_t n = 0; n < kListChunk; n++) {
+            if (ch == nullptr || ch->name().substr(0, prefix.size()) != prefix || found.size() > limit) {
+                done = true;
+                break;
             }
-            done = ch == nullptr;
-            start = false;
+            ChannelInfo info = z.info(ch);
+            std::string_view id = ch->name();
+            if (info.exists) {
+                found.push_back({names.size(), id.size(), info.messages, info.subscribers, info.newest});
+                names.insert(names.end(), id.begin(), id.end());
+            }
+            from_len = id.size();
+            ngx_memcpy(from, id.data(), id.size());
+            inclusive = false;
+            ch = reinterpret_cast<Channel *>(ngx_rbtree_next(&lock.sh()->tree, &ch->node));
         }
-        for (const Candidate &c : found) {
-            out.rows.push_back({std::string(names.data() + c.at, c.len), c.messages, c.subscribers, c.newest});
-        }
-        std::sort(out.rows.begin(), out.rows.end(), [](const ChannelListing::Row &a, const ChannelListing::Row &b) {
-            return compare_ids(a.id, b.id) < 0;
-        });
-        if (out.rows.size() > limit) {
-            out.rows.resize(limit);
-            out.more = true;
-        }
+    }
+    out.more = found.size() > limit;
+    if (out.more) found.pop_back();
+    for (const Candidate &c : found) {
+        out.rows.push_back({std::string(names.data() + c.at, c.len), c.messages, c.subscribers, c.newest});
     }
     return out;
 }

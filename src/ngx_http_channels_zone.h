@@ -69,7 +69,7 @@ enum ChannelFlags : uint8_t {
 // costs one 128-byte slab slot with a 16-byte id, and subscribing to an existing channel
 // allocates nothing (counts and wake bits are inline).
 struct Channel {
-    ngx_rbtree_node_t node;    // key: crc32 of the id, ties broken by memcmp
+    ngx_rbtree_node_t node;    // key: id_key(), ties broken by memcmp: in id order
     Entry    **ring;           // nullptr while empty
     uint64_t   wake_bits;      // bits of the worker records holding subscribers of it
     uint32_t   head_seq;

@@ -11,14 +11,12 @@
 namespace channels::shm {
 namespace {
 
-uint32_t hash_id(std::string_view id) {
-    return ngx_crc32_short(reinterpret_cast<u_char *>(const_cast<char *>(id.data())), id.size());
-}
 
 Channel *channel_of(ngx_rbtree_node_t *node) { return reinterpret_cast<Channel *>(node); }
 
-// Orders channels in the rbtree: crc32 key, then bytes. Set as the tree's insert function
-// right before each insert, by the process inserting (code addresses differ across reloads).
+// Orders channels in the rbtree by id: the key (the first bytes), then the rest. Set as the
+// tree's insert function right before each insert, by the process inserting (code
+// addresses differ across reloads).
 void insert_channel(ngx_rbtree_node_t *temp, ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel) {
     ngx_rbtree_node_t **p;
     for (;;) {
@@ -59,6 +57,14 @@ size_t slab_size(size_t size) {
     return slot;
 }
 
+ngx_rbtree_key_t id_key(std::string_view id) {
+    ngx_rbtree_key_t key = 0;
+    for (size_t i = 0; i < sizeof(key); i++) {
+        key = key << 8 | (i < id.size() ? static_cast<unsigned char>(id[i]) : 0);
+    }
+    return key;
+}
+
 int compare_ids(std::string_view a, std::string_view b) {
     int rc = std::memcmp(a.data(), b.data(), std::min(a.size(), b.size()));
     if (rc != 0) return rc;
@@ -83,11 +89,11 @@ Zone::Zone(ShmStore &store, Shared *sh, uint64_t now) : store_(store), sh_(sh), 
 // ---- channels ----
 
 Channel *Zone::find(std::string_view id) const {
-    uint32_t hash = hash_id(id);
+    ngx_rbtree_key_t key = id_key(id);
     ngx_rbtree_node_t *node = sh_->tree.root, *sentinel = sh_->tree.sentinel;
     while (node != sentinel) {
-        if (hash != node->key) {
-            node = hash < node->key ? node->left : node->right;
+        if (key != node->key) {
+            node = key < node->key ? node->left : node->right;
             continue;
         }
         int rc = compare_ids(id, channel_of(node)->name());
@@ -102,7 +108,7 @@ Channel *Zone::init_channel(void *mem, std::string_view id) {
     ngx_memzero(ch, offsetof(Channel, id));
     ngx_memcpy(ch->id, id.data(), id.size());
     ch->len = uint8_t(id.size() - 1);
-    ch->node.key = hash_id(id);
+    ch->node.key = id_key(id);
     ch->trimmed_upto = PackedId::of(sh_->gc_floor);
     sh_->tree.insert = insert_channel;
     ngx_rbtree_insert(&sh_->tree, &ch->node);

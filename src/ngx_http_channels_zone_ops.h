@@ -35,6 +35,10 @@ size_t slab_size(size_t size);
 
 // Ids compare as byte strings, shorter first on a common prefix.
 int compare_ids(std::string_view a, std::string_view b);
+// The tree key of an id: its first bytes, big-endian (ids hold no NUL, so a shorter id's
+// zero padding sorts first). Keys order as ids do: the tree is in id order, and listings
+// page through it.
+ngx_rbtree_key_t id_key(std::string_view id);
 
 // seq a comes before seq b (sequence numbers wrap around).
 inline bool seq_before(uint32_t a, uint32_t b) { return int32_t(a - b) < 0; }
