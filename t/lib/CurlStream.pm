@@ -170,6 +170,10 @@ sub response {
              exit_code => $self->{exit_code}, eof => $self->{eof} };
 }
 
+# SSE blocks parsed since the last call (pings included), for a caller's own loop.
+sub take_blocks { my $self = shift; my @b = @{ $self->{blocks} }; $self->{blocks} = []; @b }
+sub head_seen   { defined $_[0]{head} }
+
 sub pause  { my $self = shift; kill 'STOP', $self->{pid} if $self->{pid} }
 sub resume { my $self = shift; kill 'CONT', $self->{pid} if $self->{pid} }
 
