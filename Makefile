@@ -3,6 +3,7 @@
 #   make run        install what is missing, build, run the demo on 127.0.0.1:8080/8081
 #   make test       install what is missing, build, run unit tests and t/*.t
 #   make bench      compare with nchan (see bench/README.md)
+#   make stress     the model-checked random test at scale: SCHEDULES=N (5000), STRESS_JOBS=J (3)
 #   make NGINX_SRC=/path/to/nginx-x.y.z   build against another nginx source tree
 
 NGINX_SRC   ?= /usr/share/nginx/src
@@ -23,7 +24,7 @@ MODULE_SRCS := $(wildcard src/*.cpp src/*.h src/channels/*.cpp src/channels/*.h)
 PURE_SRCS   := $(wildcard src/channels/*.cpp)
 UNIT_SRCS   := $(wildcard t/unit/*.cpp)
 
-.PHONY: all deps run test unit unit-asan prove bench clean fuzz sanitize valgrind
+.PHONY: all deps run test unit unit-asan prove bench clean fuzz sanitize valgrind stress
 
 all: $(MODULE)
 
@@ -66,6 +67,13 @@ prove: $(MODULE)
 	CHANNELS_MODULE=$(MODULE) NGINX_BIN=$(NGINX_BIN) prove -j$(PROVE_JOBS) -r t/
 
 test: $(MODULE) unit prove
+
+# Issue 12's random schedules checked against the model of SPEC §2/§4/§5 (t/model.t), many of
+# them, in parallel nginx instances; the diverging seeds replay with MODEL_SEEDS=<seed>.
+SCHEDULES   ?= 5000
+STRESS_JOBS ?= 3
+stress: $(MODULE)
+	CHANNELS_MODULE=$(MODULE) NGINX_BIN=$(NGINX_BIN) perl tools/model-stress.pl --schedules $(SCHEDULES) --jobs $(STRESS_JOBS)
 
 run: $(MODULE)
 	@sh tools/run-demo.sh $(MODULE) $(NGINX_BIN)

@@ -4,7 +4,7 @@
 #   tools/install-deps.sh fuzz     also clang for `make fuzz`
 set -e
 pkgs="nginx nginx-dev libpcre2-dev libssl-dev zlib1g-dev libhiredis-dev libgtest-dev g++ make perl
-      curl openssl redis-server prometheus chromium valgrind"
+      curl openssl redis-server prometheus chromium valgrind faketime"
 [ "${1:-}" = fuzz ] && pkgs="$pkgs clang libclang-rt-14-dev"
 missing=""
 for p in $pkgs; do
