@@ -202,6 +202,13 @@ void WorkerZone::on_appended(uint64_t bits) {
     wake_others(zone_key(this), store, bits);
 }
 
+void WorkerZone::on_rebuilt() {
+    if (!deliver_event.posted) {
+        ngx_post_event(&deliver_event, &ngx_posted_events);
+    }
+    wake_siblings(zone_key(this));
+}
+
 // ---- batches ----
 
 Batch *batch_take(WorkerZone *wz, size_t bytes) {

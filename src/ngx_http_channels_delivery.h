@@ -21,6 +21,7 @@ struct WorkerZone;
 struct Link {
     ngx_queue_t in_channel;    // LocalChannel::links
     Subscriber *sub;
+    MessageId   seen;          // live: the channel's messages up to here were given or told lost
 };
 
 // A queue link that knows its owner (Subscriber is not standard-layout).
@@ -71,6 +72,7 @@ struct PassBatch {
 // The worker's runtime of one zone.
 struct WorkerZone final : StoreListener {
     void on_appended(uint64_t wake_bits) override;
+    void on_rebuilt() override;
 
     ZoneConf   *conf = nullptr;
     Store      *store = nullptr;

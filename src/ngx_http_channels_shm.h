@@ -83,7 +83,7 @@ private:
     ngx_int_t create_root(uint64_t first_ms);
     uint64_t persisted_mark(uint64_t now);
     void persist_mark();
-    void drop_dead_records();
+    void drop_dead_records(const ZoneSession *self);
 
     ngx_shm_zone_t *shm_zone_;
     ngx_slab_pool_t *pool_ = nullptr;

@@ -204,13 +204,13 @@ ngx_int_t ShmStore::open_id_file(ngx_cycle_t *cycle) {
     std::string_view value{text, n > 0 ? size_t(n) : 0};
     while (!value.empty() && (value.back() == '\n' || value.back() == ' ')) value.remove_suffix(1);
     std::optional<MessageId> saved = parse_id(value);
-    if (!saved) {
-        if (!value.empty()) ngx_log_error(NGX_LOG_WARN, cycle->log, 0, "channels: ignoring unreadable \"%s\"", path);
-        return NGX_OK;
+    if (!saved && !value.empty()) ngx_log_error(NGX_LOG_WARN, cycle->log, 0, "channels: ignoring unreadable \"%s\"", path);
+    if (saved) {
+        ZoneLock lock(*this);
+        Shared *sh = lock.sh();
+        if (sh->last_id < *saved) sh->last_id = *saved;
     }
-    ZoneLock lock(*this);
-    Shared *sh = lock.sh();
-    if (sh->last_id < *saved) sh->last_id = *saved;
+    persist_mark();   // from the first publish on, the file is ahead of every id
     return NGX_OK;
 }
 
@@ -254,13 +254,16 @@ ngx_int_t ShmStore::start_worker(ngx_cycle_t *cycle, ZoneSession *s, StoreListen
     listener_ = listener;
     start_time_ = process_start_time(ngx_pid);
     s->log = cycle->log;
-    ZoneLock lock(*this);
-    Zone z(*this, lock.sh(), now_ms());
-    z.sync(*s);
+    {
+        ZoneLock lock(*this);
+        Zone z(*this, lock.sh(), now_ms());
+        z.sync(*s);
+    }
     if (s->record == nullptr) {
         ngx_log_error(NGX_LOG_ALERT, cycle->log, 0, "channels: zone \"%V\" has no room for a worker record",
                       &name_);
     }
+    drop_dead_records(s);   // e.g. a crashed worker this one replaces, whatever its pid
     return NGX_OK;
 }
 
@@ -278,7 +281,7 @@ void ShmStore::stop_worker(ZoneSession *s) {
 
 // Records of workers that are gone (crashed: a clean exit drops its own). Liveness is
 // checked outside the lock: a process that exists with the recorded start time.
-void ShmStore::drop_dead_records() {
+void ShmStore::drop_dead_records(const ZoneSession *self) {
     struct Seen {
         ngx_pid_t pid;
         uint64_t start_time;
@@ -288,12 +291,14 @@ void ShmStore::drop_dead_records() {
         ZoneLock lock(*this);
         Zone z(*this, lock.sh(), now_ms());
         z.for_each_record([&](WorkerRecord *r) {
-            if (n < kMaxRecordsSeen && r->pid != ngx_pid) seen[n++] = {r->pid, r->start_time};
+            // Another record with this process's pid belongs to a dead process whose pid
+            // was handed out again: it is checked like any other.
+            if (n < kMaxRecordsSeen && r != self->record) seen[n++] = {r->pid, r->start_time};
         });
     }
     size_t dead = 0;
     for (size_t i = 0; i < n; i++) {
-        bool exists = kill(seen[i].pid, 0) == 0 || errno == EPERM;
+        bool exists = seen[i].pid != ngx_pid && (kill(seen[i].pid, 0) == 0 || errno == EPERM);
         uint64_t started = exists ? process_start_time(seen[i].pid) : 0;
         if (exists && (seen[i].start_time == 0 || started == 0 || started == seen[i].start_time)) continue;
         seen[dead++] = seen[i];
@@ -306,7 +311,7 @@ void ShmStore::drop_dead_records() {
         bool reset = false;
         z.for_each_record([&](WorkerRecord *r) {
             for (size_t i = 0; i < dead; i++) {
-                if (r->pid != seen[i].pid || r->start_time != seen[i].start_time) continue;
+                if (r == self->record || r->pid != seen[i].pid || r->start_time != seen[i].start_time) continue;
                 ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
                               "channels: zone \"%V\": releasing subscribers of exited worker %P", &name_, r->pid);
                 reset |= r->active || r->connections > 0;
@@ -323,7 +328,7 @@ void ShmStore::drop_dead_records() {
     notify(wake);
 }
 
-void ShmStore::collect(ZoneSession *) {
+void ShmStore::collect(ZoneSession *session) {
     size_t expired;
     int rounds = 0;
     do {   // bounded lock holds; a large expiry takes several
@@ -332,7 +337,7 @@ void ShmStore::collect(ZoneSession *) {
         expired = z.expire(4096);
         z.release_read();
     } while (expired == 4096 && ++rounds < 16);
-    drop_dead_records();
+    drop_dead_records(session);
     persist_mark();
 }
 

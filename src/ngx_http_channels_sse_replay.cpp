@@ -71,6 +71,7 @@ bool SseStream::queue_page(const Batch &page, bool first) noexcept {
     if (!page.more) {
         catching_up_ = false;
         cursor = std::max(cursor, page.position);   // later ids come live
+        for (size_t i = 0; i < nlinks; i++) links[i].seen = cursor;
     }
     if (leaving_) leave_deleted_channels();
     return true;

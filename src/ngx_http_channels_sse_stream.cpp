@@ -33,7 +33,10 @@ SseStream::SseStream(ngx_http_request_t *r, WorkerZone *zone, bool multi_channel
 
 void SseStream::on_message(const MessageCopy &m, size_t index, MessageFrames &frames) noexcept {
     if (catching_up_ || failed_ || finished_) return;   // a replay in progress reads it in order
-    MessageId before = cursor;
+    // A loss is per channel: the stream's cursor may have passed it with another channel's
+    // messages, so each link remembers how far its channel was seen.
+    MessageId seen = links[index].seen, before = cursor;
+    links[index].seen = m.id;
     cursor = std::max(cursor, m.id);
     Frame *f;
     if (m.kind == EntryKind::deleted) {
@@ -45,7 +48,7 @@ void SseStream::on_message(const MessageCopy &m, size_t index, MessageFrames &fr
         leaving_ = true;
         f = shared;
     } else {
-        if (m.channel_dropped > before) {   // this worker missed messages of the channel
+        if (m.channel_dropped > seen) {   // this worker missed messages of the channel
             Frame *gap = frame_build(detached_, [&](auto &sink) {
                 put_gap_event(sink, m.channel_id, before, MessageId{});
             });

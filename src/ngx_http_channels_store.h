@@ -186,6 +186,9 @@ class ZoneSession;
 class StoreListener {
 public:
     virtual void on_appended(uint64_t wake_bits) = 0;
+    // The zone was rebuilt (a worker died mid-update): every worker must put its
+    // subscriptions back, including those no record of the new zone knows yet.
+    virtual void on_rebuilt() = 0;
 
 protected:
     ~StoreListener() = default;

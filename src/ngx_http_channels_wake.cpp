@@ -10,7 +10,11 @@ extern "C" {
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <fcntl.h>
+
 #include <cerrno>
+#include <cstdio>
+#include <cstdlib>
 
 namespace channels {
 namespace {
@@ -149,6 +153,23 @@ void wake_others(uintptr_t zone_key, Store *store, uint64_t bits) {
     pending[i].bits |= bits;
     if (!flush_event.posted) {
         ngx_post_event(&flush_event, &ngx_posted_events);
+    }
+}
+
+void wake_siblings(uintptr_t zone_key) {
+    if (conn == nullptr || master == ngx_pid) return;
+    char path[64], text[8192];
+    snprintf(path, sizeof(path), "/proc/%d/task/%d/children", int(master), int(master));
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return;
+    ssize_t n = read(fd, text, sizeof(text) - 1);
+    close(fd);
+    if (n <= 0) return;
+    text[n] = '\0';
+    for (char *p = text, *end; *p != '\0'; p = end) {
+        long pid = strtol(p, &end, 10);
+        if (end == p) break;
+        if (pid > 0 && pid != ngx_pid) send_wake(ngx_pid_t(pid), zone_key);
     }
 }
 

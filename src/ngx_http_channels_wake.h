@@ -30,5 +30,8 @@ void wake_exit_worker();
 void wake_others(uintptr_t zone_key, Store *store, uint64_t bits);
 // Sends what was asked for so far now (a delivery pass starts: the others first).
 void wake_flush_now();
+// Wakes every other worker of this master, whatever the zone knows of them (after the
+// zone was rebuilt, its worker records are gone): the master's children, from /proc.
+void wake_siblings(uintptr_t zone_key);
 
 }  // namespace channels

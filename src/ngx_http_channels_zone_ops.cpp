@@ -71,10 +71,13 @@ int compare_ids(std::string_view a, std::string_view b) {
     return a.size() < b.size() ? -1 : (a.size() > b.size() ? 1 : 0);
 }
 
-ZoneLock::ZoneLock(ShmStore &store) : pool_(store.pool()) {
+ZoneLock::ZoneLock(ShmStore &store) : store_(store), pool_(store.pool()) {
     ngx_shmtx_lock(&pool_->mutex);
     sh_ = static_cast<Shared *>(pool_->data);
-    if (sh_->updating) sh_ = store.rebuild_locked(sh_);
+    if (sh_->updating) {
+        sh_ = store.rebuild_locked(sh_);
+        rebuilt_ = true;
+    }
     sh_->updating = 1;
     sh_->updater = ngx_pid;
 }
@@ -82,6 +85,7 @@ ZoneLock::ZoneLock(ShmStore &store) : pool_(store.pool()) {
 ZoneLock::~ZoneLock() {
     sh_->updating = 0;
     ngx_shmtx_unlock(&pool_->mutex);
+    if (rebuilt_ && store_.listener() != nullptr) store_.listener()->on_rebuilt();
 }
 
 Zone::Zone(ShmStore &store, Shared *sh, uint64_t now) : store_(store), sh_(sh), pool_(store.pool()), now_(now) {}

@@ -25,8 +25,10 @@ public:
     Shared *sh() const { return sh_; }
 
 private:
+    ShmStore &store_;
     ngx_slab_pool_t *pool_;
     Shared *sh_;
+    bool rebuilt_ = false;
 };
 
 // Slab bytes an allocation of `size` really takes (power-of-two slots up to half a page,

@@ -10,7 +10,9 @@
 #      `channel-deleted`, then live messages of the other channel;
 #   2. the deleted channel is the one being replayed, interleaved with another channel's
 #      messages: every message of the other channel comes before the marker.
-# In both, ids strictly increase along the stream.
+# In both, ids strictly increase along the stream. (The client's receive buffer is small but
+# not below loopback's MSS: a window smaller than one segment leaves TCP sending by
+# zero-window probes, seconds apart, which the server rightly takes for a stalled client.)
 use strict;
 use warnings;
 use FindBin;
@@ -64,7 +66,7 @@ sub describe {
 subtest 'DELETE of the channel not being replayed' => sub {
     my $cursor = $t->publish('d1b', 'b before the cursor');
     my @a = map { $t->publish('d1a', "a$_:" . $BIG) } 1 .. 160;
-    my $s = $t->sse_open('/multi?ch=d1a,d1b', headers => { 'Last-Event-ID' => $cursor }, rcvbuf => 4096);
+    my $s = $t->sse_open('/multi?ch=d1a,d1b', headers => { 'Last-Event-ID' => $cursor }, rcvbuf => 65536);
     is($s->status, 200, 'stream resumed');
     my $first = $s->next_event(timeout => 10);
     is($first && $first->{id}, $a[0], 'the replay started');
@@ -93,7 +95,7 @@ subtest 'DELETE of the channel being replayed' => sub {
         push @a, $t->publish('d2a', "a$i:" . $BIG);
         push @b, $t->publish('d2b', "b$i") if $i % 2 == 0;
     }
-    my $s = $t->sse_open('/multi?ch=d2a,d2b', headers => { 'Last-Event-ID' => $cursor }, rcvbuf => 4096);
+    my $s = $t->sse_open('/multi?ch=d2a,d2b', headers => { 'Last-Event-ID' => $cursor }, rcvbuf => 65536);
     is($s->status, 200, 'stream resumed');
     my $first = $s->next_event(timeout => 10);
     is($first && $first->{id}, $a[0], 'the replay started');
