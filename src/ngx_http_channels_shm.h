@@ -91,7 +91,7 @@ private:
     uint64_t history_;
     uint64_t ttl_ms_;
     ngx_fd_t id_fd_ = NGX_INVALID_FILE;
-    uint64_t id_file_ms_ = 0;           // read from the id file at start
+    bool seed_from_file_ = false;       // a zone created by a fresh start: the id file seeds it
     StoreListener *listener_ = nullptr;
     uint64_t start_time_ = 0;           // of this worker process
 };

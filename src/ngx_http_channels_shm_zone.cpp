@@ -46,7 +46,7 @@ uint64_t process_start_time(ngx_pid_t pid) {
 
 namespace {
 
-constexpr uint64_t kMarkAhead = 10000;   // ms: ids promised taken by the id file, ahead of the last
+constexpr uint64_t kMarkAhead = 2000;    // ms: ids promised taken by the id file, ahead of the last
 constexpr size_t kMaxRecordsSeen = 1024;
 constexpr size_t kListChunk = 1024;      // channels examined per lock hold by a listing
 
@@ -134,7 +134,11 @@ ngx_int_t ShmStore::init(bool existing) noexcept {
     // A Redis zone mirrors the shared log from its start; others go on from the clock and
     // from any previous zone of this name (the id file is read later, in init_module).
     uint64_t first = 0;
-    if (!redis_ids) first = std::max(now_ms(), previous_zone_last_id(shm_zone_).ms + 1);
+    if (!redis_ids) {
+        MessageId previous = previous_zone_last_id(shm_zone_);
+        first = std::max(now_ms(), previous.ms + 1);
+        seed_from_file_ = previous == MessageId{};   // a new zone of a reload goes on from the old one
+    }
     return create_root(first);
 }
 
@@ -205,7 +209,8 @@ ngx_int_t ShmStore::open_id_file(ngx_cycle_t *cycle) {
     while (!value.empty() && (value.back() == '\n' || value.back() == ' ')) value.remove_suffix(1);
     std::optional<MessageId> saved = parse_id(value);
     if (!saved && !value.empty()) ngx_log_error(NGX_LOG_WARN, cycle->log, 0, "channels: ignoring unreadable \"%s\"", path);
-    if (saved) {
+    if (saved && seed_from_file_) {   // a fresh start: ids go on above the last run's
+        seed_from_file_ = false;
         ZoneLock lock(*this);
         Shared *sh = lock.sh();
         if (sh->last_id < *saved) sh->last_id = *saved;
@@ -240,7 +245,8 @@ void ShmStore::persist_mark() {
         if (sh->last_id.ms + kMarkAhead / 2 < sh->persisted_ms) return;
         mark = std::max(sh->last_id.ms, now_ms()) + kMarkAhead;
     }
-    if (write_id(id_fd_, MessageId{mark, 0}) < 0 || fdatasync(id_fd_) != 0) {
+    // Written, not synced: what a crashed nginx wrote is in the page cache for the next one.
+    if (write_id(id_fd_, MessageId{mark, 0}) < 0) {
         ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, ngx_errno, "channels: cannot save the ids of zone \"%V\"", &name_);
         return;
     }
