@@ -7,8 +7,9 @@
 namespace chn {
 
 char *redis_directive(ngx_conf_t *, ngx_command_t *, void *) noexcept {
-    return const_cast<char *>("is not available: ngx_http_channels_module was built without "
-                              "hiredis (install libhiredis-dev, then rebuild the module)");
+    return const_cast<char *>(
+        "is not available: ngx_http_channels_module was built without "
+        "hiredis (install libhiredis-dev, then rebuild the module)");
 }
 
 ngx_int_t redis_bind_zones(ngx_conf_t *, MainConf *) { return NGX_OK; }
