@@ -125,7 +125,8 @@ valgrind: $(MODULE) $(BUILD)/.deps-valgrind
 # checked with lintian. Its version is debian/changelog's.
 DEB_VERSION := $(shell dpkg-parsechangelog -l debian/changelog -S Version 2>/dev/null || \
                  sed -n '1s/.*(\(.*\)).*/\1/p' debian/changelog)
-DEB_FILE    := $(BUILD)/libnginx-mod-http-channels_$(DEB_VERSION)_amd64.deb
+DEB_ARCH    := $(shell dpkg --print-architecture 2>/dev/null || echo amd64)
+DEB_FILE    := $(BUILD)/libnginx-mod-http-channels_$(DEB_VERSION)_$(DEB_ARCH).deb
 
 deb: $(DEB_FILE)
 
