@@ -12,6 +12,7 @@ use IO::Socket::INET;
 use POSIX ();
 use Time::HiRes ();
 use ChannelsTest qw(json_decode id_cmp);
+use NginxCompat ();
 
 my $REPO = File::Spec->rel2abs("$FindBin::Bin/..");
 my $EXAMPLES = "$REPO/conf-examples";
@@ -108,6 +109,7 @@ sub full_file_test {
     $text =~ s/%%PREFIX%%/$t->prefix/ge;
     my $n = $text =~ s/^load_module\s+\S+;/load_module $MODULE;/m;
     ok($n, "$name: has a load_module line");
+    $text = NginxCompat::conf_for_version($text, NginxCompat::nginx_version($NGINX));
     my $file = $t->prefix . "/conf/example-full.conf";
     spew($file, $text);
     my $out = `'$NGINX' -p '@{[$t->prefix]}/' -c conf/example-full.conf -e logs/example-full-t.log -t 2>&1`;

@@ -36,7 +36,8 @@ my $t = ChannelsTest->new(workers => 2, start => 0, conf => <<'CONF');
         location ~ ^/short/(?<ch>[^/]+)$   { longpoll_timeout 1s; longpoll_channel $ch; }
     }
     server {
-        listen 127.0.0.1:%%PORT_2%% ssl http2;
+        listen 127.0.0.1:%%PORT_2%% ssl;
+        http2 on;
         ssl_certificate     %%PREFIX%%/cert.pem;
         ssl_certificate_key %%PREFIX%%/key.pem;
         access_log logs/h2.log conn;

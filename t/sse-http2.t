@@ -1,6 +1,6 @@
 #!/usr/bin/perl
 # SSE over TLS + HTTP/2 (SPEC §1, §4, issue 3), read with `curl --http2 -k -N` against a
-# `listen ... ssl http2` server with a self-signed certificate made here with openssl:
+# `listen ... ssl` + `http2 on` server with a self-signed certificate made here with openssl:
 # the header, events (multi-line, UTF-8, typed), a client that goes away (subscriber count back
 # to 0), DELETE ending one stream (END_STREAM) while another stream multiplexed on the same
 # connection goes on, one stream of a connection reset (RST_STREAM) while the other goes on, a
@@ -22,7 +22,8 @@ my $t = ChannelsTest->new(workers => 2, start => 0, conf => <<'CONF');
     channel_zone zone=events:4m history=100 ttl=1h;
     log_format h2 '$connection $server_protocol "$request_uri" $status';
     server {
-        listen 127.0.0.1:%%PORT_0%% ssl http2;
+        listen 127.0.0.1:%%PORT_0%% ssl;
+        http2 on;
         ssl_certificate     %%PREFIX%%/cert.pem;
         ssl_certificate_key %%PREFIX%%/key.pem;
         access_log logs/h2.log h2;
@@ -31,7 +32,8 @@ my $t = ChannelsTest->new(workers => 2, start => 0, conf => <<'CONF');
     }
     server {
         # a small socket send buffer: what a slow client does not take stays in nginx
-        listen 127.0.0.1:%%PORT_2%% ssl http2 sndbuf=32k;
+        listen 127.0.0.1:%%PORT_2%% ssl sndbuf=32k;
+        http2 on;
         ssl_certificate     %%PREFIX%%/cert.pem;
         ssl_certificate_key %%PREFIX%%/key.pem;
         location ~ ^/events/(?<ch>[^/]+)$  { sse_channel $ch; }

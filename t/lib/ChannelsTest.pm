@@ -55,7 +55,8 @@ is destroyed, or when C<< $t->finish >> is called, nginx is stopped
 (gracefully: C<nginx -s quit>, so a module that leaves connections open or
 keeps a non-cancelable timer shows up as a failure) and, if nginx ever ran,
 one test is added: "nginx error log clean". It fails if C<logs/error.log> or nginx's
-stderr holds an C<[alert]>, C<[emerg]> or C<[crit]> line or a sanitizer report
+stderr holds an C<[alert]>, C<[emerg]> or C<[crit]> line, a deprecation warning, or a
+sanitizer report
 (C<AddressSanitizer>, C<LeakSanitizer>, C<runtime error:>), or if nginx did
 not exit in time. Under a numeric C<plan> the passing test is not emitted (only a
 failure is). C<< $t->skip_log_check >> turns the check off for tests
@@ -77,6 +78,9 @@ nginx), C<start> (0: write the config but do not start), C<finish>
 (C<'quit'> default, or C<'stop'> for a fast shutdown at the end).
 In the config texts C<%%PORT_N%%> becomes C<< $t->port(N) >> and
 C<%%PREFIX%%> the prefix directory (no trailing slash).
+Configurations are written for current nginx: on an older C<NGINX_BIN> the written file
+gets the older spelling where nginx deprecated one (C<http2 on;> becomes C<listen ... http2>
+before 1.25.1; see F<t/lib/NginxCompat.pm>).
 Dies if nginx does not start (see C<try_start>).
 
 =item C<< $t->port($n) >>, C<< $t->prefix >>, C<< $t->conf_text >>
@@ -255,6 +259,7 @@ use Scalar::Util ();
 use Errno ();
 use Config;
 use Exporter 'import';
+use NginxCompat ();
 
 our @EXPORT_OK = qw(id_parse id_cmp json_decode);
 
@@ -266,6 +271,7 @@ my $JSON = JSON::PP->new->utf8->allow_nonref;
 
 my @LOG_BAD = (
     qr/\[(?:alert|emerg|crit)\]/,
+    qr/\[warn\] .*\bis deprecated\b/,      # a config not written for the nginx it runs on
     qr/AddressSanitizer/,
     qr/LeakSanitizer/,
     qr/runtime error:/,
@@ -417,6 +423,7 @@ http {
 $http
 }
 EOF
+    $text = NginxCompat::conf_for_version($text, NginxCompat::nginx_version($self->{nginx}));
     _spew("$p/conf/nginx.conf", $text);
 }
 
