@@ -65,6 +65,30 @@ uint64_t fan_out(WorkerZone *wz, const MessageCopy &m) {
     return n;
 }
 
+// Losses come before the entries read with them: a subscriber is told before its stream
+// passes what it will never get.
+void announce_losses(WorkerZone *wz, const Batch &b) {
+    for (const GapInfo &g : b.gaps) {
+        LocalChannel *lc = wz->session.find(g.channel_id);
+        if (lc == nullptr) continue;
+        for (ngx_queue_t *q = ngx_queue_head(&lc->links); q != ngx_queue_sentinel(&lc->links); q = ngx_queue_next(q)) {
+            Link *link = ngx_queue_data(q, Link, in_channel);
+            size_t index = size_t(link - link->sub->links);
+            if (!link->sub->positions[index].active) continue;
+            link->sub->on_lost(index, g.upto);
+            touch(wz, link->sub);
+        }
+    }
+    if (b.all_lost == MessageId{}) return;
+    for (ngx_queue_t *q = ngx_queue_head(&wz->subscribers); q != ngx_queue_sentinel(&wz->subscribers); q = ngx_queue_next(q)) {
+        Subscriber *sub = owner(q);
+        for (size_t i = 0; i < sub->nlinks; i++) {
+            if (sub->positions[i].active) sub->on_lost(i, b.all_lost);
+        }
+        touch(wz, sub);
+    }
+}
+
 // Batches no queued subscriber can point into: those older than the pass that queued the
 // head of the touched queue (queued in pass order), or all once it is empty.
 void release_batches(WorkerZone *wz) {
@@ -101,6 +125,7 @@ Batch *read_page(WorkerZone *wz, bool woken) {
     }
     wz->store->read_log(wz->session, *b, woken);
     if (b->need_bytes > 0) {   // one message larger than a page
+        announce_losses(wz, *b);   // taken from the zone with this read: not read again
         if (!batch_grow(b)) {
             batch_give(wz, b);
             return nullptr;
@@ -127,6 +152,7 @@ void run_delivery(WorkerZone *wz) {
     wz->cursor = b->position;
     bool more = b->more;
     uint64_t delivered = 0;
+    announce_losses(wz, *b);
     if (b->items.empty()) {
         batch_give(wz, b);
     } else {

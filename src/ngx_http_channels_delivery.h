@@ -38,6 +38,8 @@ public:
     // flushing is sliced). Must not fail: a subscriber that cannot take it ends itself in
     // on_flush().
     virtual void on_message(const MessageCopy &m, size_t index, MessageFrames &frames) noexcept = 0;
+    // Messages of its channel `index` up to `upto` were freed before this worker read them.
+    virtual void on_lost(size_t index, MessageId upto) noexcept = 0;
     // Its turn to write, after the pass (or passes) that touched it.
     virtual void on_flush() noexcept = 0;
     // The worker is shutting down (reload or stop).

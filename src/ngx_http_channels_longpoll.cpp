@@ -132,7 +132,13 @@ public:
             new (answer_) Answer();
             answer_->gap = gap_;
         }
-        if (add(*answer_, m, limit_) && m.channel_dropped > reply_cursor) answer_->gap = true;
+        add(*answer_, m, limit_);
+    }
+
+    void on_lost(size_t, MessageId upto) noexcept override {
+        if (upto <= reply_cursor) return;
+        gap_ = true;
+        if (answer_ != nullptr) answer_->gap = true;
     }
 
     void on_flush() noexcept override {

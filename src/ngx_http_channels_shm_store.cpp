@@ -29,6 +29,7 @@ void Batch::clear() noexcept {
     gaps.clear();
     bytes.clear();
     position = {};
+    all_lost = {};
     more = false;
     need_bytes = 0;
 }
@@ -49,7 +50,7 @@ void add_gap(Zone &z, Channel *ch, uint16_t index, Batch &out) {
         if (g.channel_index == index) return;
     }
     if (out.gaps.size() == out.gaps.capacity() || !out.fits(ch->name().size())) return;
-    out.gaps.push_back({index, out.keep(ch->name()), z.oldest_retained(ch)});
+    out.gaps.push_back({index, out.keep(ch->name()), z.oldest_retained(ch), {}});
 }
 
 // The next entry a reader may get at pos in ch: expired ones are skipped (lost: a gap),
@@ -251,7 +252,7 @@ uint64_t ShmStore::ingest(EntryKind kind, MessageId id, const PublishInput &in) 
                 sh->last_id = id;   // cannot be kept here: its subscribers will be told (gap)
                 if (ch != nullptr) {
                     ch->trimmed_upto = PackedId::of(std::max(ch->trimmed_upto.get(), id));
-                    ch->dropped_upto = PackedId::of(std::max(ch->dropped_upto.get(), id));
+                    z.note_loss_all(ch, id);
                     z.unpin(ch);
                 }
                 return 0;
@@ -283,6 +284,8 @@ void ShmStore::mark_gap() {
     // Just past the last id: what was lost came after it, so live subscribers (whose cursor
     // is at most the last id) are told with their next message.
     sh->dropped_floor = std::max(sh->dropped_floor, MessageId{sh->last_id.ms, sh->last_id.seq + 1});
+    Zone z(*this, sh, now_ms());
+    z.for_each_record([&](WorkerRecord *r) { r->lost_upto = std::max(r->lost_upto, sh->dropped_floor); });
 }
 
 void ShmStore::raise_floor(MessageId floor) {
@@ -416,6 +419,7 @@ void ShmStore::read_log(ZoneSession &s, Batch &out, bool woken) {
         q = ngx_queue_next(q);
         e = q == ngx_queue_sentinel(&sh->log) ? nullptr : ngx_queue_data(q, Entry, in_log);
     }
+    z.take_losses(rec, out);   // before the entries that come after them
     uint64_t bit = uint64_t(1) << rec->bit;
     size_t examined = 0;
     while (e != nullptr && examined < kLogPageEntries) {

@@ -33,9 +33,6 @@ SseStream::SseStream(ngx_http_request_t *r, WorkerZone *zone, bool multi_channel
 
 void SseStream::on_message(const MessageCopy &m, size_t index, MessageFrames &frames) noexcept {
     if (catching_up_ || failed_ || finished_) return;   // a replay in progress reads it in order
-    // A loss is per channel: the stream's cursor may have passed it with another channel's
-    // messages, so each link remembers how far its channel was seen.
-    MessageId seen = links[index].seen, before = cursor;
     links[index].seen = m.id;
     cursor = std::max(cursor, m.id);
     Frame *f;
@@ -48,22 +45,22 @@ void SseStream::on_message(const MessageCopy &m, size_t index, MessageFrames &fr
         leaving_ = true;
         f = shared;
     } else {
-        if (m.channel_dropped > seen) {   // this worker missed messages of the channel
-            Frame *gap = frame_build(detached_, [&](auto &sink) {
-                put_gap_event(sink, m.channel_id, before, MessageId{});
-            });
-            bool queued = gap != nullptr && queue(gap);
-            frame_unref(gap);
-            if (!queued) {
-                failed_ = true;
-                return;
-            }
-        }
         Frame *&shared = frames.slot(multi, detached_);
         if (shared == nullptr) shared = frame_build(detached_, [&](auto &sink) { put_message_event(sink, m, multi); });
         f = shared;
     }
     if (f == nullptr || !queue(f)) failed_ = true;
+}
+
+// Each link remembers how far its channel was seen: a loss of one channel is told once,
+// before the stream passes it (its cursor moves with every channel's messages).
+void SseStream::on_lost(size_t index, MessageId upto) noexcept {
+    if (catching_up_ || failed_ || finished_ || upto <= links[index].seen) return;   // a replay finds its own gaps
+    links[index].seen = upto;
+    std::string_view channel = positions[index].channel->name();
+    Frame *gap = frame_build(detached_, [&](auto &sink) { put_gap_event(sink, channel, cursor, MessageId{}); });
+    if (gap == nullptr || !queue(gap)) failed_ = true;
+    frame_unref(gap);
 }
 
 void SseStream::on_flush() noexcept {

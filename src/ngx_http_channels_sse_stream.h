@@ -83,6 +83,7 @@ public:
 
     // ---- Subscriber ----
     void on_message(const MessageCopy &m, size_t index, MessageFrames &frames) noexcept override;
+    void on_lost(size_t index, MessageId upto) noexcept override;
     void on_flush() noexcept override;
     void on_shutdown() noexcept override;
 

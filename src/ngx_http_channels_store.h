@@ -42,14 +42,15 @@ struct MessageCopy {
     EntryKind kind = EntryKind::message;
     uint16_t channel_index = 0;    // replay pages: which of the reader's channels
     std::string_view channel_id, event, content_type, data;   // into Batch::bytes
-    MessageId channel_dropped;     // live: newest id of the channel freed before this worker read it
 };
 
-// A channel whose messages after a reader's position were evicted, expired or trimmed.
+// A channel whose messages after a reader's position were evicted, expired or trimmed
+// (replay), or freed before this worker read them (delivery: lost up to `upto`).
 struct GapInfo {
     uint16_t channel_index = 0;
     std::string_view channel_id;   // into Batch::bytes
     MessageId oldest;              // oldest retained (zero when none)
+    MessageId upto;                // delivery: the newest id lost
 };
 
 // Messages copied out of the zone under one lock, in id order. Capacity is reserved before
@@ -74,6 +75,7 @@ struct Batch {
     std::vector<GapInfo> gaps;
     std::vector<char> bytes;
     MessageId position;            // the zone's newest id when the batch was read
+    MessageId all_lost;            // delivery: every channel may have lost messages up to here
     bool more = false;             // a limit cut the batch short
     size_t need_bytes = 0;         // the next message needs a batch this large
 };

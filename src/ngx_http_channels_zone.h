@@ -16,7 +16,7 @@ namespace channels::shm {
 
 // Bumped whenever a struct below changes: a reload that would adopt a zone laid out by
 // other code is refused.
-inline constexpr uint32_t kLayoutVersion = 2;
+inline constexpr uint32_t kLayoutVersion = 3;
 
 struct Channel;
 
@@ -78,7 +78,6 @@ struct Channel {
     uint32_t   log_refs;       // its trimmed entries still in the log
     uint32_t   subscribers;    // in all workers (per channel: a connection may hold several)
     PackedId   trimmed_upto;   // newest message id removed from the ring
-    PackedId   dropped_upto;   // newest id freed before every worker that needed it read it
     uint8_t    ring_shift;     // ring capacity is 1 << ring_shift
     uint8_t    flags;          // ChannelFlags
     uint8_t    len;            // id length - 1 (ids are 1..255 bytes)
@@ -90,6 +89,15 @@ struct Channel {
     Entry *&slot(uint32_t seq) { return ring[seq & (capacity() - 1)]; }
     bool has(uint8_t f) const { return (flags & f) != 0; }
 };
+
+// A message a worker had to read but that was freed first (evicted, expired, lost): its
+// subscribers of the channel are told before their stream passes it (channel-gap).
+struct LossNotice {
+    Channel  *channel;
+    MessageId upto;            // the newest such id of the channel
+};
+
+inline constexpr size_t kLossNotices = 16;
 
 // One worker process using the zone. Lets the others wake it, keeps log entries it still
 // has to read, and lets a dead worker's subscriber counts be released.
@@ -103,6 +111,9 @@ struct WorkerRecord {
     uint64_t    connections;   // subscriber connections it holds
     uint32_t    counted_epoch; // its subscriber counts are in the zone for this epoch
     uint8_t     active;        // it holds subscribers: entries it has not read are kept
+    uint32_t    nlosses;
+    LossNotice  losses[kLossNotices];
+    MessageId   lost_upto;     // more losses than notices, or a zone-wide loss: every channel
     std::atomic<uint64_t> wakeups;
     std::atomic<uint64_t> entries_read;
 };

@@ -176,6 +176,16 @@ void Zone::free_if_unused(Channel *ch) {
 
 void Zone::free_channel(Channel *ch) {
     sh_->gc_floor = std::max(sh_->gc_floor, ch->trimmed_upto.get());
+    for_each_record([&](WorkerRecord *r) {   // notices must not outlive their channel
+        for (uint32_t i = 0; i < r->nlosses;) {
+            if (r->losses[i].channel == ch) {
+                r->lost_upto = std::max(r->lost_upto, r->losses[i].upto);
+                r->losses[i] = r->losses[--r->nlosses];
+            } else {
+                i++;
+            }
+        }
+    });
     ngx_rbtree_delete(&sh_->tree, &ch->node);
     sh_->nchannels--;
     size_t size = slab_size(channel_size(ch->name()));
@@ -188,10 +198,6 @@ void Zone::free_channel(Channel *ch) {
 }
 
 MessageId Zone::trimmed_upto(const Channel *ch) const { return std::max(ch->trimmed_upto.get(), sh_->gap_floor); }
-
-MessageId Zone::dropped_upto(const Channel *ch) const {
-    return std::max(ch->dropped_upto.get(), sh_->dropped_floor);
-}
 
 ChannelInfo Zone::info(Channel *ch) const {
     ChannelInfo info;
@@ -345,9 +351,7 @@ void Zone::remove_entry(Entry *e) {
         ngx_queue_remove(&e->in_trimmed);
         ch->log_refs--;
     }
-    if (e->kind == EntryKind::message && unread(e)) {
-        ch->dropped_upto = PackedId::of(std::max(ch->dropped_upto.get(), e->id));
-    }
+    if (e->kind == EntryKind::message) note_loss_all(ch, e->id);
     sh_->message_bytes -= slab_size(entry_size(e));
     ngx_slab_free_locked(pool_, e);
     free_if_unused(ch);
@@ -451,7 +455,6 @@ bool Zone::copy(const Entry *e, uint16_t channel_index, Batch &out) const {
     m.event = out.keep(e->event());
     m.content_type = out.keep(e->content_type());
     m.data = out.keep(e->data());
-    m.channel_dropped = dropped_upto(e->channel);
     out.items.push_back(m);
     return true;
 }
@@ -476,6 +479,7 @@ WorkerRecord *Zone::claim_record(ngx_pid_t pid, uint64_t start_time) {
     rec->start_time = start_time;
     rec->read_upto = sh_->last_id;
     rec->counted_epoch = sh_->count_epoch;
+    rec->lost_upto = sh_->dropped_floor;   // after a rebuild: what its subscribers had is gone
     ngx_queue_insert_tail(&sh_->records, &rec->in_zone);
     sh_->records_version++;
     return rec;
@@ -487,6 +491,41 @@ bool Zone::bit_shared(const WorkerRecord *rec) const {
         if (r != rec && r->bit == rec->bit) shared = true;
     });
     return shared;
+}
+
+void Zone::note_loss(WorkerRecord *rec, Channel *ch, MessageId upto) {
+    for (uint32_t i = 0; i < rec->nlosses; i++) {
+        if (rec->losses[i].channel == ch) {
+            rec->losses[i].upto = std::max(rec->losses[i].upto, upto);
+            return;
+        }
+    }
+    if (rec->nlosses < kLossNotices) {
+        rec->losses[rec->nlosses++] = {ch, upto};
+    } else {
+        rec->lost_upto = std::max(rec->lost_upto, upto);   // too many: every channel is told
+    }
+}
+
+void Zone::note_loss_all(Channel *ch, MessageId upto) {
+    if (ch->wake_bits == 0) return;
+    for_each_record([&](WorkerRecord *r) {
+        if (r->active && (ch->wake_bits >> r->bit & 1) && r->read_upto < upto) note_loss(r, ch, upto);
+    });
+}
+
+void Zone::take_losses(WorkerRecord *rec, Batch &out) {
+    for (uint32_t i = 0; i < rec->nlosses; i++) {
+        std::string_view name = rec->losses[i].channel->name();
+        if (out.gaps.size() == out.gaps.capacity() || !out.fits(name.size())) {
+            out.all_lost = std::max(out.all_lost, rec->losses[i].upto);
+            continue;
+        }
+        out.gaps.push_back({0, out.keep(name), {}, rec->losses[i].upto});
+    }
+    rec->nlosses = 0;
+    out.all_lost = std::max(out.all_lost, rec->lost_upto);
+    rec->lost_upto = {};
 }
 
 void Zone::move_bookmark(WorkerRecord *rec, Entry *to) {

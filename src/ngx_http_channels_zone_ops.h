@@ -66,7 +66,6 @@ public:
     void unpin(Channel *ch);
     // Newest message id removed from the channel, or from any channel (a zone-wide loss).
     MessageId trimmed_upto(const Channel *ch) const;
-    MessageId dropped_upto(const Channel *ch) const;
     ChannelInfo info(Channel *ch) const;
 
     // ---- entries ----
@@ -106,6 +105,12 @@ public:
     void reset_counts();
     bool bit_shared(const WorkerRecord *rec) const;
     void move_bookmark(WorkerRecord *rec, Entry *to);
+    // A message of ch up to `upto` is gone before the worker read it: tell its subscribers.
+    void note_loss(WorkerRecord *rec, Channel *ch, MessageId upto);
+    // Every worker holding subscribers of ch that has not read `upto` loses it.
+    void note_loss_all(Channel *ch, MessageId upto);
+    // Hands the worker's loss notices to a delivery batch (and forgets them).
+    void take_losses(WorkerRecord *rec, Batch &out);
 
     // ---- allocation ----
     void *alloc_evicting(size_t size);
