@@ -11,6 +11,7 @@
 #include "channels/json.h"
 #include "ngx_http_channels.h"
 #include "ngx_http_channels_delivery.h"
+#include "ngx_http_channels_jwt.h"
 #include "ngx_http_channels_store.h"
 
 namespace chn {
@@ -219,7 +220,7 @@ ngx_int_t handle(ngx_http_request_t *r) {
     sub->timeout.handler = timeout_handler;
     sub->timeout.data = sub;
     sub->timeout.log = r->connection->log;
-    ngx_add_timer(&sub->timeout, lcf->longpoll_timeout);
+    ngx_add_timer(&sub->timeout, auth_bounded_wait(r, lcf->longpoll_timeout));   // SPEC §10: not past exp
     r->write_event_handler = ngx_http_request_empty_handler;
     watch_client_close(r);
     r->main->count++;

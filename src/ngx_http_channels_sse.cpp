@@ -18,9 +18,11 @@
 #include <new>
 
 #include "channels/json.h"
+#include "channels/jwt.h"
 #include "channels/sse_format.h"
 #include "ngx_http_channels.h"
 #include "ngx_http_channels_delivery.h"
+#include "ngx_http_channels_jwt.h"
 #include "ngx_http_channels_store.h"
 
 namespace chn {
@@ -290,6 +292,7 @@ public:
         if (timer.posted) {
             ngx_delete_posted_event(&timer);
         }
+        if (expiry.timer_set) ngx_del_timer(&expiry);
         if (conn->write->timer_set) ngx_del_timer(conn->write);
     }
 
@@ -368,9 +371,36 @@ public:
         if (q.has_cursor) cursor = std::max(cursor, q.cursor);
     }
 
+    // SPEC §10: the stream ends at its token's exp (ms; 0: never) with token-expired.
+    void end_at(uint64_t at_ms) {
+        if (at_ms == 0) return;
+        expiry.handler = expiry_handler;
+        expiry.data = this;
+        expiry.log = conn->log;
+        expiry_ms = at_ms;
+        uint64_t now = now_ms();
+        ngx_add_timer(&expiry, at_ms > now ? ngx_msec_t(at_ms - now) : 0);
+    }
+
     bool finished = false;
 
 private:
+    static void expiry_handler(ngx_event_t *ev) noexcept {
+        auto *sub = static_cast<SseSubscriber *>(ev->data);
+        ngx_connection_t *c = sub->request_connection();
+        try {
+            sub->catching_up = false;   // nothing more after the notice
+            sub->append_owned(channels::token_expired_event(sub->expiry_ms));
+            if (sub->send() == NGX_OK) sub->end_stream();
+        } catch (...) {
+            sub->abort_stream("out of memory");
+        }
+        run_posted(c);
+    }
+
+    ngx_event_t expiry{};
+    uint64_t    expiry_ms = 0;
+
     bool may_detach() const {
         ngx_http_request_t *r = request;
         return !copy_frames && r == r->main && r->chunked && r->pool->cleanup == nullptr &&
@@ -756,6 +786,7 @@ ngx_int_t handle(ngx_http_request_t *r) {
     r->write_event_handler = write_handler;
     watch_client_close(r);
     if (sub->start(lcf, cln) != NGX_OK) return NGX_ERROR;
+    sub->end_at(auth_expiry_ms(r));
     r->main->count++;
     return NGX_DONE;
 }
