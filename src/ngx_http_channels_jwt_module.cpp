@@ -301,11 +301,15 @@ bool find_token(ngx_http_request_t *r, JwtLocConf *lcf, std::string_view *token)
 // The claims of a token whose signature verified with the location's keys: from the
 // cache when it was seen before, else verified now and kept in the cache (or, when the
 // cache does not keep them, in *scratch). nullptr with *err set when it does not verify.
-const channels::Claims *verified_claims(std::string_view token, KeySetConf *keys, uint64_t now,
+const channels::Claims *verified_claims(ngx_log_t *log, std::string_view token, KeySetConf *keys, uint64_t now,
                                         channels::Claims *scratch, channels::TokenError *err) {
     channels::TokenCache::Digest digest;
     if (!channels::sha256(token, digest.data())) throw std::bad_alloc();
-    if (const channels::Claims *hit = cache().find(digest, keys->id, now)) return hit;
+    if (const channels::Claims *hit = cache().find(digest, keys->id, now)) {
+        ngx_log_debug0(NGX_LOG_DEBUG_HTTP, log, 0, "channels jwt: token from the cache");
+        return hit;
+    }
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, log, 0, "channels jwt: verifying the token");
     channels::Jws jws;
     if ((*err = channels::parse_jws(token, jws)) != channels::TokenError::none ||
         (*err = keys->set.verify(jws)) != channels::TokenError::none ||
@@ -415,7 +419,7 @@ ngx_int_t check_request(ngx_http_request_t *r) {
     uint64_t now = now_ms();
     channels::TokenError err = channels::TokenError::none;
     channels::Claims scratch;
-    const channels::Claims *claims = verified_claims(token, lcf->keys, now, &scratch, &err);
+    const channels::Claims *claims = verified_claims(r->connection->log, token, lcf->keys, now, &scratch, &err);
     if (claims == nullptr) return refuse_token(r, err);
     channels::ClaimPolicy policy{view(lcf->audience), view(lcf->issuer)};
     if ((err = channels::check_claims(*claims, policy, now)) != channels::TokenError::none) {
