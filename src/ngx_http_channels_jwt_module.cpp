@@ -141,6 +141,11 @@ T *pool_new_owned(ngx_pool_t *pool) {
     return obj;
 }
 
+template <typename T>
+T *main_conf(ngx_conf_t *cf, ngx_module_t &module) {
+    return static_cast<T *>(ngx_http_conf_get_module_main_conf(cf, module));
+}
+
 void *create_main_conf(ngx_conf_t *cf) noexcept { return pool_new<JwtMainConf>(cf->pool); }
 
 void *create_loc_conf(ngx_conf_t *cf) noexcept { return pool_new<JwtLocConf>(cf->pool); }
@@ -158,7 +163,7 @@ char *merge_loc_conf(ngx_conf_t *cf, void *parent, void *child) noexcept {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"channel_auth jwt\" needs a \"channel_jwt_key\"");
         return static_cast<char *>(NGX_CONF_ERROR);
     }
-    static_cast<JwtMainConf *>(ngx_http_conf_get_module_main_conf(cf, ngx_http_channels_jwt_module))->used = true;
+    main_conf<JwtMainConf>(cf, ngx_http_channels_jwt_module)->used = true;
     return NGX_CONF_OK;
 }
 
@@ -236,10 +241,10 @@ ngx_int_t preconfiguration(ngx_conf_t *cf) noexcept {
 
 // Runs after every location was merged: the handler is installed only when it is used.
 ngx_int_t postconfiguration(ngx_conf_t *cf) noexcept {
-    auto *mcf = static_cast<JwtMainConf *>(ngx_http_conf_get_module_main_conf(cf, ngx_http_channels_jwt_module));
-    if (!mcf->used) return NGX_OK;
-    auto *cmcf = static_cast<ngx_http_core_main_conf_t *>(ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module));
-    auto *h = static_cast<ngx_http_handler_pt *>(ngx_array_push(&cmcf->phases[NGX_HTTP_ACCESS_PHASE].handlers));
+    if (!main_conf<JwtMainConf>(cf, ngx_http_channels_jwt_module)->used) return NGX_OK;
+    auto *cmcf = main_conf<ngx_http_core_main_conf_t>(cf, ngx_http_core_module);
+    ngx_array_t *handlers = &cmcf->phases[NGX_HTTP_ACCESS_PHASE].handlers;
+    auto *h = static_cast<ngx_http_handler_pt *>(ngx_array_push(handlers));
     if (h == nullptr) return NGX_ERROR;
     *h = access_handler;
     return NGX_OK;
@@ -278,11 +283,12 @@ std::string_view bearer_token(ngx_http_request_t *r) {
 std::string_view cookie_token(ngx_http_request_t *r, JwtLocConf *lcf) {
     ngx_str_t value{};
 #if defined(nginx_version) && nginx_version >= 1023000
-    if (ngx_http_parse_multi_header_lines(r, r->headers_in.cookie, &lcf->cookie, &value) == nullptr) return {};
+    bool found = ngx_http_parse_multi_header_lines(r, r->headers_in.cookie, &lcf->cookie, &value) != nullptr;
 #else
-    if (ngx_http_parse_multi_header_lines(&r->headers_in.cookies, &lcf->cookie, &value) == NGX_DECLINED) return {};
+    ngx_array_t *cookies = &r->headers_in.cookies;
+    bool found = ngx_http_parse_multi_header_lines(cookies, &lcf->cookie, &value) != NGX_DECLINED;
 #endif
-    return view(value);
+    return found ? view(value) : std::string_view{};
 }
 
 // The first source present (SPEC §10): Authorization: Bearer, the cookie, access_token.
@@ -301,8 +307,8 @@ bool find_token(ngx_http_request_t *r, JwtLocConf *lcf, std::string_view *token)
 // The claims of a token whose signature verified with the location's keys: from the
 // cache when it was seen before, else verified now and kept in the cache (or, when the
 // cache does not keep them, in *scratch). nullptr with *err set when it does not verify.
-const channels::Claims *verified_claims(ngx_log_t *log, std::string_view token, KeySetConf *keys, uint64_t now,
-                                        channels::Claims *scratch, channels::TokenError *err) {
+const channels::Claims *verified_claims(ngx_log_t *log, std::string_view token, KeySetConf *keys,
+                                        uint64_t now, channels::Claims *scratch, channels::TokenError *err) {
     channels::TokenCache::Digest digest;
     if (!channels::sha256(token, digest.data())) throw std::bad_alloc();
     if (const channels::Claims *hit = cache().find(digest, keys->id, now)) {
@@ -346,8 +352,9 @@ ngx_int_t set_www_authenticate(ngx_http_request_t *r, const char *error) {
 // 401 (error nullptr: no token; "invalid_token") or 403 ("insufficient_scope"), one line.
 ngx_int_t refuse(ngx_http_request_t *r, ngx_uint_t status, const char *error, std::string_view line) {
     if (set_www_authenticate(r, error) != NGX_OK) return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    auto *clcf = static_cast<ngx_http_core_loc_conf_t *>(ngx_http_get_module_loc_conf(r, ngx_http_core_module));
-    if (clcf->satisfy != NGX_HTTP_SATISFY_ALL) {
+    auto *core = static_cast<ngx_http_core_loc_conf_t *>(
+        ngx_http_get_module_loc_conf(r, ngx_http_core_module));
+    if (core->satisfy != NGX_HTTP_SATISFY_ALL) {
         ngx_str_t reason{line.size(), reinterpret_cast<u_char *>(const_cast<char *>(line.data()))};
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0, "channels: %ui: %V", status, &reason);
         return ngx_int_t(status);   // nginx tries the other access modules (satisfy any)
@@ -419,7 +426,8 @@ ngx_int_t check_request(ngx_http_request_t *r) {
     uint64_t now = now_ms();
     channels::TokenError err = channels::TokenError::none;
     channels::Claims scratch;
-    const channels::Claims *claims = verified_claims(r->connection->log, token, lcf->keys, now, &scratch, &err);
+    const channels::Claims *claims =
+        verified_claims(r->connection->log, token, lcf->keys, now, &scratch, &err);
     if (claims == nullptr) return refuse_token(r, err);
     channels::ClaimPolicy policy{view(lcf->audience), view(lcf->issuer)};
     if ((err = channels::check_claims(*claims, policy, now)) != channels::TokenError::none) {

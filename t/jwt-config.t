@@ -10,11 +10,14 @@ use warnings;
 use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
+use File::Temp ();
 use ChannelsTest;
 use Jwt qw(make_keys jose);
 
-my $keys_t = ChannelsTest->new(start => 0, conf => '');
-my $KD = $keys_t->prefix . '/keys';
+# The keys outlive every nginx of this file (stopping one reads its configuration again).
+my $KEYS_DIR = File::Temp->newdir('channels-jwt-keys-XXXXXX', TMPDIR => 1);
+chmod 0755, "$KEYS_DIR";
+my $KD = "$KEYS_DIR/keys";
 my $k = make_keys($KD);
 
 sub spew {

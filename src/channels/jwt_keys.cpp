@@ -302,7 +302,9 @@ bool for_signatures(JsonDoc::Ref jwk)
     JsonDoc::Ref ops = jwk.get("key_ops");
     if (ops.absent()) return true;
     bool verify = false;
-    ops.each_item([&](JsonDoc::Ref op) { verify = verify || (op.is(JsonType::string) && op.string() == "verify"); });
+    ops.each_item([&](JsonDoc::Ref op) {
+        verify = verify || (op.is(JsonType::string) && op.string() == "verify");
+    });
     return verify;
 }
 
@@ -333,7 +335,8 @@ JwkResult add_jwk(JsonDoc::Ref jwk, std::vector<JwtKey> &keys, std::string &erro
         key.has_kid = true;
         key.kid.assign(kid.string());
     }
-    std::string_view type = kty.string(), crv = jwk.get("crv").is(JsonType::string) ? jwk.get("crv").string() : "";
+    JsonDoc::Ref curve = jwk.get("crv");
+    std::string_view type = kty.string(), crv = curve.is(JsonType::string) ? curve.string() : "";
     if (type != "oct" && !jwk.get("d").absent()) {
         error = "holds a private key (\"d\"); give the public key only";
         return JwkResult::failed;
@@ -450,7 +453,8 @@ bool verify_pkey(const JwtKey &key, const Jws &jws)
     if (!ctx || EVP_DigestVerifyInit(ctx.get(), &pctx, md, nullptr, key.pkey) != 1) return false;
     if (key.kind == KeyKind::rsa) {
         bool pss = alg == JwtAlg::PS256 || alg == JwtAlg::PS384 || alg == JwtAlg::PS512;
-        if (EVP_PKEY_CTX_set_rsa_padding(pctx, pss ? RSA_PKCS1_PSS_PADDING : RSA_PKCS1_PADDING) <= 0) return false;
+        int padding = pss ? RSA_PKCS1_PSS_PADDING : RSA_PKCS1_PADDING;
+        if (EVP_PKEY_CTX_set_rsa_padding(pctx, padding) <= 0) return false;
         if (pss && (EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, RSA_PSS_SALTLEN_DIGEST) <= 0 ||
                     EVP_PKEY_CTX_set_rsa_mgf1_md(pctx, md) <= 0)) {
             return false;
