@@ -37,8 +37,10 @@ void serialize(JsonDoc::Ref v, std::string &out)
     case JsonType::boolean: out += v.boolean() ? "true" : "false"; break;
     case JsonType::number: {
         char buf[64];
-        int n = v.integer() ? std::snprintf(buf, sizeof buf, "%lld", static_cast<long long>(v.int_value()))
-                            : std::snprintf(buf, sizeof buf, "%.17g", v.number());
+        // -0.0 would come back as the integer 0: zero is written as 0 either way.
+        int n = v.integer() || v.number() == 0
+                    ? std::snprintf(buf, sizeof buf, "%lld", static_cast<long long>(v.int_value()))
+                    : std::snprintf(buf, sizeof buf, "%.17g", v.number());
         out.append(buf, size_t(n));
         break;
     }
