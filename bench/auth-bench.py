@@ -11,19 +11,20 @@ Keys come from the openssl command line, tokens from the npm jose package
 (t/js/jwt-mint.mjs).
 
   long-poll loop: 16 keep-alive connections send long polls answered at once (a cursor
-      with a message after it), back to back for SECONDS: answers/s and the nginx workers'
-      CPU time (utime+stime from /proc) per answer
+      with a message after it), back to back: answers/s and the nginx workers' CPU time
+      (utime+stime from /proc) per answer
   subscribes: 16 slots each connect, subscribe to the SSE stream, read its header and
       first bytes, close, again: subscribes/s and CPU per subscribe
   first verification: bench/out/jwt_verify_bench (src/channels outside nginx) for every
       algorithm: microseconds per first verification and per cached token
 
-The load generator is bench/out/auth_load (auth_load.cpp). Each round runs every variant
-once, the order rotating; the table gives medians over rounds and each variant's CPU per
-answer as a ratio to no auth (the target for a cached token: at most 1.15). Every process
-started here is stopped by its PID.
+The load generator is bench/out/auth_load (auth_load.cpp). Each round runs SLICES cycles;
+a cycle runs every variant for SECONDS, back to back, the order rotating. The table gives
+medians, and each variant's CPU per answer as the median of its ratio to the no-auth run of
+the same cycle (the machine is shared: its load drifts; the target for a cached token is at
+most 1.15). Every process started here is stopped by its PID.
 
-usage: auth-bench.py [--rounds N] [--seconds S] [--module PATH] [--nginx PATH] [--keep]
+usage: auth-bench.py [--rounds N] [--slices K] [--seconds S] [--module PATH] [--nginx PATH] [--keep]
 """
 import argparse
 import base64
@@ -264,7 +265,8 @@ def run_load(ng, mode, variant, tokens, seconds, cursor, cmds):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--seconds", type=float, default=3)
+    ap.add_argument("--seconds", type=float, default=1)
+    ap.add_argument("--slices", type=int, default=3)
     ap.add_argument("--module", default=os.path.join(REPO, "build/ngx_http_channels_module.so"))
     ap.add_argument("--nginx", default="/usr/sbin/nginx")
     ap.add_argument("--keep", action="store_true")
@@ -290,14 +292,21 @@ def main():
         for mode in ("lp", "sub"):
             for v in VARIANTS:   # warm-up: every worker verifies every token once
                 run_load(ng, mode, v, tokens, 1, cursor, cmds)
+        # Slices of every variant back to back, the order rotating: each variant's CPU is
+        # compared with the no-auth slice of the same cycle, so a change in the machine's
+        # load (it is shared) moves both.
+        cycle = 0
         for rnd in range(o.rounds):
-            for mode in ("lp", "sub"):
-                order = VARIANTS[rnd % len(VARIANTS):] + VARIANTS[:rnd % len(VARIANTS)]
-                for v in order:
-                    res = run_load(ng, mode, v, tokens, o.seconds, cursor, cmds)
-                    results.setdefault((mode, v), []).append(res)
-                    log(f"round {rnd + 1} {mode:3} {v:12}: {res['rate']:8.0f}/s  "
-                        f"cpu {res['cpu_us']:.1f} us/answer  bad {res['bad']}")
+            for sl in range(o.slices):
+                for mode in ("lp", "sub"):
+                    order = VARIANTS[cycle % len(VARIANTS):] + VARIANTS[:cycle % len(VARIANTS)]
+                    got = {v: run_load(ng, mode, v, tokens, o.seconds, cursor, cmds) for v in order}
+                    for v, res in got.items():
+                        res["ratio"] = res["cpu_us"] / got["none"]["cpu_us"] if res["cpu_us"] else None
+                        results.setdefault((mode, v), []).append(res)
+                    log(f"round {rnd + 1}.{sl + 1} {mode:3}: " + "  ".join(
+                        f"{v} {got[v]['rate']:.0f}/s {got[v]['cpu_us']:.1f}us" for v in VARIANTS))
+                cycle += 1
     finally:
         ng.stop()
         problems = ng.problems()
@@ -306,16 +315,16 @@ def main():
         vals = [r[key] for r in results[(mode, v)] if r[key] is not None]
         return statistics.median(vals) if vals else float("nan")
 
-    lines = ["channel_auth jwt, medians over %d round(s) of %gs, %d connections, 2 workers" %
-             (o.rounds, o.seconds, CONNS), ""]
+    lines = ["channel_auth jwt, medians over %d round(s) x %d slice(s) of %gs per variant, %d connections, "
+             "2 workers" % (o.rounds, o.slices, o.seconds, CONNS),
+             "(CPU vs none: the median of each slice's ratio to the no-auth slice of the same cycle)", ""]
     target_ok = True
     for mode, title, unit in (("lp", "long-poll loop (answered at once, keep-alive)", "answers/s"),
                               ("sub", "SSE subscribes (connect, subscribe, first bytes, close)", "subscribes/s")):
         lines.append(title)
         lines.append(f"  {'':14}{unit:>14}{'CPU us each':>14}{'CPU vs none':>13}")
-        base = med(mode, "none", "cpu_us")
         for v in VARIANTS:
-            ratio = med(mode, v, "cpu_us") / base
+            ratio = med(mode, v, "ratio")
             label = v if v in ("none", "none+token", "auth_request") else f"jwt {v}"
             lines.append(f"  {label:14}{med(mode, v, 'rate'):14.0f}{med(mode, v, 'cpu_us'):14.1f}{ratio:12.2f}x")
             if v in ("HS256", "RS256", "ES256") and ratio > 1.15:
@@ -341,7 +350,7 @@ def main():
     with open(os.path.join(RESULTS, "auth-table.txt"), "w") as f:
         f.write(text + "\n")
     with open(os.path.join(RESULTS, "auth-bench.json"), "w") as f:
-        json.dump({"rounds": o.rounds, "seconds": o.seconds, "micro": micro,
+        json.dump({"rounds": o.rounds, "slices": o.slices, "seconds": o.seconds, "micro": micro,
                    "runs": {f"{m} {v}": rs for (m, v), rs in results.items()}}, f, indent=1)
     if o.keep:
         print("kept", top)

@@ -85,7 +85,7 @@ std::string sign(EVP_PKEY *k, JwtAlg alg, const std::string &input, const std::s
 template <typename Fn>
 double per_op_us(int n, Fn &&fn) {
     double best = 1e30;
-    for (int round = 0; round < 3; round++) {   // the best of 3: the machine is shared
+    for (int round = 0; round < 5; round++) {   // the best of 5: the machine is shared
         auto t0 = std::chrono::steady_clock::now();
         for (int i = 0; i < n; i++) fn(i);
         double us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count() / n;
