@@ -331,6 +331,42 @@ like($alog, qr{^200 /poll/user\.42\.a sub=42$}m, 'access log: $channel_jwt_sub o
 like($alog, qr{^403 /poll/user\.43\.x sub=42$}m, 'access log: sub of a token without the grant');
 like($alog, qr{^401 /poll/user\.42\.a sub=-$}m, 'access log: no sub for a refused token');
 
+# ---- hostile tokens: whatever the bytes, a 401 (never a 500, never a crash) ----
+
+{
+    srand(15);
+    my @alphabet = ('A' .. 'Z', 'a' .. 'z', '0' .. '9', '-', '_', '.', '=', '+', '/', '%2E', '%00', '~');
+    my $c = $t->client;
+    my %seen;
+    for my $n (1 .. 300) {
+        my $m = $tok->{ok_RS256};
+        my $kind = $n % 5;
+        if ($kind == 0) {            # cut short
+            $m = substr($m, 0, int(rand(length $m)));
+        } elsif ($kind == 1) {       # a character replaced
+            substr($m, int(rand(length $m)), 1) = $alphabet[rand @alphabet];
+        } elsif ($kind == 2) {       # a run inserted
+            substr($m, int(rand(length $m)), 0) = join '', map { $alphabet[rand @alphabet] } 1 .. 1 + rand(20);
+        } elsif ($kind == 3) {       # a part dropped or doubled
+            my @p = split /\./, $m, -1;
+            my $i = int(rand(@p));
+            rand() < 0.5 ? splice(@p, $i, 1) : splice(@p, $i, 0, $p[$i]);
+            $m = join '.', @p;
+        } else {                     # random JSON-ish header and claims, no valid signature
+            my @frag = ('{', '}', '[', ']', '"alg"', ':', '"RS256"', ',', '"none"', '"kid"', '1e999', '"\\u0000"',
+                        '"exp"', '-0', 'null', '"channels"', '{"subscribe":["*"]}', '"\\ud800"');
+            my $junk = sub { join '', map { $frag[rand @frag] } 1 .. 1 + rand(12) };
+            $m = b64url($junk->()) . '.' . b64url($junk->()) . '.' . b64url(join '', map { chr rand 256 } 1 .. rand 300);
+        }
+        $m = 'x' if $m eq '';
+        next if $m eq $tok->{ok_RS256};
+        my $r = $c->request(GET => '/poll/user.42.a', headers => { Authorization => "Bearer $m", Connection => 'keep-alive' });
+        $seen{$r->{status}}++;
+        $c = $t->client if $c->closed;
+    }
+    is_deeply([ keys %seen ], ['401'], '300 mangled tokens: all 401') or diag(explain(\%seen));
+}
+
 # ---- the cache: a token is verified once per worker ----
 
 SKIP: {
