@@ -99,7 +99,10 @@ sub expiry_ok {
 
 SKIP: {
     my $v = `curl -V 2>&1`;
-    skip 'curl without HTTP/2', 3 unless $v =~ /^Features:.*\bHTTP2\b/m;
+    skip 'curl without HTTP/2', 5 unless $v =~ /^Features:.*\bHTTP2\b/m;
+    my $refused = `curl -sS -i --http2-prior-knowledge --max-time 10 http://127.0.0.1:@{[$t->port(2)]}/events/c 2>&1`;
+    like($refused, qr{^HTTP/2 401}m, 'HTTP/2 without a token: 401');
+    like($refused, qr/\r\n\r\ntoken required\n\z/, 'HTTP/2: the one-line body');
     my ($tok, $exp) = token_for(2);
     my $t0 = Time::HiRes::time();
     my $out = `curl -sS -N --http2-prior-knowledge --max-time 20 -H 'Authorization: Bearer $tok' http://127.0.0.1:@{[$t->port(2)]}/events/c 2>&1`;
