@@ -84,7 +84,7 @@ $(MODULE): $(NGX_TREE)/objs/Makefile $(MODULE_SRCS)
 endif
 
 $(UNIT_BIN): $(PURE_SRCS) $(UNIT_SRCS) $(wildcard src/channels/*.h t/unit/*.h) $(BUILD)/.deps-test
-	$(CXX) $(UNIT_CXXFLAGS) -o $@ $(PURE_SRCS) $(UNIT_SRCS) -lgtest -lgtest_main -pthread
+	$(CXX) $(UNIT_CXXFLAGS) -o $@ $(PURE_SRCS) $(UNIT_SRCS) -lgtest -lgtest_main -lcrypto -pthread
 
 unit: $(UNIT_BIN)
 	$(UNIT_BIN)
@@ -92,7 +92,7 @@ unit: $(UNIT_BIN)
 # The pure logic under ASan+UBSan: catches reads past the end that plain tests miss.
 unit-asan: $(BUILD)/.deps-test
 	$(CXX) $(UNIT_CXXFLAGS) -fsanitize=address,undefined -fno-sanitize-recover=all \
-	    -o $(BUILD)/unit_asan $(PURE_SRCS) $(UNIT_SRCS) -lgtest -lgtest_main -pthread
+	    -o $(BUILD)/unit_asan $(PURE_SRCS) $(UNIT_SRCS) -lgtest -lgtest_main -lcrypto -pthread
 	$(BUILD)/unit_asan
 
 # libFuzzer targets of the pure parsers and formatters (SECONDS=N per target, default 300).

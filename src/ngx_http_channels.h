@@ -87,6 +87,12 @@ ZoneConf *zone_of(const LocConf *lcf);
 
 inline std::string_view view(const ngx_str_t &s) { return {reinterpret_cast<const char *>(s.data), s.len}; }
 
+// Copies bytes and returns the end; an empty view may have no pointer at all, which
+// memcpy must not be given.
+inline u_char *copy_bytes(u_char *dst, std::string_view bytes) {
+    return bytes.empty() ? dst : ngx_cpymem(dst, bytes.data(), bytes.size());
+}
+
 // Content handlers (one file each).
 ngx_int_t ngx_http_channels_publish_handler(ngx_http_request_t *r) noexcept;
 ngx_int_t ngx_http_channels_sse_handler(ngx_http_request_t *r) noexcept;

@@ -14,6 +14,7 @@
 #include "channels/json_writer.h"
 #include "ngx_http_channels_delivery.h"
 #include "ngx_http_channels_fault.h"
+#include "ngx_http_channels_jwt.h"
 #include "ngx_http_channels_request.h"
 
 namespace channels {
@@ -247,7 +248,7 @@ ngx_int_t wait_or_answer(ngx_http_request_t *r, LongpollWaiter *sub, const Chann
     // Never below the client's own cursor: a host still mirroring Redis may get older ids.
     sub->cursor = has_cursor ? std::max(res.attached_at, client_cursor) : res.attached_at;
     sub->reply_cursor = has_cursor ? client_cursor : res.attached_at;
-    sub->park(lcf->longpoll_timeout, !page->gaps.empty());
+    sub->park(auth_bounded_wait(r, lcf->longpoll_timeout), !page->gaps.empty());   // never past the token's exp
     batch_give(wz, page);
     r->write_event_handler = ngx_http_request_empty_handler;
     watch_client_close(r);

@@ -5,10 +5,6 @@
 namespace channels {
 namespace {
 
-u_char *copy_bytes(u_char *dst, std::string_view bytes) {
-    return bytes.empty() ? dst : ngx_cpymem(dst, bytes.data(), bytes.size());
-}
-
 u_char *bytes_of(std::string_view s) { return reinterpret_cast<u_char *>(const_cast<char *>(s.data())); }
 
 }  // namespace

@@ -3,6 +3,7 @@
 
 #include <new>
 
+#include "ngx_http_channels_jwt.h"
 #include "ngx_http_channels_request.h"
 #include "ngx_http_channels_sse_stream.h"
 
@@ -83,6 +84,7 @@ ngx_int_t subscribe(ngx_http_request_t *r, SseStream *sub, const ChannelArgs &ar
     rc = sub->start(cln, *page, page->more);
     batch_give(wz, page);
     if (rc != NGX_OK) return NGX_ERROR;
+    sub->end_at(auth_expiry_ms(r));
     r->main->count++;
     return NGX_DONE;
 }

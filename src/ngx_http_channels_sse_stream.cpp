@@ -7,6 +7,8 @@
 #include "ngx_http_channels_sse_stream.h"
 
 #include "ngx_http_channels_fault.h"
+#include "ngx_http_channels_shm.h"
+#include "channels/jwt.h"
 #include "ngx_http_channels_sse_events.h"
 
 namespace channels {
@@ -201,6 +203,7 @@ void SseStream::stop() noexcept {
     catching_up_ = false;
     delivery_detach(this);
     if (timer_.timer_set) ngx_del_timer(&timer_);
+    if (expiry_.timer_set) ngx_del_timer(&expiry_);
     for (ngx_event_t *ev : {&timer_, &refill_event_}) {
         if (ev->posted) {
             ngx_delete_posted_event(ev);
@@ -257,6 +260,32 @@ void SseStream::on_write_event() noexcept {
         }
     } else {
         send();
+    }
+    run_posted(c);
+}
+
+void SseStream::end_at(uint64_t at_ms) noexcept {
+    if (at_ms == 0) return;
+    expiry_.handler = expiry_handler;
+    expiry_.data = this;
+    expiry_.log = conn_->log;
+    expiry_ms_ = at_ms;
+    uint64_t now = now_ms();
+    ngx_add_timer(&expiry_, at_ms > now ? ngx_msec_t(at_ms - now) : 0);
+}
+
+// token-expired, then the end: the client reconnects with a fresh token and resumes.
+void SseStream::expiry_handler(ngx_event_t *ev) noexcept {
+    auto *sub = static_cast<SseStream *>(ev->data);
+    ngx_connection_t *c = sub->request_connection();
+    sub->catching_up_ = false;   // nothing more after the notice
+    Frame *f = frame_build(sub->detached_, [&](auto &sink) { put_token_expired_event(sink, sub->expiry_ms_); });
+    bool queued = f != nullptr && sub->queue(f);
+    frame_unref(f);
+    if (!queued) {
+        sub->abort_stream("out of memory ending a stream whose token expired");
+    } else if (sub->send() == NGX_OK) {
+        sub->end_stream();
     }
     run_posted(c);
 }

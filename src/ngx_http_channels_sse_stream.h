@@ -91,6 +91,8 @@ public:
     // Header sent; queues the stream's first bytes (retry, gaps, first page) and starts it.
     ngx_int_t start(ngx_http_cleanup_t *cln, const Batch &first_page, bool more) noexcept;
     void release_request_mode() noexcept;   // request cleanup
+    // The stream ends at its token's exp (ms; 0: never) with token-expired (SPEC §10).
+    void end_at(uint64_t at_ms) noexcept;
     bool finished() const { return finished_; }
     void on_write_event() noexcept;
 
@@ -134,11 +136,14 @@ private:
     static void ping_handler(ngx_event_t *ev) noexcept;
     static void refill_handler(ngx_event_t *ev) noexcept;
     static void detach_handler(ngx_event_t *ev) noexcept;
+    static void expiry_handler(ngx_event_t *ev) noexcept;
 
     ngx_connection_t   *conn_;
     ngx_http_cleanup_t *cleanup_ = nullptr;
     ngx_event_t         timer_{};          // posted once to detach, then the ping timer
     ngx_event_t         refill_event_{};   // the next replay page, after other events
+    ngx_event_t         expiry_{};         // the token's exp
+    uint64_t            expiry_ms_ = 0;
     ngx_msec_t          ping_interval_ = 0;
     ngx_msec_t          send_timeout_ = 0;
     ngx_msec_t          retry_ = 0;

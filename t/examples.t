@@ -413,6 +413,60 @@ example 'production.conf' => sub {
     $t->finish;
 };
 
+example 'jwt.conf' => sub {
+    my $ex = shift;
+    my $t = harness_for($ex);
+    require Jwt;
+    my $keys = Jwt::make_keys($t->prefix . '/keys');
+    # channel_jwt_key channels-jwks.json: beside nginx.conf, made from the application's keys.
+    my %grants = (subscribe => ['user.42.*', 'news'], publish => ['user.42.outbox']);
+    my %claims = (sub => '42', exp => time + 600, iss => 'https://app.example.com', aud => 'channels',
+                  channels => \%grants);
+    my $tok = Jwt::jose({
+        jwks => [{ file => $t->prefix . '/conf/channels-jwks.json', keys => [
+            { spki => $keys->{ec256_pub}, alg => 'ES256', kid => '2026-01' },
+            { spki => $keys->{rsa_pub}, alg => 'RS256', kid => '2025-07' } ] }],
+        tokens => {
+            user42 => { alg => 'ES256', pkcs8 => $keys->{ec256}, header => { kid => '2026-01' }, claims => \%claims },
+            old_key => { alg => 'RS256', pkcs8 => $keys->{rsa}, header => { kid => '2025-07' }, claims => \%claims },
+            other_app => { alg => 'ES256', pkcs8 => $keys->{ec256}, claims => { %claims, iss => 'https://other.example' } },
+        },
+    });
+    full_file_test($t, 'jwt', $ex);
+    $t->start;
+    my ($sub, $pub) = (pidx($ex, 8080), pidx($ex, 8081));
+    my $bearer = { Authorization => "Bearer $tok->{user42}" };
+    my $none = $t->http(GET => '/events/user.42.inbox', port => $sub);
+    is($none->{status}, 401, 'jwt: no token: 401');
+    is($none->{headers}{'www-authenticate'}, 'Bearer realm="channels"', 'jwt: WWW-Authenticate');
+    my $s = sse_open($t, '/events/user.42.inbox,news', port => $sub, headers => { Cookie => "channels_jwt=$tok->{user42}" });
+    is($s->status, 200, 'jwt: the cookie opens a stream of two granted channels');
+    ok(wait_subscribers($t, '/channels/stats', $pub, 1), 'jwt: subscriber counted');
+    is($t->http(POST => '/pub/user.42.inbox', body => 'you have mail', port => $pub)->{status}, 201,
+       'jwt: the application publishes on the internal side without a token');
+    my $ev = next_data_event($s);
+    is($ev && $ev->{data}, 'you have mail', 'jwt: the stream got it');
+    my $own = $t->http(POST => '/pub/user.42.outbox', body => 'hi', port => $sub, headers => $bearer);
+    is($own->{status}, 201, 'jwt: the browser publishes where its token grants');
+    my $inbox = $t->http(POST => '/pub/user.42.inbox', body => 'spoof', port => $sub, headers => $bearer);
+    is($inbox->{status}, 403, 'jwt: ... and nowhere else');
+    my $news = $t->http(POST => '/pub/news', body => 'x', port => $sub, headers => $bearer);
+    is($news->{status}, 403, 'jwt: publishing to a channel granted for subscribing only: 403');
+    is($t->http(GET => '/poll/user.43.inbox', port => $sub, headers => $bearer)->{status}, 403,
+       "jwt: another user's channel: 403");
+    $t->http(POST => '/pub/news', body => 'headline', port => $pub);
+    is($t->http(GET => '/poll/news?last_event_id=1-0', port => $sub,
+                headers => { Authorization => "Bearer $tok->{old_key}" })->{status}, 200,
+       'jwt: a token signed with the older key of the JWKS (rotation)');
+    my $iss = $t->http(GET => '/poll/news', port => $sub, headers => { Authorization => "Bearer $tok->{other_app}" });
+    is($iss->{status}, 401, 'jwt: another issuer: 401');
+    like($iss->{body}, qr/^invalid token: wrong issuer\n\z/, 'jwt: ... and why');
+    $s->close;
+    my $log = $t->prefix . '/logs/channels.access.log';
+    ok($t->wait_for(sub { -s $log && `cat '$log'` =~ /" 403 sub=42$/m }), 'jwt: the access log names the sub');
+    $t->finish;
+};
+
 example 'demo.conf' => sub {
     my $ex = shift;
     my $t = harness_for($ex);
@@ -445,6 +499,10 @@ example 'demo.conf' => sub {
     is($get->{status}, 403, 'demo: /publish/ takes POST only');
     my $st = $t->zone_stats('/status', 'demo', port => $web);
     ok($st && $st->{published} >= 2, 'demo: /status shows the zone and what was published');
+    my $private = $t->http(GET => '/private/events/private.alice.inbox', port => $web);
+    is($private->{status}, 401, 'demo: the private channel needs a token');
+    is($t->http(GET => '/demo-jwks.json', port => $web)->{headers}{'content-type'}, 'application/json',
+       "demo: the page's demo key (JSON)");
     my $prom = $t->http(GET => '/status?format=prometheus', port => $web);
     like($prom->{body}, qr/^nginx_channels_published_total\{zone="demo"\} \d+/m, 'demo: Prometheus text through /status');
     $t->finish;

@@ -13,6 +13,16 @@
 // EventSource keeps failing. Reconnects use exponential backoff with jitter and resume from
 // the last message id seen, also across a switch from one transport to the other.
 // Ids are treated as opaque strings.
+//
+// Token-protected channels (channel_auth jwt): give `token`, a function returning a fresh
+// token (or a promise of one). It is called before the first connection and again before
+// reconnecting after the server's `token-expired` event or a refusal (a 401 answer to a
+// long poll; an event stream that failed to open, since EventSource hides the status).
+// A string is sent as ?access_token= on event streams (EventSource cannot set headers) and
+// as `Authorization: Bearer` on long polls. Return null to rely on a cookie instead (the
+// function may first have the application renew it):
+//   token: async () => (await fetch('/api/channel-token')).text(),
+//   token: async () => { await fetch('/api/renew-cookie', { method: 'POST' }); return null; },
 
 const DEFAULTS = {
   transport: 'auto',            // 'auto' | 'sse' | 'longpoll'
@@ -23,11 +33,13 @@ const DEFAULTS = {
   sseFailures: 3,               // 'auto': SSE connections in a row that fail before opening -> long poll
   pollTimeout: 90000,           // abort a long-poll request that hangs longer than this (ms)
   withCredentials: false,       // send cookies cross-origin (CORS with credentials)
+  token: null,                  // ({reason}) => token | null | Promise: see above
 };
 
 // Event names the module itself sends on SSE streams.
 const GAP_EVENT = 'channel-gap';
 const DELETED_EVENT = 'channel-deleted';
+const EXPIRED_EVENT = 'token-expired';
 
 function noop() {}
 
@@ -83,6 +95,8 @@ function parseJson(text) {
  *   onDeleted({channel, transport}) a channel was deleted by a publisher; it is dropped from
  *                                  the subscription, which closes when no channel is left
  *   onTransport({transport, reason})  the transport was chosen or switched
+ *   onToken({reason})              a token was fetched with options.token (reason: 'start',
+ *                                  'token-expired', 'unauthorized' or 'stream-failed')
  */
 export function subscribe(options) {
   const opts = { ...DEFAULTS, ...options };
@@ -93,6 +107,7 @@ export function subscribe(options) {
   const onGap = opts.onGap ?? noop;
   const onDeleted = opts.onDeleted ?? noop;
   const onTransport = opts.onTransport ?? noop;
+  const onToken = opts.onToken ?? noop;
   const ES = opts.EventSource !== undefined ? opts.EventSource : globalThis.EventSource;
   const doFetch = opts.fetch ?? globalThis.fetch?.bind(globalThis);
 
@@ -109,6 +124,9 @@ export function subscribe(options) {
   let source = null;             // current EventSource
   let abort = null;              // AbortController of the current poll
   let pollOpened = false;        // onOpen sent for the current run of successful polls
+  let token = null;              // the token from options.token (null: none, or a cookie)
+  let tokenReason = opts.token ? 'start' : null;   // set: fetch a token before connecting
+  let refusals = 0;              // 401s in a row: the first retries at once with a new token
 
   function setTransport(next, reason) {
     if (transport === next) return;
@@ -148,7 +166,7 @@ export function subscribe(options) {
   // ---- EventSource ----
 
   function connectSse() {
-    const url = buildUrl(opts.url, channels, { last_event_id: cursor });
+    const url = buildUrl(opts.url, channels, { last_event_id: cursor, access_token: token });
     const es = new ES(url, { withCredentials: opts.withCredentials });
     source = es;
     let opened = false;
@@ -192,6 +210,14 @@ export function subscribe(options) {
       const info = parseJson(e.data) ?? {};
       dropChannel(info.channel ?? single);
     });
+    es.addEventListener(EXPIRED_EVENT, () => {
+      if (source !== es) return;
+      // The stream ends here: reconnect at once (no backoff) with a fresh token.
+      es.close();
+      source = null;
+      tokenReason = EXPIRED_EVENT;
+      connect();
+    });
     es.addEventListener('error', () => {
       if (source !== es) return;
       // Take reconnecting over from EventSource: our own backoff, and the URL carries the
@@ -200,6 +226,7 @@ export function subscribe(options) {
       source = null;
       if (closed) return;
       if (!opened) sseFailures += 1;
+      if (!opened && opts.token) tokenReason = 'stream-failed';   // perhaps a 401
       if (opts.transport === 'auto' && opts.pollUrl && sseFailures >= opts.sseFailures) {
         setTransport('longpoll', `EventSource failed ${sseFailures} times in a row`);
         attempt = 0;
@@ -218,13 +245,29 @@ export function subscribe(options) {
     const hang = setTimeout(() => controller.abort(), opts.pollTimeout);
     let res;
     try {
+      const headers = { Accept: 'application/json' };
+      if (token) headers.Authorization = `Bearer ${token}`;
       res = await doFetch(buildUrl(opts.pollUrl, channels, { last_event_id: cursor }), {
-        headers: { Accept: 'application/json' },
+        headers,
         cache: 'no-store',
         credentials: opts.withCredentials ? 'include' : 'same-origin',
         signal: controller.signal,
       });
       const header = res.headers.get('Last-Event-ID');
+      if (res.status === 401 && opts.token) {
+        // Expired (a long poll ends at the token's exp) or refused: a new token, at once
+        // the first time, after the usual backoff when that one is refused too.
+        await res.body?.cancel();
+        tokenReason = 'unauthorized';
+        refusals += 1;
+        if (refusals > 1) throw new Error('long poll: HTTP 401 with a fresh token');
+        timer = setTimeout(() => {
+          timer = null;
+          connect();
+        }, 0);
+        return;
+      }
+      refusals = 0;
       if (res.status === 200) {
         const body = await res.json();
         if (closed || abort !== controller) return;
@@ -278,10 +321,34 @@ export function subscribe(options) {
     });
   }
 
-  function connect() {
+  function connectNow() {
     if (closed) return;
     if (transport === 'sse') connectSse();
     else connectPoll();
+  }
+
+  // Fetches a token first when one is due (start, token-expired, a refusal).
+  function connect() {
+    if (closed) return;
+    if (!tokenReason) {
+      connectNow();
+      return;
+    }
+    const reason = tokenReason;
+    tokenReason = null;
+    Promise.resolve()
+      .then(() => opts.token({ reason }))
+      .then((fresh) => {
+        if (closed) return;
+        token = fresh || null;
+        onToken({ reason });
+        connectNow();
+      })
+      .catch((error) => {
+        if (closed) return;
+        tokenReason = reason;
+        retryLater(error instanceof Error ? error : new Error(String(error)));
+      });
   }
 
   function close() {

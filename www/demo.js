@@ -1,6 +1,7 @@
 // The demo page: one channel shown twice (EventSource and long polling), a publish form
 // and a status panel fed by the module's channel_stats (proxied at /status).
 import { subscribe } from './channels.js';
+import { startPrivatePanel } from './demo-private.js';
 
 const FEED_LIMIT = 200;
 const STATUS_EVERY_MS = 1000;
@@ -221,6 +222,7 @@ function start() {
   $('publish-form').addEventListener('submit', publish);
   connectFeeds();
   pollStatus();
+  startPrivatePanel();
 }
 
 start();
