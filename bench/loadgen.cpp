@@ -413,6 +413,9 @@ void Parent::on_child_line(ChildProc &c, std::string_view line) {
         c.got_r = true;
         c.ready = int(a);
         c.failed = int(b);
+        // A replay's first messages can come with the response head, their "D" before "R".
+        for (uint64_t q = 0; q < seqs_.size(); q++)
+            if (seqs_[q].dchildren > 0 && !seqs_[q].complete && reached_all(seqs_[q])) note_complete(q);
         break;
     case 'D':
         parse_u64(p, end, a);
