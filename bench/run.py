@@ -210,9 +210,22 @@ class Nginx:
                 with open(pidfile) as f:
                     self.master = int(f.read().strip())
                 if len(self.workers()) >= 2:
+                    self.wait_steady()
                     return
             time.sleep(0.05)
         raise RuntimeError(f"{self.name}: nginx did not come up on port {self.port}")
+
+    def wait_steady(self, limit=5.0):
+        """Waits until fresh workers have finished starting (their memory and CPU time stop
+        moving), so that a measurement's "before" does not miss part of their setup."""
+        end = time.time() + limit
+        last = (self.mem_kb(), self.cpu_s())
+        while time.time() < end:
+            time.sleep(0.2)
+            now = (self.mem_kb(), self.cpu_s())
+            if now[0]["Anon"] == last[0]["Anon"] and now[0]["Pss"] == last[0]["Pss"] and now[1] - last[1] < 0.005:
+                return
+            last = now
 
     def workers(self):
         return children_of(self.master) if self.master else []
@@ -434,10 +447,11 @@ class Bench:
         self.src_net += 1
         return self.src_net
 
-    def loadgen(self, mode, server, opts, timeout, zone=False, before=None):
+    def loadgen(self, mode, server, opts, timeout, zone=False, before=None, steady=False):
         """Runs out/loadgen once. At each of its sync points ("ready": all subscribed;
         "bursts": the single messages are done; "published": a replay's messages are in;
-        "done": all delivered) the server is measured before loadgen goes on."""
+        "done": all delivered) the server is measured before loadgen goes on; with
+        `steady`, at "ready" once the workers' memory has stopped moving."""
         opts = [str(o) for o in opts]
         cmd = [self.args.loadgen, mode] + opts + [
             "--sync", "--src-net", str(self.next_net()), "--timeout", str(timeout)]
@@ -481,6 +495,8 @@ class Bench:
                         result = ev
                     elif name:
                         pids = ev.get("server_pids") or pids
+                        if steady and srv and name == "ready":
+                            srv.wait_steady(3.0)
                         events[name] = self.snapshot(srv, zone and name == "ready", pids)
                         proc.stdin.write(b"go\n")
                         proc.stdin.flush()
@@ -498,6 +514,8 @@ class Bench:
     def derive(res, opts, before, ev):
         """Per-subscriber memory, per-delivery CPU and the like from the snapshots."""
         res["sync"] = {k: {kk: vv for kk, vv in v.items() if kk != "t"} for k, v in ev.items()}
+        if before:
+            res["sync"]["before"] = {k: v for k, v in before.items() if k != "t"}
         ready = max(1, res.get("ready") or 0)
         if before and "ready" in ev and "mem" in before and "mem" in ev["ready"]:
             for k, key in (("Rss", "mem_rss_kb_per_sub"), ("Pss", "mem_pss_kb_per_sub"),
@@ -579,7 +597,7 @@ class Bench:
         for name in self.order():
             self.restart([name])  # a fresh worker heap: nothing freed earlier to reuse
             opts = ["--subs", n, "--bursts", 1, "--channel", f"idle{rnd}", "--drain", 5]
-            self.record(rnd, kind, n, name, self.loadgen(mode, name, opts, 120))
+            self.record(rnd, kind, n, name, self.loadgen(mode, name, opts, 120, steady=True))
 
     def longpoll(self, rnd, rate):
         p = self.p
@@ -612,7 +630,7 @@ class Bench:
                 "--sub-path", "/msub?ch=", "--msgs", n * k, "--rate", 0, "--pub-conns", PUB_CONNS, "--drain", 5]
         for name in self.order():
             self.restart([name])
-            self.record(rnd, "wide", k, name, self.loadgen("sse", name, opts, 120, zone=True))
+            self.record(rnd, "wide", k, name, self.loadgen("sse", name, opts, 120, zone=True, steady=True))
 
     def many_channels(self, rnd):
         """100k channels (created by a publish each), one subscriber each: connections of
@@ -635,7 +653,7 @@ class Bench:
             # nchan's ids count seconds: a multiplexed subscriber arriving in the same second as
             # a channel's last publish gets that message despite "newest" (seen here).
             time.sleep(1.5)
-            res = self.loadgen("sse", name, opts, 180, zone=True, before=before)
+            res = self.loadgen("sse", name, opts, 180, zone=True, before=before, steady=True)
             res["precreate_ok"] = pre.get("ok")
             res["ok"] = bool(res.get("ok")) and bool(pre.get("ok"))
             ready = (res.get("sync") or {}).get("ready") or {}
