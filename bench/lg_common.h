@@ -72,22 +72,35 @@ struct Hist {
     }
 };
 
-// Payload: "M<src>.<seq>.<ts_us>." padded with 'x' to the requested size.
+// Payload: "M<src>.<seq>.<ts_us>." then, when the message is addressed to one of
+// many channels, "c<channel index>.", padded with 'x' to the requested size.
 // src = publisher connection, seq = run-wide sequence number, ts = now_us()
 // just before the request is written.
 struct Msg {
     uint32_t src = 0;
     uint64_t seq = 0;
     int64_t ts = 0;
+    int64_t chan = -1;  // channel index, -1 when not given
 };
 
 inline std::string make_payload(const Msg &m, size_t size) {
-    char head[80];
+    char head[100];
     int n = std::snprintf(head, sizeof head, "M%u.%llu.%lld.", m.src,
                           (unsigned long long)m.seq, (long long)m.ts);
+    if (m.chan >= 0)
+        n += std::snprintf(head + n, sizeof head - size_t(n), "c%lld.", (long long)m.chan);
     std::string s(head, size_t(n));
     if (s.size() < size) s.append(size - s.size(), 'x');
     return s;
+}
+
+// Name of channel `index` of a run: BASE-INDEX, the index zero-padded so that the
+// whole id is `width` bytes when width is given (e.g. 16-byte ids).
+inline std::string chan_name(const std::string &base, uint64_t index, int width) {
+    std::string num = std::to_string(index);
+    std::string s = base + "-";
+    if (width > 0 && s.size() + num.size() < size_t(width)) s.append(size_t(width) - s.size() - num.size(), '0');
+    return s + num;
 }
 
 inline bool parse_u64(const char *&p, const char *end, uint64_t &out) {
@@ -109,12 +122,20 @@ inline bool parse_payload(const char *p, const char *end, Msg &m) {
     m.src = uint32_t(a);
     m.seq = b;
     m.ts = int64_t(c);
+    m.chan = -1;
+    uint64_t ch;
+    if (end - p > 2 && p[1] == 'c') {
+        p += 2;
+        if (parse_u64(p, end, ch) && p < end && *p == '.') m.chan = int64_t(ch);
+    }
     return true;
 }
 
 // An event id as two numbers: ours "1732290000123-0", nchan "1795394983:0"
-// (or "1795394983:[0]"), the ceiling "17-0". Anything else: false.
+// (or "1795394983:[0]"), the ceiling "17-0". Anything else: false, e.g. nchan's
+// multiplexed ids ("1795394983:0,[1],-": one tag per channel, not one order).
 inline bool parse_event_id(std::string_view s, uint64_t &hi, uint64_t &lo) {
+    if (s.find(',') != std::string_view::npos) return false;
     const char *p = s.data(), *end = p + s.size();
     if (!parse_u64(p, end, hi)) return false;
     while (p < end && (*p < '0' || *p > '9')) p++;
@@ -299,6 +320,16 @@ struct SubConfig {
     std::string host = "127.0.0.1";
     uint16_t port = 0;
     std::string path;         // request path, e.g. /sub/b
+    // Many channels per connection: connection g (counted over all children, from
+    // first_conn) names channels g*chan_per_sub .. +chan_per_sub-1, comma-separated
+    // after `path` (e.g. /msub?ch=). Each message then goes to one channel, so to one
+    // connection: children report every first delivery ("D"), not "all have it".
+    int chan_per_sub = 0;
+    uint64_t first_conn = 0;
+    std::string chan_base;
+    int id_width = 0;
+    std::string cursor;       // Last-Event-ID of the first request ("" = none)
+    std::string save_body;    // connection 0 of child 0 writes its decoded body here
     std::string src_ip;       // local address to connect from ("" = any)
     int count = 0;            // connections of this child
     int child = 0;
@@ -312,5 +343,8 @@ struct SubConfig {
 // Child main loops; both return the exit status.
 int run_subscriber_child(const SubConfig &cfg);
 int run_ceiling_server(int listen_fd, int ctl_fd, int out_fd);
+
+// `loadgen attack ...`: hostile clients (slow replayers, a channel flood); lg_attack.cpp.
+int attack_main(int argc, char **argv);
 
 }  // namespace lg

@@ -61,6 +61,7 @@ struct Conn {
     std::vector<uint64_t> seen;      // bitmap by seq
     std::vector<uint64_t> last_seq;  // per publisher connection: last seq + 1
     std::string cur1, cur2;          // long-poll cursor (ours: id; nchan: Last-Modified, Etag)
+    bool sent_cursor = false;        // the configured first cursor went out
 };
 
 class SubChild {
@@ -105,6 +106,8 @@ private:
     uint64_t connect_errors_ = 0, disconnects_ = 0, reconnects_ = 0, http_errors_ = 0;
     uint64_t dup_ = 0, ooo_ = 0, id_regress_ = 0, delivered_ = 0, other_events_ = 0;
     uint64_t bad_payload_ = 0, bad_frame_ = 0, responses_ = 0;
+    uint64_t misrouted_ = 0, body_bytes_ = 0;
+    FILE *save_ = nullptr;
     int64_t now_ = 0;
     sockaddr_in dst_{};
     sockaddr_in src_{};
@@ -152,11 +155,21 @@ void SubChild::build_request(Conn &c) {
     c.out_off = 0;
     c.out += "GET ";
     c.out += cfg_.path;
+    if (cfg_.chan_per_sub > 0) {
+        uint64_t g = cfg_.first_conn + uint64_t(&c - conns_.data());
+        for (int k = 0; k < cfg_.chan_per_sub; k++) {
+            if (k) c.out += ',';
+            c.out += chan_name(cfg_.chan_base, g * uint64_t(cfg_.chan_per_sub) + uint64_t(k), cfg_.id_width);
+        }
+    }
     c.out += " HTTP/1.1\r\nHost: ";
     c.out += cfg_.host;
     c.out += "\r\n";
     if (cfg_.kind == SubKind::Sse) {
         c.out += "Accept: text/event-stream\r\nCache-Control: no-cache\r\n";
+        // The first request resumes from the configured cursor; a reconnect starts over.
+        if (!cfg_.cursor.empty() && !c.sent_cursor) c.out += "Last-Event-ID: " + cfg_.cursor + "\r\n";
+        c.sent_cursor = true;
     } else if (cfg_.server == Server::Nchan) {
         if (!c.cur1.empty()) c.out += "If-Modified-Since: " + c.cur1 + "\r\n";
         if (!c.cur2.empty()) c.out += "If-None-Match: " + c.cur2 + "\r\n";
@@ -279,7 +292,11 @@ void SubChild::process(size_t i, const char *p, size_t n) {
         if (c.st != Conn::St::Body) return;  // e.g. a long-poll request being re-sent
         ssize_t k;
         if (cfg_.kind == SubKind::Sse)
-            k = c.body.feed(p, n, [&](const char *d, size_t m) { sse_feed(i, d, m); });
+            k = c.body.feed(p, n, [&](const char *d, size_t m) {
+                body_bytes_ += m;
+                if (save_ && i == 0) std::fwrite(d, 1, m, save_);
+                sse_feed(i, d, m);
+            });
         else
             k = c.body.feed(p, n, [&](const char *d, size_t m) { c.line.append(d, m); });
         if (k < 0) {
@@ -422,9 +439,15 @@ void SubChild::sse_line(Conn &c, std::string_view line) {
     }
 }
 
+// Event types that are not messages (SPEC §3, §4, §10); in a stream of several
+// channels every other type is the channel's id (ours) and carries a message.
+static bool control_event(std::string_view ev) {
+    return ev == "channel-gap" || ev == "channel-deleted" || ev == "token-expired";
+}
+
 void SubChild::sse_dispatch(Conn &c) {
     if (c.has_data) {
-        if (c.ev.empty() || c.ev == "message") {
+        if (c.ev.empty() || c.ev == "message" || (cfg_.chan_per_sub > 1 && !control_event(c.ev))) {
             Msg m;
             if (parse_payload(c.data.data(), c.data.data() + c.data.size(), m)) deliver(c, m, now_);
             else bad_payload_++;
@@ -453,6 +476,18 @@ void SubChild::deliver(Conn &c, const Msg &m, int64_t now) {
         bad_payload_++;
         return;
     }
+    if (cfg_.chan_per_sub > 0) {
+        // Only this connection's channels may reach it; ours also names the channel.
+        uint64_t g = cfg_.first_conn + uint64_t(&c - conns_.data());
+        uint64_t lo = g * uint64_t(cfg_.chan_per_sub);
+        bool mine = m.chan >= 0 && uint64_t(m.chan) >= lo && uint64_t(m.chan) < lo + uint64_t(cfg_.chan_per_sub);
+        if (mine && cfg_.chan_per_sub > 1 && cfg_.server == Server::Ours && cfg_.kind == SubKind::Sse)
+            mine = c.ev == chan_name(cfg_.chan_base, uint64_t(m.chan), cfg_.id_width);
+        if (!mine && ++misrouted_ <= 5)
+            std::fprintf(stderr, "loadgen: connection %llu (channels %llu..) got message %llu of channel %lld (id %s, event %s)\n",
+                         (unsigned long long)g, (unsigned long long)lo, (unsigned long long)m.seq, (long long)m.chan,
+                         c.id.c_str(), c.ev.c_str());
+    }
     size_t w = size_t(m.seq / 64);
     if (w >= c.seen.size()) c.seen.resize(w + 1 + (w >> 1), 0);
     uint64_t bit = uint64_t(1) << (m.seq % 64);
@@ -472,7 +507,8 @@ void SubChild::deliver(Conn &c, const Msg &m, int64_t now) {
     SeqStat &s = seqs_[size_t(m.seq)];
     s.count++;
     if (lat > s.max_lat) s.max_lat = lat;
-    if (!s.reported && int(s.count) >= live_) {
+    // One connection per message when it goes to one of many channels.
+    if (!s.reported && (cfg_.chan_per_sub > 0 || int(s.count) >= live_)) {
         s.reported = true;
         outbuf_ += "D " + std::to_string(m.seq) + "\n";
     }
@@ -571,6 +607,8 @@ void SubChild::final_report() {
     S("bad_payload", bad_payload_);
     S("bad_frame", bad_frame_);
     S("responses", responses_);
+    S("misrouted", misrouted_);
+    S("body_bytes", body_bytes_);
     for (auto &[code, cnt] : status_) r += "X " + std::to_string(code) + " " + std::to_string(cnt) + "\n";
     for (auto &[name, cnt] : event_types_) {
         std::string safe;
@@ -599,6 +637,10 @@ int SubChild::run() {
     ce.data.u64 = kCtlKey;
     epoll_ctl(ep_, EPOLL_CTL_ADD, cfg_.ctl_fd, &ce);
     setup_deadline_ = now_us() + cfg_.setup_timeout_us;
+    if (!cfg_.save_body.empty() && cfg_.child == 0) {
+        save_ = std::fopen(cfg_.save_body.c_str(), "w");
+        if (!save_) die("open --save-body file");
+    }
     std::vector<epoll_event> evs(1024);
     bool finishing = false;
     setup_progress();
@@ -621,6 +663,7 @@ int SubChild::run() {
         setup_progress();
         flush();
     }
+    if (save_) std::fclose(save_);
     final_report();
     return 0;
 }

@@ -4,6 +4,9 @@
 //   loadgen longpoll --port P --subs N --rate R --duration S ...
 //   loadgen publish  --port P [--subs N] --duration S [--pub-conns C] [--pub-channels K]
 //   loadgen ceiling  --subs N [--bursts B] [--msgs M --rate R]
+//   loadgen sse --replay --msgs M --cursor ID ...   publish first, then subscribe and replay
+//   loadgen fetch    --port P --path /static/file [--repeat N]
+//   loadgen attack   ...   hostile clients next to a run (lg_attack.cpp; --help there)
 //
 // Subscribers live in forked children (each under the per-process file limit);
 // the parent publishes over keep-alive connections (or, for `ceiling`, hands
@@ -18,6 +21,7 @@
 #include <fcntl.h>
 #include <map>
 #include <netinet/tcp.h>
+#include <random>
 #include <sys/epoll.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -43,10 +47,19 @@ struct Opts {
     int server_procs = 2;
     int window = 200;
     std::string label;
+    int chan_per_sub = 0;       // > 0: each connection names its own channels (see SubConfig)
+    int id_width = 0;
+    bool pub_random = false;    // with chan_per_sub: random channels, else channel seq % total
+    uint64_t seed = 1;
+    std::string cursor;
+    bool replay = false;
+    std::string save_body;
+    std::string path = "/";     // fetch
+    int repeat = 3;             // fetch
 };
 
 constexpr const char *kHelp =
-    "usage: loadgen sse|longpoll|publish|ceiling [--option value]...\n"
+    "usage: loadgen sse|longpoll|publish|ceiling|fetch [--option value]...   (loadgen attack --help: hostile clients)\n"
     "  --server ours|nchan   long-poll cursor protocol (Last-Event-ID | Last-Modified/Etag)\n"
     "  --host IP --port P    server (not for ceiling); --pub-port P if publishing elsewhere\n"
     "  --sub-path /sub/ --lp-path /lp/ --pub-path /pub/ --channel NAME   URLs: PATH + NAME\n"
@@ -62,6 +75,16 @@ constexpr const char *kHelp =
     "  --drain-max S         ... or after S s in all (default 60)\n"
     "  --setup-timeout S --subs-wait S --timeout S --burst-gap S --window N --src-net N\n"
     "  --server-procs N      ceiling server processes (default 2)\n"
+    "  --sub-channels K      connection g names channels NAME-(g*K) .. NAME-(g*K+K-1), comma-\n"
+    "                        separated after --sub-path (e.g. /msub?ch=); each message goes to\n"
+    "                        one channel (--pub-pattern seq: message s to channel s mod total;\n"
+    "                        random: uniform, --seed S), so to exactly one connection\n"
+    "  --id-width W          channel ids NAME-000123 zero-padded to W bytes\n"
+    "  --cursor ID           Last-Event-ID of each subscriber's first request\n"
+    "  --replay              publish --msgs first (flat out), then subscribe (with --cursor) and\n"
+    "                        time the replay: replay_ms = subscribe -> last message received\n"
+    "  --save-body FILE      the decoded SSE body of the first connection, for a static copy\n"
+    "  fetch: --path P --repeat N   GET P N times on fresh connections, time to the last byte\n"
     "  --sync                print {\"event\":\"ready\"} and {\"event\":\"done\"} lines and wait for a\n"
     "                        line on stdin after each (lets a driver measure the server)\n"
     "Prints one JSON line: throughput, latency, and lost/dup/ooo checks. See bench/README.md.\n";
@@ -79,11 +102,13 @@ Opts parse_opts(int argc, char **argv) {
         std::fputs(kHelp, stdout);
         std::exit(0);
     }
-    if (o.mode != "sse" && o.mode != "longpoll" && o.mode != "publish" && o.mode != "ceiling")
+    if (o.mode != "sse" && o.mode != "longpoll" && o.mode != "publish" && o.mode != "ceiling" &&
+        o.mode != "fetch")
         usage("unknown mode");
     for (int i = 2; i < argc; i++) {
         std::string k = argv[i];
         if (k == "--sync") { o.sync = true; continue; }
+        if (k == "--replay") { o.replay = true; continue; }
         if (i + 1 >= argc) usage(("missing value for " + k).c_str());
         std::string v = argv[++i];
         auto I = [&] { return std::atoi(v.c_str()); };
@@ -118,10 +143,22 @@ Opts parse_opts(int argc, char **argv) {
         else if (k == "--server-procs") o.server_procs = I();
         else if (k == "--window") o.window = I();
         else if (k == "--label") o.label = v;
+        else if (k == "--sub-channels") o.chan_per_sub = I();
+        else if (k == "--id-width") o.id_width = I();
+        else if (k == "--pub-pattern") {
+            if (v == "random") o.pub_random = true;
+            else if (v == "seq") o.pub_random = false;
+            else usage("--pub-pattern seq|random");
+        } else if (k == "--seed") o.seed = std::strtoull(v.c_str(), nullptr, 10);
+        else if (k == "--cursor") o.cursor = v;
+        else if (k == "--save-body") o.save_body = v;
+        else if (k == "--path") o.path = v;
+        else if (k == "--repeat") o.repeat = I();
         else usage(("unknown option " + k).c_str());
     }
     if (o.mode == "ceiling") o.server = Server::Ceiling;
     if (o.mode != "ceiling" && o.port <= 0) usage("--port is required");
+    if (o.chan_per_sub > 0 && o.pub_channels > 1) usage("--sub-channels and --pub-channels do not mix");
     if (o.pub_port <= 0) o.pub_port = o.port;
     if (o.pub_conns < 1) o.pub_conns = 1;
     if (o.pub_channels < 1) o.pub_channels = 1;
@@ -131,10 +168,10 @@ Opts parse_opts(int argc, char **argv) {
     return o;
 }
 
-// Channel of message `seq`; subscribers listen on the channel of seq 0.
+// Channel of message `seq` with --pub-channels; subscribers listen on the channel of seq 0.
 std::string channel_of(const Opts &o, uint64_t seq) {
     if (o.pub_channels <= 1) return o.channel;
-    return o.channel + "-" + std::to_string(seq % uint64_t(o.pub_channels));
+    return chan_name(o.channel, seq % uint64_t(o.pub_channels), o.id_width);
 }
 
 struct ChildProc {
@@ -183,7 +220,7 @@ private:
     void spawn_ceiling_servers();
     void spawn_children();
     void wait_children_ready();
-    int query_subscribers();
+    int query_subscribers(const std::string &channel);
     void wait_subscribers();
     void sync_point(const char *event);
     void connect_pub(size_t i);
@@ -199,6 +236,10 @@ private:
     void collect();
     void print_result();
     int children_active() const;
+    bool reached_all(const SeqInfo &s) const;
+    void stream_phase();
+    int run_replay();
+    uint64_t total_channels() const { return uint64_t(o_.subs) * uint64_t(o_.chan_per_sub); }
 
     Opts o_;
     int ep_ = -1;
@@ -226,8 +267,18 @@ private:
     int64_t max_sched_lag_ = 0;
     std::string ceiling_info_;
     int64_t t_start_ = 0;
+    int64_t t_sub_ = 0;         // --replay: when the subscribers were started
+    int64_t t_sub_end_ = 0;     // --replay: when everything arrived, or waiting stopped
     bool drained_ = true;
+    std::mt19937_64 rng_;
 };
+
+// Every subscriber that should have the message has it: one connection when each
+// message goes to one of many channels, else every live connection of every child.
+bool Parent::reached_all(const SeqInfo &s) const {
+    int need = o_.chan_per_sub > 0 ? 1 : children_active();
+    return need > 0 && int(s.dchildren) >= need;
+}
 
 int Parent::children_active() const {
     int n = 0;
@@ -293,6 +344,15 @@ void Parent::spawn_children() {
     base.port = uint16_t(o_.port);
     std::string ch = channel_of(o_, 0);
     base.path = (base.kind == SubKind::LongPoll ? o_.lp_path : o_.sub_path) + ch;
+    if (o_.chan_per_sub > 0) {
+        base.path = base.kind == SubKind::LongPoll ? o_.lp_path : o_.sub_path;
+        base.chan_per_sub = o_.chan_per_sub;
+        base.chan_base = o_.channel;
+        base.id_width = o_.id_width;
+    }
+    base.cursor = o_.cursor;
+    base.save_body = o_.save_body;
+    uint64_t first_conn = 0;
     base.window = o_.window;
     base.setup_timeout_us = int64_t(o_.setup_timeout * 1e6);
     base.phase_split = uint64_t(o_.bursts);
@@ -300,6 +360,8 @@ void Parent::spawn_children() {
         SubConfig cfg = base;
         cfg.child = c;
         cfg.count = o_.subs / k + (c < o_.subs % k ? 1 : 0);
+        cfg.first_conn = first_conn;
+        first_conn += uint64_t(cfg.count);
         if (o_.src_net >= 0)
             cfg.src_ip = "127.0." + std::to_string(1 + o_.src_net % 250) + "." + std::to_string(2 + c);
         int ctl[2], out[2];
@@ -351,13 +413,16 @@ void Parent::on_child_line(ChildProc &c, std::string_view line) {
         c.got_r = true;
         c.ready = int(a);
         c.failed = int(b);
+        // A replay's first messages can come with the response head, their "D" before "R".
+        for (uint64_t q = 0; q < seqs_.size(); q++)
+            if (seqs_[q].dchildren > 0 && !seqs_[q].complete && reached_all(seqs_[q])) note_complete(q);
         break;
     case 'D':
         parse_u64(p, end, a);
         if (a < seqs_.size()) {
             seqs_[a].dchildren++;
             last_progress_ = now_us();
-            if (int(seqs_[a].dchildren) >= children_active()) note_complete(a);
+            if (reached_all(seqs_[a])) note_complete(a);
         }
         break;
     case 'S': {
@@ -452,8 +517,17 @@ bool Parent::publish_next() {
     uint64_t seq = next_seq_++;
     if (seq >= seqs_.size()) seqs_.resize(size_t(seq) + 1 + seqs_.size() / 2);
     SeqInfo &s = seqs_[seq];
-    s.expected = !kids_.empty() && seq % uint64_t(o_.pub_channels) == 0;
     Msg m;
+    std::string channel;
+    if (o_.chan_per_sub > 0) {
+        uint64_t total = total_channels();
+        m.chan = int64_t(o_.pub_random ? rng_() % total : seq % total);
+        channel = chan_name(o_.channel, uint64_t(m.chan), o_.id_width);
+        s.expected = true;
+    } else {
+        channel = channel_of(o_, seq);
+        s.expected = (!kids_.empty() || o_.replay) && seq % uint64_t(o_.pub_channels) == 0;
+    }
     m.src = uint32_t(pi);
     m.seq = seq;
     m.ts = now_us();
@@ -465,7 +539,7 @@ bool Parent::publish_next() {
         s.status = 1;
         s.resp = m.ts;
         if (s.expected) incomplete_++;
-        if (int(s.dchildren) >= children_active() && s.expected) note_complete(seq);
+        if (reached_all(s) && s.expected) note_complete(seq);
         last_progress_ = now_us();
         return true;
     }
@@ -473,7 +547,7 @@ bool Parent::publish_next() {
     pc.busy = true;
     pc.seq = seq;
     pc.sent = m.ts;
-    pc.out = "POST " + o_.pub_path + channel_of(o_, seq) + " HTTP/1.1\r\nHost: " + o_.host +
+    pc.out = "POST " + o_.pub_path + channel + " HTTP/1.1\r\nHost: " + o_.host +
              "\r\nContent-Type: text/plain\r\nContent-Length: " + std::to_string(payload.size()) +
              "\r\n\r\n" + payload;
     pc.off = 0;
@@ -536,7 +610,7 @@ void Parent::pub_done(size_t i) {
                 first_pub_subscribers_ = std::atoi(pc.bodybuf.c_str() + k);
             }
         }
-        if (s.expected && int(s.dchildren) >= children_active()) note_complete(pc.seq);
+        if (s.expected && reached_all(s)) note_complete(pc.seq);
     } else {
         s.status = -1;
         pub_errors_++;
@@ -657,7 +731,7 @@ void Parent::wait_children_ready() {
     }
 }
 
-int Parent::query_subscribers() {
+int Parent::query_subscribers(const std::string &channel) {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) return -1;
     timeval tv{2, 0};
@@ -667,7 +741,7 @@ int Parent::query_subscribers() {
         ::close(fd);
         return -1;
     }
-    std::string req = "GET " + o_.pub_path + channel_of(o_, 0) + " HTTP/1.1\r\nHost: " + o_.host +
+    std::string req = "GET " + o_.pub_path + channel + " HTTP/1.1\r\nHost: " + o_.host +
                       "\r\nAccept: text/json\r\nConnection: close\r\n\r\n";
     if (::write(fd, req.data(), req.size()) != ssize_t(req.size())) {
         ::close(fd);
@@ -696,9 +770,13 @@ int Parent::query_subscribers() {
 void Parent::wait_subscribers() {
     if (o_.server == Server::Ceiling || kids_.empty()) return;
     int64_t t0 = now_us(), deadline = t0 + int64_t(o_.subs_wait * 1e6);
+    // Many channels per connection: the last connection's last channel has one subscriber.
+    std::string channel = o_.chan_per_sub > 0 ? chan_name(o_.channel, total_channels() - 1, o_.id_width)
+                                              : channel_of(o_, 0);
+    int want = o_.chan_per_sub > 0 ? 1 : ready_;
     for (;;) {
-        subs_seen_ = query_subscribers();
-        if (subs_seen_ >= ready_ || now_us() > deadline) break;
+        subs_seen_ = query_subscribers(channel);
+        if (subs_seen_ >= want || now_us() > deadline) break;
         pump(20000);
     }
     subs_wait_s_ = double(now_us() - t0) / 1e6;
@@ -706,8 +784,10 @@ void Parent::wait_subscribers() {
 
 void Parent::sync_point(const char *event) {
     if (!o_.sync) return;
-    std::printf("{\"event\":\"%s\",\"ready\":%d,\"failed\":%d,\"subs_seen\":%d,\"pid\":%d}\n", event, ready_,
-                failed_, subs_seen_, int(getpid()));
+    std::string pids;
+    for (auto &sv : servers_) pids += (pids.empty() ? "" : ",") + std::to_string(sv.pid);
+    std::printf("{\"event\":\"%s\",\"ready\":%d,\"failed\":%d,\"subs_seen\":%d,\"pid\":%d,\"server_pids\":[%s]}\n",
+                event, ready_, failed_, subs_seen_, int(getpid()), pids.c_str());
     std::fflush(stdout);
     char line[256];
     if (!std::fgets(line, sizeof line, stdin)) o_.sync = false;
@@ -787,6 +867,7 @@ double pct_of(std::vector<double> v, double p) {
 
 void Parent::print_result() {
     uint64_t published = 0, expected = 0, received = 0, lost = 0, unexpected = 0, incomplete = 0;
+    std::vector<uint64_t> lost_sample;  // the first few messages someone did not get
     int64_t last_delivery = 0;
     std::vector<double> stream_fanout;
     uint64_t stream_delivered = 0;
@@ -795,9 +876,13 @@ void Parent::print_result() {
         const SeqInfo &s = seqs_[q];
         if (s.status > 0) published++;
         if (s.status > 0 && s.expected) {
-            expected += uint64_t(ready_);
+            uint64_t want = o_.chan_per_sub > 0 ? 1 : uint64_t(ready_);
+            expected += want;
             received += s.count;
-            if (s.count < uint64_t(ready_)) lost += uint64_t(ready_) - s.count;
+            if (s.count < want) {
+                lost += want - s.count;
+                if (lost_sample.size() < 10) lost_sample.push_back(q);
+            }
             if (!s.complete) incomplete++;
             if (q >= stream_first_ && q < stream_end_) {
                 stream_delivered += s.count;
@@ -818,7 +903,8 @@ void Parent::print_result() {
     double deliver_span = last_delivery > stream_t0_ ? double(last_delivery - stream_t0_) / 1e6 : NAN;
     uint64_t dup = sums_["dup"], ooo = sums_["ooo"], idr = sums_["id_regress"];
     bool ok = drained_ && lost == 0 && dup == 0 && ooo == 0 && idr == 0 && failed_ == 0 && unexpected == 0 &&
-              sums_["bad_payload"] == 0 && sums_["bad_frame"] == 0 && pub_errors_ == 0;
+              sums_["bad_payload"] == 0 && sums_["bad_frame"] == 0 && sums_["misrouted"] == 0 && pub_errors_ == 0 &&
+              (kids_.empty() || ready_ > 0);
     std::string j = "{\"event\":\"result\",\"mode\":\"" + o_.mode + "\",\"server\":\"" +
                     (o_.server == Server::Ours ? "ours" : o_.server == Server::Nchan ? "nchan" : "ceiling") +
                     "\",\"label\":\"" + o_.label + "\"";
@@ -856,6 +942,9 @@ void Parent::print_result() {
     I("expected", int64_t(expected));
     I("received", int64_t(received));
     I("lost", int64_t(lost));
+    j += ",\"lost_seqs\":[";
+    for (size_t k = 0; k < lost_sample.size(); k++) j += (k ? "," : "") + std::to_string(lost_sample[k]);
+    j += "]";
     I("dup", int64_t(dup));
     I("ooo", int64_t(ooo));
     I("id_regress", int64_t(idr));
@@ -864,8 +953,15 @@ void Parent::print_result() {
     j += std::string(",\"drained\":") + (drained_ ? "true" : "false");
     I("targets_alive", targets);
     for (const char *k : {"disconnects", "reconnects", "connect_errors", "http_errors", "other_events",
-                          "bad_payload", "bad_frame", "responses"})
+                          "bad_payload", "bad_frame", "responses", "misrouted", "body_bytes"})
         I(k, int64_t(sums_[k]));
+    I("chan_per_sub", o_.chan_per_sub);
+    F("msgs_per_answer", sums_["responses"] ? double(received) / double(sums_["responses"]) : NAN);
+    if (o_.replay) {
+        // The time to the last message means something only when every message came.
+        F("replay_ms", lost == 0 && t_sub_ && last_delivery > t_sub_ ? double(last_delivery - t_sub_) / 1000.0 : NAN);
+        F("replay_wait_ms", double(t_sub_end_ - t_sub_) / 1000.0);
+    }
     j += ",\"sub_status\":{";
     bool first = true;
     for (auto &[c, n] : sub_status_) {
@@ -894,8 +990,10 @@ void Parent::print_result() {
 
 int Parent::run() {
     t_start_ = now_us();
+    rng_.seed(o_.seed);
     ep_ = epoll_create1(EPOLL_CLOEXEC);
     if (ep_ < 0) die("epoll_create1");
+    if (o_.replay) return run_replay();
     if (o_.server == Server::Ceiling) spawn_ceiling_servers();
     if (o_.subs > 0) spawn_children();
     wait_children_ready();
@@ -919,9 +1017,28 @@ int Parent::run() {
         int64_t until = now_us() + int64_t(o_.burst_gap * 1e6);
         while (now_us() < until) pump(until - now_us());
     }
+    // Lets a driver take the server's CPU for the single messages alone.
+    if (o_.bursts > 0 && (o_.msgs > 0 || o_.duration > 0)) sync_point("bursts");
 
-    // Phase 2: a stream of messages at --rate (0 = flat out), --msgs of them
-    // or for --duration seconds.
+    stream_phase();
+    stream_end_ = next_seq_;
+    if (stream_t1_ == 0) stream_t1_ = stream_t0_;
+    std::vector<uint64_t> all;
+    for (uint64_t q = 0; q < next_seq_; q++) all.push_back(q);
+    drain(all);
+    // Burst fan-out from D completion times above is an upper bound; the exact
+    // figure (publish -> last delivery) comes from the children's reports below.
+    sync_point("done");
+    collect();
+    for (int b = 0; b < o_.bursts && size_t(b) < seqs_.size(); b++)
+        if (seqs_[size_t(b)].max_lat >= 0) burst_fanout_ms_[size_t(b)] = ms(seqs_[size_t(b)].max_lat);
+    print_result();
+    return 0;
+}
+
+// Phase 2: a stream of messages at --rate (0 = flat out), --msgs of them or for
+// --duration seconds.
+void Parent::stream_phase() {
     stream_first_ = next_seq_;
     stream_t0_ = now_us();
     if (o_.msgs > 0 || o_.duration > 0) {
@@ -947,28 +1064,108 @@ int Parent::run() {
             }
         }
     }
+}
+
+// --replay: publish everything first, then subscribe from --cursor and time how
+// long the subscribers take to receive it all (and check it: every message once,
+// in order).
+int Parent::run_replay() {
+    pubs_.resize(size_t(o_.pub_conns));
+    for (size_t i = 0; i < pubs_.size(); i++) connect_pub(i);
+    stream_phase();
     stream_end_ = next_seq_;
-    if (stream_t1_ == 0) stream_t1_ = stream_t0_;
+    while (outstanding_ > 0 && now_us() - last_progress_ < int64_t(o_.drain * 1e6)) pump(20000);
+    sync_point("published");
+    t_sub_ = now_us();
+    if (o_.subs > 0) spawn_children();
+    wait_children_ready();
     std::vector<uint64_t> all;
     for (uint64_t q = 0; q < next_seq_; q++) all.push_back(q);
     drain(all);
-    // Burst fan-out from D completion times above is an upper bound; the exact
-    // figure (publish -> last delivery) comes from the children's reports below.
+    t_sub_end_ = now_us();
     sync_point("done");
     collect();
-    for (int b = 0; b < o_.bursts && size_t(b) < seqs_.size(); b++)
-        if (seqs_[size_t(b)].max_lat >= 0) burst_fanout_ms_[size_t(b)] = ms(seqs_[size_t(b)].max_lat);
     print_result();
     return 0;
+}
+
+// One GET on a fresh connection, read to the end of the body with the same read
+// size as a subscriber child. Returns the time from connect() to the last byte, in
+// ms (NaN on any error); `bytes` = body bytes.
+double fetch_once(const Opts &o, uint64_t &bytes, int &status) {
+    static char buf[1 << 18];
+    bytes = 0;
+    status = 0;
+    int64_t t0 = now_us();
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) die("socket");
+    timeval tv{10, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    sockaddr_in a = make_addr(o.host.c_str(), uint16_t(o.port));
+    if (connect(fd, reinterpret_cast<sockaddr *>(&a), sizeof a) < 0) {
+        ::close(fd);
+        return NAN;
+    }
+    std::string req = "GET " + o.path + " HTTP/1.1\r\nHost: " + o.host + "\r\nConnection: close\r\n\r\n";
+    write_all(fd, req);
+    std::string head;
+    RespHead rh;
+    BodyDecoder body;
+    bool in_body = false;
+    for (;;) {
+        ssize_t r = ::read(fd, buf, sizeof buf);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) break;
+        const char *p = buf;
+        size_t n = size_t(r);
+        std::string rest;
+        if (!in_body) {
+            head.append(p, n);
+            size_t pos = head.find("\r\n\r\n");
+            if (pos == std::string::npos) continue;
+            parse_resp_head(std::string_view(head.data(), pos), rh);
+            status = rh.status;
+            body.start(rh, false);
+            rest.assign(head, pos + 4, std::string::npos);
+            p = rest.data();
+            n = rest.size();
+            in_body = true;
+        }
+        if (body.feed(p, n, [&](const char *, size_t m) { bytes += m; }) < 0) break;
+        if (body.done()) break;
+    }
+    int64_t t1 = now_us();
+    ::close(fd);
+    return in_body && body.done() && status == 200 ? double(t1 - t0) / 1000.0 : NAN;
+}
+
+int run_fetch(const Opts &o) {
+    std::vector<double> times;
+    uint64_t bytes = 0;
+    int status = 0;
+    bool ok = true;
+    for (int k = 0; k < std::max(1, o.repeat); k++) {
+        double t = fetch_once(o, bytes, status);
+        if (std::isnan(t)) ok = false;
+        else times.push_back(t);
+    }
+    std::string j = "{\"event\":\"result\",\"mode\":\"fetch\",\"path\":\"" + o.path + "\",\"status\":" +
+                    std::to_string(status) + ",\"bytes\":" + std::to_string(bytes) + ",\"times_ms\":[";
+    for (size_t k = 0; k < times.size(); k++) j += (k ? "," : "") + num(times[k]);
+    j += "],\"fetch_ms\":" + num(pct_of(times, 0.5)) + ",\"ok\":" + (ok ? "true" : "false") + "}";
+    std::printf("%s\n", j.c_str());
+    return ok ? 0 : 1;
 }
 
 }  // namespace
 
 int main(int argc, char **argv) {
-    Opts o = parse_opts(argc, argv);
     std::signal(SIGPIPE, SIG_IGN);
+    if (argc > 1 && std::string(argv[1]) == "attack") return attack_main(argc, argv);
+    Opts o = parse_opts(argc, argv);
     // The whole run is bounded: children die with us (PR_SET_PDEATHSIG).
     alarm(unsigned(o.timeout + 60));
+    if (o.mode == "fetch") return run_fetch(o);
     Parent p(o);
     return p.run();
 }

@@ -2,8 +2,9 @@
 """Checks the checker: runs out/loadgen against a small fake pub/sub server
 that loses, duplicates and reorders messages on purpose, and asserts that
 loadgen reports exactly those faults (and none against the same server
-behaving well). Speaks SSE, long-poll JSON (with the Last-Event-ID cursor)
-and the publish endpoint like this module does.
+behaving well). Speaks SSE (one channel; several channels per connection,
+each event named by its channel; replay after a cursor), long-poll JSON (with
+the Last-Event-ID cursor) and the publish endpoint like this module does.
 
     python3 bench/selftest.py [--loadgen bench/out/loadgen]
 """
@@ -20,8 +21,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 class FakeServer:
     def __init__(self, faults):
         self.faults = faults          # set of fault names to inject
-        self.sse = []                 # (writer, index) of SSE subscribers
-        self.messages = []            # (id, payload)
+        self.sse = []                 # (writer, channels) of SSE subscribers; channels None: /sub/
+        self.messages = []            # (id, payload, channel)
         self.cond = asyncio.Condition()
         self.waiting = 0
 
@@ -44,12 +45,15 @@ class FakeServer:
                 if "content-length" in hdrs:
                     body = await reader.readexactly(int(hdrs["content-length"]))
                 if path.startswith("/sub/"):
-                    await self.serve_sse(reader, writer)
+                    await self.serve_sse(reader, writer, None, hdrs.get("last-event-id"))
+                    return
+                if path.startswith("/msub?ch="):
+                    await self.serve_sse(reader, writer, path[len("/msub?ch="):].split(","), None)
                     return
                 if path.startswith("/lp/"):
                     await self.serve_lp(writer, hdrs.get("last-event-id"))
                 elif path.startswith("/pub/") and method == "POST":
-                    await self.publish(body.decode())
+                    await self.publish(body.decode(), path[len("/pub/"):])
                     n = len(self.sse) + self.waiting
                     self.respond(writer, 201, json.dumps({"subscribers": n}))
                 elif path.startswith("/pub/"):
@@ -67,25 +71,45 @@ class FakeServer:
         b = body.encode()
         writer.write(f"HTTP/1.1 {status} X\r\nContent-Length: {len(b)}\r\n{extra}\r\n".encode() + b)
 
-    async def serve_sse(self, reader, writer):
+    async def serve_sse(self, reader, writer, channels, cursor):
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+        if cursor is not None:  # replay everything after it
+            after = int(cursor.split("-")[0])
+            for mid, payload, _ in self.messages[after:]:
+                if "replay-lose" in self.faults and self.seq_of(payload) == 5:
+                    continue
+                writer.write(self.frame(mid, payload))
         await writer.drain()
-        self.sse.append(writer)
+        entry = (writer, channels)
+        self.sse.append(entry)
         try:
             await reader.read()  # until the subscriber goes away
         finally:
-            self.sse.remove(writer)
+            self.sse.remove(entry)
 
     @staticmethod
-    def frame(mid, payload):
-        ev = f"id: {mid}-0\ndata: {payload}\n\n".encode()
+    def frame(mid, payload, event=None):
+        ev = f"id: {mid}-0\n{'event: ' + event + chr(10) if event else ''}data: {payload}\n\n".encode()
         return f"{len(ev):x}\r\n".encode() + ev + b"\r\n"
 
-    async def publish(self, payload):
+    async def publish(self, payload, channel):
         mid = len(self.messages) + 1
-        self.messages.append((mid, payload))
+        self.messages.append((mid, payload, channel))
         seq = self.seq_of(payload)
-        for i, w in enumerate(list(self.sse)):
+        multi = [(w, chs) for w, chs in self.sse if chs is not None]
+        if multi:
+            # Subscribers of several channels each: only those holding the channel, with the
+            # channel's id as the event type.
+            for w, chs in multi:
+                mine = channel in chs
+                if "m-lose" in self.faults and seq == 2 and mine:
+                    continue
+                if mine or ("m-misroute" in self.faults and seq == 3):
+                    w.write(self.frame(mid, payload, channel))
+            async with self.cond:
+                self.cond.notify_all()
+            return
+        for i, w in enumerate([w for w, _ in self.sse]):
             if "lose" in self.faults and i == 0 and seq == 2:
                 continue
             if "reorder" in self.faults and i == 2 and seq == 4:
@@ -112,7 +136,7 @@ class FakeServer:
         finally:
             self.waiting -= 1
         out = []
-        for mid, payload in self.messages[after:after + 100]:
+        for mid, payload, _ in self.messages[after:after + 100]:
             out.append({"id": f"{mid}-0", "channel": "b", "data": payload})
             if "lp-dup" in self.faults and self.seq_of(payload) == 3:
                 out.append({"id": f"{mid}-0", "channel": "b", "data": payload})
@@ -140,6 +164,9 @@ async def one_case(loadgen, mode, faults, expect, extra):
 async def main(loadgen):
     sse = ["--msgs", "10"]
     lp = ["--msgs", "10", "--rate", "50"]
+    # 3 connections x 2 channels (m-0 .. m-5); message s goes to channel m-(s mod 6)
+    multi = ["--msgs", "12", "--sub-channels", "2", "--sub-path", "/msub?ch=", "--channel", "m"]
+    replay = ["--msgs", "10", "--replay", "--cursor", "0-0", "--subs", "1"]
     cases = [
         ("sse", set(), {"lost": 0, "dup": 0, "ooo": 0, "id_regress": 0, "received": 30, "ok": True}, sse),
         ("sse", {"lose"}, {"lost": 1, "dup": 0, "ooo": 0, "ok": False}, sse),
@@ -148,6 +175,11 @@ async def main(loadgen):
         ("sse", {"lose", "dup", "reorder"}, {"lost": 1, "dup": 1, "ooo": 1, "ok": False}, sse),
         ("longpoll", set(), {"lost": 0, "dup": 0, "ooo": 0, "received": 30, "ok": True}, lp),
         ("longpoll", {"lp-dup"}, {"lost": 0, "dup": 3, "ooo": 0, "ok": False}, lp),
+        ("sse", set(), {"lost": 0, "dup": 0, "misrouted": 0, "received": 12, "ok": True}, multi),
+        ("sse", {"m-lose"}, {"lost": 1, "misrouted": 0, "ok": False}, multi),
+        ("sse", {"m-misroute"}, {"lost": 0, "misrouted": 2, "ok": False}, multi),
+        ("sse", set(), {"lost": 0, "dup": 0, "ooo": 0, "received": 10, "ok": True}, replay),
+        ("sse", {"replay-lose"}, {"lost": 1, "received": 9, "ok": False}, replay),
     ]
     results = [await one_case(loadgen, *c) for c in cases]
     return all(results)
