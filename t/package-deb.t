@@ -160,6 +160,9 @@ SKIP: {
     my ($grc, $gout) = run('openssl', 'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2',
         '-subj', '/CN=localhost', '-keyout', "$p/conf/certs/channels.key", '-out', "$p/conf/certs/channels.crt");
     is($grc, 0, 'a certificate for tls-http2.conf') or diag($gout);
+    # what the examples read beside them: the demo's page (../www) and jwt.conf's key set
+    system('cp', '-a', "$DOC/examples/www", "$p/www") == 0 or die "cp www: $?";
+    system('cp', "$DOC/examples/channels-jwks.json", "$p/conf/") == 0 or die "cp channels-jwks.json: $?";
     opendir(my $dh, "$DOC/examples") or die "$DOC/examples: $!";
     my @examples = sort grep { /\.conf$/ } readdir $dh;
     ok(@examples >= 8, 'installed examples: ' . scalar @examples);

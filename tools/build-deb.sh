@@ -30,7 +30,7 @@ rm -rf "$stage"/*
 mkdir -p "$src"
 cd "$repo"
 # What the package is made of (debian/rules and the .docs/.examples files name the rest).
-cp -a --parents config config.make src debian conf-examples README.md www/channels.js \
+cp -a --parents config config.make src debian conf-examples README.md www \
     tools/conf-compat t/lib/NginxCompat.pm "$src/"
 
 cd "$src"
