@@ -54,6 +54,8 @@ for my $seed (@seeds) {
                     $seed, $sched->{zone}, scalar @{ $sched->{clients} }, scalar @{ $sched->{actions} }, time - $s0))
         or diag($judge->report);
     dump_trace($tr, $seed) if @d && $ENV{MODEL_TRACE_DIR};
+    note(sprintf 'phases: actions %.2fs, workers settled %.2fs, barrier %.2fs, END drained %.2fs, read back %.2fs, end %.2fs',
+                 map { $_ - $tr->{t0} } @$tr{qw(t_actions t_settled t_barrier t_drained t_read_back t_end)}) if $ENV{MODEL_VERBOSE};
     # a crashed worker or old workers that never left: start over with a fresh nginx
     $runner->restart_nginx if grep { $_->{rule} =~ /^(E1|H1)$/ } @d;
 }

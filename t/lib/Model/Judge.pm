@@ -81,7 +81,8 @@ use SseParser;
 
 our @EXPORT_OK = qw(valid_id key id_gt cursor_of);
 
-my $JSON = JSON::PP->new->utf8->allow_nonref;
+# Cpanel::JSON::XS when installed (Debian: libcpanel-json-xs-perl): many times faster on MBs
+my $JSON = eval { require Cpanel::JSON::XS; Cpanel::JSON::XS->new->utf8->allow_nonref } || JSON::PP->new->utf8->allow_nonref;
 
 # ---------------------------------------------------------------- ids
 
@@ -820,18 +821,18 @@ sub check_readback {
         }
         for my $m (@ms) {
             $self->diverge('R4', '§2', $where, 'retains ' . $self->mdesc($m) . ', expired')
-                if id_ms($m->{id}) + $tr->{ttl_ms} + 1000 < $rb->{t} * 1000;
+                if id_ms($m->{id}) + $tr->{ttl_ms} + 1000 < $rb->{t_first} * 1000;
             my ($d) = grep { $_->{channel} eq $channel && ($_->{status} // 0) == 200 && $_->{t_send} > $m->{t_ack} } @{ $tr->{deletes} };
             $self->diverge('R5', '§3', $where, 'retains ' . $self->mdesc($m) . ', deleted at ' . $self->rel($d->{t_send})) if $d;
         }
     }
     return unless $tr->{readback} && !grep { $_->{error} } values %{ $tr->{readback} };
     # what the zone lost beyond history, ttl and DELETE: older than everything it kept
-    my $t_rb = (sort { $a <=> $b } map { $_->{t} } values %{ $tr->{readback} })[0];
     my @evicted;
     for my $m (@{ $self->{acked} }) {
         next if $kept{ $m->{id} };
-        my $why = $self->maybe_lost($m, $t_rb);
+        my ($ch) = grep { $tr->{chan}[$_] eq $m->{channel} } 0 .. $#{ $tr->{chan} };
+        my $why = $self->maybe_lost($m, $tr->{readback}{$ch}{t});
         next if $why && $why ne 'evicted';
         push @evicted, [ $m, $why ];
     }

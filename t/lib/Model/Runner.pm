@@ -43,7 +43,8 @@ use Model::Http;
 use Model::Schedule;
 use Model::Judge;
 
-my $JSON = JSON::PP->new->utf8->allow_nonref;
+# Cpanel::JSON::XS when installed (Debian: libcpanel-json-xs-perl): many times faster on MBs
+my $JSON = eval { require Cpanel::JSON::XS; Cpanel::JSON::XS->new->utf8->allow_nonref } || JSON::PP->new->utf8->allow_nonref;
 
 our %ZONES = (
     big  => { size => '32m',  history => 1000, ttl => '1h',     ttl_ms => 3_600_000 },
@@ -338,6 +339,7 @@ sub run {
         $self->sleep_pumping($a->{gap}) if $a->{gap};
         $self->act($a, \@specs);
     }
+    $tr->{t_actions} = now();
     $self->finish_schedule;
     $tr->{log} = $self->log_lines($log_from);
     $tr->{t_end} = now();
@@ -417,7 +419,11 @@ sub finish_schedule {
     my $tr = $self->{trace};
     $self->pump(sub { !grep { !$_->{http}->done } @{ $tr->{publishes} } }, 20);
     $self->settle_workers;
+    $tr->{t_settled} = now();
     $self->barrier('final');
+    $tr->{t_barrier} = now();
+    # stalls end and slow readers read at full speed: the END drain need not wait for them
+    $_->hurry for @{ $self->{clients} };
     # END on every channel, then every client reads until it has END on each of its channels
     $tr->{end_ids} = {};
     for my $ch (0 .. $#{ $tr->{chan} }) {
@@ -428,8 +434,10 @@ sub finish_schedule {
     my @waiting;
     my $ok = $self->pump(sub { @waiting = grep { !$_->drained } @{ $self->{clients} }; !@waiting }, 15);
     $tr->{drain} = { ok => $ok ? 1 : 0, lacking => [ map { $_->drain_report } @waiting ] };
+    $tr->{t_drained} = now();
     $_->stop for @{ $self->{clients} };
     $self->read_back;
+    $tr->{t_read_back} = now();
     $self->settle_workers;
 }
 
@@ -440,11 +448,13 @@ sub read_back {
     my $tr = $self->{trace};
     for my $ch (0 .. $#{ $tr->{chan} }) {
         my ($cursor, @msgs, $err) = ('0-0');
+        my $t_first = now();
         for (1 .. 60) {
             my $h = $self->request(port => $self->port(0), method => 'GET',
                                    path => "/$tr->{zone}/poll/new?ch=$tr->{chan}[$ch]",
                                    headers => [ 'Last-Event-ID' => $cursor ]);
             $self->pump(sub { $h->done }, 10);
+            last if $h->{status} == 204;   # nothing (more) retained: it waited for the timeout
             if ($h->{status} != 200) { $err = "read-back answered $h->{status} ($h->{end})"; last }
             my $j = eval { $JSON->decode($h->{body}) };
             if (!$j || ref $j->{messages} ne 'ARRAY') { $err = 'read-back answer not JSON'; last }
@@ -452,7 +462,7 @@ sub read_back {
             $cursor = $j->{last_event_id};
             last if grep { ($_->{data} // '') eq 'END' } @{ $j->{messages} };
         }
-        $tr->{readback}{$ch} = { messages => \@msgs, error => $err, t => now() };
+        $tr->{readback}{$ch} = { messages => \@msgs, error => $err, t_first => $t_first, t => now() };
     }
 }
 
@@ -520,7 +530,7 @@ sub open {
     # EventSource: the URL stays; Last-Event-ID is the last id seen, once there is one
     my $hdr = defined $s->{last_id} ? $s->{last_id} : $s->{hdr};
     my $conn = { t_req => now(), header_cursor => $hdr, arg_cursor => $s->{arg}, cursor_kind => $s->{cursor_kind},
-                 events => [], paused => [], slow => $spec->{reading} eq 'slow' ? 1 : 0, status => 0,
+                 events => [], paused => [], slow => $spec->{reading} eq 'slow' && !$s->{hurry} ? 1 : 0, status => 0,
                  channels => [ @{ $s->{chs} } ] };
     push @{ $s->{rec}{conns} }, $conn;
     $s->{parser} = SseParser->new;
@@ -529,7 +539,7 @@ sub open {
     if ($spec->{proto} eq 'h2' || $spec->{proto} eq 'curl1.1') {
         $s->{cur} = Model::Runner::CurlSse->new($s, $conn, url => 'http://127.0.0.1:'
             . $r->port($spec->{proto} eq 'h2' ? 2 : 0) . $path, http2 => $spec->{proto} eq 'h2',
-            headers => \%h, limit_rate => $conn->{slow} ? '300k' : undef);
+            headers => \%h, limit_rate => $conn->{slow} ? '500k' : undef);
     } else {
         my $http = Model::Http->new(
             port => $r->port(0), method => 'GET', path => $path, headers => [ %h ], version => $spec->{proto},
@@ -605,6 +615,18 @@ sub restart {
     return if $s->{done};
     $s->{cur}->close if $s->{cur} && !$s->{cur}->done;
     $s->start($kind);
+}
+
+sub hurry {
+    my $s = shift;
+    return if $s->{done};
+    $s->{hurry} = 1;
+    $s->{pause_until} = now() if $s->{paused};
+    $s->tick(now());
+    my $cur = $s->{cur};
+    return unless $cur && !$cur->done && $s->conn->{slow};
+    if ($cur->isa('Model::Http')) { $cur->{slow} = 0 }
+    else { $s->drop(0) }   # curl cannot change its rate: the client resumes at full speed
 }
 
 sub stop {
@@ -841,6 +863,12 @@ sub restart {
     return if $s->{done};
     $s->{cur}->close if $s->{cur} && !$s->{cur}->done;
     $s->start($kind);
+}
+
+sub hurry {
+    my $s = shift;
+    $s->{pause_until} = undef;
+    $s->{next_at} = now() if $s->{next_at} && $s->{next_at} > now();
 }
 
 sub stop {
