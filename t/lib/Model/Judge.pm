@@ -77,6 +77,7 @@ use warnings;
 use Exporter 'import';
 use JSON::PP ();
 use MIME::Base64 ();
+use Encode ();
 use SseParser;
 
 our @EXPORT_OK = qw(valid_id key id_gt cursor_of);
@@ -645,8 +646,9 @@ sub check_poll_client {
                     if $newest && !id_gt($next, $newest->{id}) && $next ne $newest->{id};
             }
             # a 204 while a message after the cursor was retained (published well before)
+            # (a worker shutting down for a reload answers 204 at once)
             my $mode_start = defined $cursor ? $cursor : undef;
-            if (defined $mode_start) {
+            if (defined $mode_start && !$self->kill_or_reload_near($p->{t_req}, $p->{t_end})) {
                 for my $m (grep { $mine{ $_->{channel} } && $_->{key} gt key($mode_start) && $_->{t_ack} < $p->{t_end} - 0.5 } @{ $self->{acked} }) {
                     next if $self->maybe_lost($m, $p->{t_end});
                     $self->diverge('L2', '§5', $where, '204 though ' . $self->mdesc($m) . ' was there after its cursor');
@@ -688,7 +690,7 @@ sub check_poll_client {
                 my $what = 'answered ' . $self->mdesc($m);
                 $self->diverge('L1', '§5', $where, "$what with other data") if $data ne $m->{data};
                 my $b64 = ($jm->{encoding} // '') eq 'base64';
-                my $valid = utf8::decode(my $copy = $m->{data});
+                my $valid = eval { Encode::decode('UTF-8', my $copy = $m->{data}, Encode::FB_CROAK()); 1 } ? 1 : 0;
                 $self->diverge('L1', '§5', $where, "$what " . ($b64 ? 'base64-encoded, though valid UTF-8' : 'not base64-encoded, though not UTF-8'))
                     if $b64 == $valid;
                 $self->diverge('L1', '§5', $where, "$what on channel '" . ($jm->{channel} // '') . "'") if ($jm->{channel} // '') ne $m->{channel};

@@ -54,6 +54,7 @@ our %ZONES = (
 );
 our %MODES = (new => ['newest', '0'], old => ['oldest', '1s'], last3 => ['-3', '30s']);
 our $WORKERS = 3;
+our $LOG_LEVEL = $ENV{MODEL_LOG_LEVEL} || 'warn';   # info: everything, for a replay
 
 sub now { Time::HiRes::time() }
 
@@ -72,7 +73,7 @@ sub conf {
     }
     my $pubs = join '', map { "        location ~ ^/$_/pub/(?<ch>[\\w.:-]+)\$ { publish_channel \$ch zone=$_; }\n" } sort keys %ZONES;
     return <<"CONF";
-    error_log logs/error.log warn;    # alerts still show; info lines would fill the disk
+    error_log logs/error.log $LOG_LEVEL;    # alerts still show; info lines would fill the disk
     access_log off;
 $zones
     longpoll_timeout 3s;
@@ -333,6 +334,7 @@ sub run {
     };
     $self->{requests} = [];
     $self->{clients} = [];
+    $self->{end_sent} = {};
     my $log_from = $self->{log_offset};
     my @specs = @{ $sched->{clients} };
     for my $a (@{ $sched->{actions} }) {
@@ -430,6 +432,7 @@ sub finish_schedule {
         my $rec = $self->publish($ch, { n => 'END', size => 3 }, label => 'END', data => 'END');
         $self->await($rec);
         $tr->{end_ids}{$ch} = $rec->{id};
+        $self->{end_sent}{ $tr->{chan}[$ch] } = $rec->{t_send};
     }
     my @waiting;
     my $ok = $self->pump(sub { @waiting = grep { !$_->drained } @{ $self->{clients} }; !@waiting }, 15);
@@ -680,6 +683,8 @@ sub drained {
     for my $ch ($s->active($conn)) {
         my $end = $by_channel{$ch} or next;
         next if defined $cursor && !Model::Judge::id_gt($end, $cursor);   # a future cursor
+        # first_message newest, and END was sent before this stream attached
+        next if !defined $cursor && $s->{spec}{mode} eq 'new' && $s->{r}{end_sent}{$ch} < $conn->{t_head};
         return 0 unless $got{$end};
     }
     return 1;
@@ -899,9 +904,12 @@ sub drained {
     my %by_channel = map { $s->{r}{trace}{chan}[$_] => $ends->{$_} } keys %$ends;
     for my $ch (@{ $s->{chs} }) {
         my $end = $by_channel{$ch} or next;
-        next if defined $s->{cursor} && Model::Judge::valid_id($s->{cursor}) && !Model::Judge::id_gt($end, $s->{cursor})
-             && !$s->{seen_end}{$end};
-        return 0 unless $s->{seen_end}{$end};
+        next if $s->{seen_end}{$end};
+        # a cursor at or past END (a future cursor, or the first answer of a chain that
+        # started after END with first_message newest)
+        next if Model::Judge::valid_id($s->{cursor}) && !Model::Judge::id_gt($end, $s->{cursor});
+        next if !defined $s->{chain}{cursor} && $s->{spec}{mode} eq 'new' && $s->{r}{end_sent}{$ch} < $s->{chain}{t};
+        return 0;
     }
     return 1;
 }
