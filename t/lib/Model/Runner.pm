@@ -705,7 +705,8 @@ use warnings;
 
 sub new {
     my ($class, $client, $conn, %o) = @_;
-    my $c = CurlStream->new(%o, max_time => 300);
+    my $c = CurlStream->new(%o, max_time => 300,
+        $ENV{MODEL_CURL_LOG} ? (stderr => "$ENV{MODEL_CURL_LOG}/curl-" . Time::HiRes::time() . '.log') : ());
     return bless { c => $c, client => $client, conn => $conn }, $class;
 }
 
@@ -738,7 +739,7 @@ sub on_readable {
         $conn->{body} = $c->body if $conn->{status} != 200;
         $conn->{curl_exit} = $c->exit_code;
         # curl exits 0 when the response ended as framed (chunked end / END_STREAM)
-        $s->{client}->ended($conn, $c->exit_code == 0 ? 'clean' : 'eof');
+        $s->{client}->ended($conn, $c->clean_exit ? 'clean' : 'eof');
     }
 }
 
@@ -942,7 +943,7 @@ sub on_readable {
     $s->{t_head} = Time::HiRes::time() if !$had && $c->head_seen;
     if ($c->eof) {
         $s->{conn}{curl_exit} = $c->exit_code;
-        $s->{client}->answered($s->{conn}, $c->status, $c->headers, $c->body, $c->exit_code == 0 ? 'clean' : 'eof', $s->{t_head});
+        $s->{client}->answered($s->{conn}, $c->status, $c->headers, $c->body, $c->clean_exit ? 'clean' : 'eof', $s->{t_head});
     }
 }
 
