@@ -649,7 +649,7 @@ sub check_poll_client {
             # (a worker shutting down for a reload answers 204 at once)
             my $mode_start = defined $cursor ? $cursor : undef;
             if (defined $mode_start && !$self->kill_or_reload_near($p->{t_req}, $p->{t_end})) {
-                for my $m (grep { $mine{ $_->{channel} } && $_->{key} gt key($mode_start) && $_->{t_ack} < $p->{t_end} - 0.5 } @{ $self->{acked} }) {
+                for my $m (grep { $mine{ $_->{channel} } && $_->{key} gt key($mode_start) && $_->{t_ack} < $p->{t_end} - 1 } @{ $self->{acked} }) {
                     next if $self->maybe_lost($m, $p->{t_end});
                     $self->diverge('L2', '§5', $where, '204 though ' . $self->mdesc($m) . ' was there after its cursor');
                     last;

@@ -410,7 +410,9 @@ sub barrier {
         # every publish answered first
         return 0 if grep { !defined $_->{t_ack} && !$_->{http}->done } @{ $tr->{publishes} };
         $judge //= Model::Judge->new($tr);
-        $lacking = [ map { $_->lacking($judge, now()) } grep { $_->fast } @{ $self->{clients} } ];
+        # lost by then, not later: nothing is published meanwhile, and a message expiring
+        # while the barrier waits must not excuse a delivery that never came
+        $lacking = [ map { $_->lacking($judge, $t + 0.3) } grep { $_->fast } @{ $self->{clients} } ];
         !@$lacking;
     }, 5);
     push @{ $tr->{barriers} }, { t => $t, ok => $ok ? 1 : 0, final => $final ? 1 : 0, lacking => $ok ? [] : $lacking };
