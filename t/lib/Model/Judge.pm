@@ -521,7 +521,7 @@ sub check_sse_conn {
     }
     if (%missing) {
         my @ids_m = sort { key($a) cmp key($b) } keys %missing;
-        my %why = map { $missing{$_} => 1 } values %missing;
+        my %why = map { $_ => 1 } values %missing;
         $self->diverge('S5', '§4', $where, scalar(@ids_m) . ' message(s) of its channels never received: ' . join('; ', sort keys %why),
                        $self->sse_diff($conn, \%missing, $cursor));
     }
