@@ -70,6 +70,40 @@ published to it (at most `history`, nothing expired, nothing deleted), and what 
 as a whole lost beyond history, ttl and DELETE is older than everything it kept (oldest
 first) — and nothing at all in a zone that never has to evict.
 
+=head2 The rules, as divergences name them
+
+    P1 §3  a publish is answered 201 {channel, id, subscribers, messages 1..history}
+    P2 §2  ids unique, increasing in completion order, above the ids of earlier schedules
+    D1 §3  DELETE: 200 with the channel, or 404 only when it may not exist
+    S0 §4  a stream answers 200 text/event-stream (no answer only around a kill or reload)
+    S1 §4  every block is a message (id, data), a channel-gap, a channel-deleted, or retry
+    S2 §4  ids strictly increase along a stream (and exceed its cursor)
+    S3 §4  a message is a published one of a channel the stream holds, with its data and
+           event (or the channel id on a stream of several channels)
+    S4 §4  nothing it could not have had (deleted, trimmed, expired, outside its window)
+    S5 §4  every message after its start up to its newest id: received, or lost and announced
+    S6 §4  every channel-gap announces a real loss; its last_event_id is the client's cursor
+    S7 §3  channel-deleted only after a DELETE, and before anything published after it
+    S8 §4  the server ends a stream only with no channel left, on reload/kill, or a stalled client
+    L0 §5  200/204/410 with Cache-Control: no-cache and a valid Last-Event-ID
+    L1 §5  the messages of an answer: published, its channels, in order, exact data (base64
+           exactly when not UTF-8), event, content type; ≤ 100 and ≤ 1 MiB unless one
+    L2 §5  nothing missing within an answer (or "gap":true); 204 keeps the cursor and hides
+           nothing retained
+    L3 §5  410 only for a DELETE while it waited; "gap":true only for a real loss
+    V1 §4  a barrier: every client reading at full speed has it all within 5 s
+    V2 §4  the END of every channel reaches every client within 15 s
+    R0-R6  the zone at the end (read back): R1 suffix per channel, R2 ≤ history, R3 oldest
+           first / nothing lost without eviction, R4 nothing expired, R5 nothing deleted,
+           R6 the data as published
+    E1 §9  no [alert], [crit], [emerg] or sanitizer line in the error log (but a kill's own)
+    H1     the harness could not do what the schedule says (nginx did not reload, ...)
+
+Two choices where the SPEC leaves room: a cursor in the header wins over the argument (the
+server reads the header first); and for long-poll with C<channel_first_message -N> only the
+first answer is held to the window — later requests carry a plain cursor, after which
+everything newer is legal (a single cursor cannot express per-channel windows).
+
 =cut
 
 use strict;
