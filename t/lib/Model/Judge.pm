@@ -571,6 +571,10 @@ sub check_sse_conn {
     for my $d (@{ $tr->{deletes} }) {
         next unless ($d->{status} // 0) == 200 && $mine{ $d->{channel} } && $d->{t_send} > $t_head;
         next if $left{ $d->{channel} } && $left{ $d->{channel} }{t} <= $end_t;
+        # a cursor of the future, past the marker's id (its ms is the DELETE's time): the
+        # stream starts after the deletion
+        next if defined $cursor && id_ms($cursor) > $d->{t_ack} * 1000 + 2
+             && !grep { $_->{t_ack} < $d->{t_send} && $_->{key} ge key($cursor) } @{ $self->{acked} };
         my ($after) = grep { defined $_->{id} && $self->{by_id}{ $_->{id} } && $self->{by_id}{ $_->{id} }{t_send} > $d->{t_ack} } @evs;
         next unless $after;
         $self->diverge('S7', '§3', $where, 'no channel-deleted for ' . $self->chname($d->{channel}) . ' (DELETE at '
