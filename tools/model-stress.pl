@@ -9,6 +9,7 @@
 # MODEL_SEEDS=<seed> prove -v t/model.t) and the duration; the full diagnostics are in
 # DIR/job-K.log (default build/stress). Exits 1 if any schedule diverged.
 use strict;
+$| = 1;
 use warnings;
 use Getopt::Long;
 use POSIX ();

@@ -39,16 +39,20 @@ sub new {
     push @cmd, '--http1.0' if $o{http10};
     push @cmd, '--limit-rate', $o{limit_rate} if $o{limit_rate};
     push @cmd, '-X', $o{method} if $o{method};
+    push @cmd, '-v' if $o{stderr};
     my %h = %{ $o{headers} || {} };
     push @cmd, '-H', "$_: $h{$_}" for sort keys %h;
     push @cmd, $o{url};
     pipe(my $rd, my $wr) or die "pipe: $!";
     my $pid = fork // die "fork: $!";
     if (!$pid) {
+        # Until exec this is a copy of the caller: a signal must not run its handlers or
+        # destructors (which would end the caller's other clients).
+        $SIG{$_} = 'DEFAULT' for qw(TERM INT HUP PIPE);
         close $rd;
         open STDIN, '<', '/dev/null';
         open STDOUT, '>&', $wr or POSIX::_exit(127);
-        open STDERR, '>', '/dev/null';
+        open STDERR, '>', $o{stderr} // '/dev/null';
         exec @cmd or POSIX::_exit(127);
     }
     close $wr;
@@ -56,7 +60,7 @@ sub new {
     my $fl = fcntl($rd, Fcntl::F_GETFL(), 0);
     fcntl($rd, Fcntl::F_SETFL(), $fl | Fcntl::O_NONBLOCK());
     return bless {
-        pid => $pid, fh => $rd, raw => '', body => '', head => undef, status => 0, headers => {},
+        pid => $pid, owner => $$, fh => $rd, raw => '', body => '', head => undef, status => 0, headers => {},
         parser => SseParser->new, blocks => [], eof => 0, exit_code => undef, cmd => \@cmd,
     }, $class;
 }
@@ -68,6 +72,8 @@ sub headers   { $_[0]{headers} }
 sub header    { $_[0]{headers}{ lc $_[1] } }
 sub eof       { $_[0]{eof} }
 sub exit_code { $_[0]{exit_code} }
+sub exit_signal { $_[0]{exit_signal} }
+sub clean_exit { my $s = shift; $s->{eof} && !$s->{exit_signal} && defined $s->{exit_code} && $s->{exit_code} == 0 }
 sub body      { $_[0]{body} }
 sub error     { $_[0]{error} // '' }
 sub command   { join ' ', @{ $_[0]{cmd} } }
@@ -95,6 +101,7 @@ sub _ended {
     close $self->{fh};
     waitpid($self->{pid}, 0);
     $self->{exit_code} = $? >> 8;
+    $self->{exit_signal} = $? & 127;   # killed: not a clean end, whatever the exit code says
     $self->{pid} = undef;
 }
 
@@ -179,7 +186,7 @@ sub resume { my $self = shift; kill 'CONT', $self->{pid} if $self->{pid} }
 
 sub close {
     my $self = shift;
-    return if $self->{eof};
+    return if $self->{eof} || $$ != $self->{owner};
     if ($self->{pid}) {
         kill 'CONT', $self->{pid};
         kill 'TERM', $self->{pid};
@@ -187,6 +194,6 @@ sub close {
     $self->_ended;
 }
 
-sub DESTROY { my $self = shift; $self->close if $self->{pid} && !$self->{eof} }
+sub DESTROY { my $self = shift; $self->close if $self->{pid} && !$self->{eof} && $$ == $self->{owner} }
 
 1;

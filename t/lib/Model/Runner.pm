@@ -43,7 +43,8 @@ use Model::Http;
 use Model::Schedule;
 use Model::Judge;
 
-my $JSON = JSON::PP->new->utf8->allow_nonref;
+# Cpanel::JSON::XS when installed (Debian: libcpanel-json-xs-perl): many times faster on MBs
+my $JSON = eval { require Cpanel::JSON::XS; Cpanel::JSON::XS->new->utf8->allow_nonref } || JSON::PP->new->utf8->allow_nonref;
 
 our %ZONES = (
     big  => { size => '32m',  history => 1000, ttl => '1h',     ttl_ms => 3_600_000 },
@@ -53,6 +54,7 @@ our %ZONES = (
 );
 our %MODES = (new => ['newest', '0'], old => ['oldest', '1s'], last3 => ['-3', '30s']);
 our $WORKERS = 3;
+our $LOG_LEVEL = $ENV{MODEL_LOG_LEVEL} || 'warn';   # info: everything, for a replay
 
 sub now { Time::HiRes::time() }
 
@@ -71,7 +73,7 @@ sub conf {
     }
     my $pubs = join '', map { "        location ~ ^/$_/pub/(?<ch>[\\w.:-]+)\$ { publish_channel \$ch zone=$_; }\n" } sort keys %ZONES;
     return <<"CONF";
-    error_log logs/error.log warn;    # alerts still show; info lines would fill the disk
+    error_log logs/error.log $LOG_LEVEL;    # alerts still show; info lines would fill the disk
     access_log off;
 $zones
     longpoll_timeout 3s;
@@ -332,12 +334,14 @@ sub run {
     };
     $self->{requests} = [];
     $self->{clients} = [];
+    $self->{end_sent} = {};
     my $log_from = $self->{log_offset};
     my @specs = @{ $sched->{clients} };
     for my $a (@{ $sched->{actions} }) {
         $self->sleep_pumping($a->{gap}) if $a->{gap};
         $self->act($a, \@specs);
     }
+    $tr->{t_actions} = now();
     $self->finish_schedule;
     $tr->{log} = $self->log_lines($log_from);
     $tr->{t_end} = now();
@@ -406,7 +410,9 @@ sub barrier {
         # every publish answered first
         return 0 if grep { !defined $_->{t_ack} && !$_->{http}->done } @{ $tr->{publishes} };
         $judge //= Model::Judge->new($tr);
-        $lacking = [ map { $_->lacking($judge, now()) } grep { $_->fast } @{ $self->{clients} } ];
+        # lost by then, not later: nothing is published meanwhile, and a message expiring
+        # while the barrier waits must not excuse a delivery that never came
+        $lacking = [ map { $_->lacking($judge, $t + 0.3) } grep { $_->fast } @{ $self->{clients} } ];
         !@$lacking;
     }, 5);
     push @{ $tr->{barriers} }, { t => $t, ok => $ok ? 1 : 0, final => $final ? 1 : 0, lacking => $ok ? [] : $lacking };
@@ -417,19 +423,26 @@ sub finish_schedule {
     my $tr = $self->{trace};
     $self->pump(sub { !grep { !$_->{http}->done } @{ $tr->{publishes} } }, 20);
     $self->settle_workers;
+    $tr->{t_settled} = now();
     $self->barrier('final');
+    $tr->{t_barrier} = now();
+    # stalls end and slow readers read at full speed: the END drain need not wait for them
+    $_->hurry for @{ $self->{clients} };
     # END on every channel, then every client reads until it has END on each of its channels
     $tr->{end_ids} = {};
     for my $ch (0 .. $#{ $tr->{chan} }) {
         my $rec = $self->publish($ch, { n => 'END', size => 3 }, label => 'END', data => 'END');
         $self->await($rec);
         $tr->{end_ids}{$ch} = $rec->{id};
+        $self->{end_sent}{ $tr->{chan}[$ch] } = $rec->{t_send};
     }
     my @waiting;
     my $ok = $self->pump(sub { @waiting = grep { !$_->drained } @{ $self->{clients} }; !@waiting }, 15);
     $tr->{drain} = { ok => $ok ? 1 : 0, lacking => [ map { $_->drain_report } @waiting ] };
+    $tr->{t_drained} = now();
     $_->stop for @{ $self->{clients} };
     $self->read_back;
+    $tr->{t_read_back} = now();
     $self->settle_workers;
 }
 
@@ -440,11 +453,13 @@ sub read_back {
     my $tr = $self->{trace};
     for my $ch (0 .. $#{ $tr->{chan} }) {
         my ($cursor, @msgs, $err) = ('0-0');
+        my $t_first = now();
         for (1 .. 60) {
             my $h = $self->request(port => $self->port(0), method => 'GET',
                                    path => "/$tr->{zone}/poll/new?ch=$tr->{chan}[$ch]",
                                    headers => [ 'Last-Event-ID' => $cursor ]);
             $self->pump(sub { $h->done }, 10);
+            last if $h->{status} == 204;   # nothing (more) retained: it waited for the timeout
             if ($h->{status} != 200) { $err = "read-back answered $h->{status} ($h->{end})"; last }
             my $j = eval { $JSON->decode($h->{body}) };
             if (!$j || ref $j->{messages} ne 'ARRAY') { $err = 'read-back answer not JSON'; last }
@@ -452,7 +467,7 @@ sub read_back {
             $cursor = $j->{last_event_id};
             last if grep { ($_->{data} // '') eq 'END' } @{ $j->{messages} };
         }
-        $tr->{readback}{$ch} = { messages => \@msgs, error => $err, t => now() };
+        $tr->{readback}{$ch} = { messages => \@msgs, error => $err, t_first => $t_first, t => now() };
     }
 }
 
@@ -520,7 +535,7 @@ sub open {
     # EventSource: the URL stays; Last-Event-ID is the last id seen, once there is one
     my $hdr = defined $s->{last_id} ? $s->{last_id} : $s->{hdr};
     my $conn = { t_req => now(), header_cursor => $hdr, arg_cursor => $s->{arg}, cursor_kind => $s->{cursor_kind},
-                 events => [], paused => [], slow => $spec->{reading} eq 'slow' ? 1 : 0, status => 0,
+                 events => [], paused => [], slow => $spec->{reading} eq 'slow' && !$s->{hurry} ? 1 : 0, status => 0,
                  channels => [ @{ $s->{chs} } ] };
     push @{ $s->{rec}{conns} }, $conn;
     $s->{parser} = SseParser->new;
@@ -529,7 +544,7 @@ sub open {
     if ($spec->{proto} eq 'h2' || $spec->{proto} eq 'curl1.1') {
         $s->{cur} = Model::Runner::CurlSse->new($s, $conn, url => 'http://127.0.0.1:'
             . $r->port($spec->{proto} eq 'h2' ? 2 : 0) . $path, http2 => $spec->{proto} eq 'h2',
-            headers => \%h, limit_rate => $conn->{slow} ? '300k' : undef);
+            headers => \%h, limit_rate => $conn->{slow} ? '500k' : undef);
     } else {
         my $http = Model::Http->new(
             port => $r->port(0), method => 'GET', path => $path, headers => [ %h ], version => $spec->{proto},
@@ -607,6 +622,18 @@ sub restart {
     $s->start($kind);
 }
 
+sub hurry {
+    my $s = shift;
+    return if $s->{done};
+    $s->{hurry} = 1;
+    $s->{pause_until} = now() if $s->{paused};
+    $s->tick(now());
+    my $cur = $s->{cur};
+    return unless $cur && !$cur->done && $s->conn->{slow};
+    if ($cur->isa('Model::Http')) { $cur->{slow} = 0 }
+    else { $s->drop(0) }   # curl cannot change its rate: the client resumes at full speed
+}
+
 sub stop {
     my $s = shift;
     $s->{done} = 1;
@@ -658,6 +685,8 @@ sub drained {
     for my $ch ($s->active($conn)) {
         my $end = $by_channel{$ch} or next;
         next if defined $cursor && !Model::Judge::id_gt($end, $cursor);   # a future cursor
+        # first_message newest, and END was sent before this stream attached
+        next if !defined $cursor && $s->{spec}{mode} eq 'new' && $s->{r}{end_sent}{$ch} < $conn->{t_head};
         return 0 unless $got{$end};
     }
     return 1;
@@ -678,7 +707,8 @@ use warnings;
 
 sub new {
     my ($class, $client, $conn, %o) = @_;
-    my $c = CurlStream->new(%o, max_time => 300);
+    my $c = CurlStream->new(%o, max_time => 300,
+        $ENV{MODEL_CURL_LOG} ? (stderr => "$ENV{MODEL_CURL_LOG}/curl-" . Time::HiRes::time() . '.log') : ());
     return bless { c => $c, client => $client, conn => $conn }, $class;
 }
 
@@ -711,7 +741,7 @@ sub on_readable {
         $conn->{body} = $c->body if $conn->{status} != 200;
         $conn->{curl_exit} = $c->exit_code;
         # curl exits 0 when the response ended as framed (chunked end / END_STREAM)
-        $s->{client}->ended($conn, $c->exit_code == 0 ? 'clean' : 'eof');
+        $s->{client}->ended($conn, $c->clean_exit ? 'clean' : 'eof');
     }
 }
 
@@ -843,6 +873,12 @@ sub restart {
     $s->start($kind);
 }
 
+sub hurry {
+    my $s = shift;
+    $s->{pause_until} = undef;
+    $s->{next_at} = now() if $s->{next_at} && $s->{next_at} > now();
+}
+
 sub stop {
     my $s = shift;
     $s->{stopped} = 1;
@@ -871,9 +907,12 @@ sub drained {
     my %by_channel = map { $s->{r}{trace}{chan}[$_] => $ends->{$_} } keys %$ends;
     for my $ch (@{ $s->{chs} }) {
         my $end = $by_channel{$ch} or next;
-        next if defined $s->{cursor} && Model::Judge::valid_id($s->{cursor}) && !Model::Judge::id_gt($end, $s->{cursor})
-             && !$s->{seen_end}{$end};
-        return 0 unless $s->{seen_end}{$end};
+        next if $s->{seen_end}{$end};
+        # a cursor at or past END (a future cursor, or the first answer of a chain that
+        # started after END with first_message newest)
+        next if Model::Judge::valid_id($s->{cursor}) && !Model::Judge::id_gt($end, $s->{cursor});
+        next if !defined $s->{chain}{cursor} && $s->{spec}{mode} eq 'new' && $s->{r}{end_sent}{$ch} < $s->{chain}{t};
+        return 0;
     }
     return 1;
 }
@@ -906,7 +945,7 @@ sub on_readable {
     $s->{t_head} = Time::HiRes::time() if !$had && $c->head_seen;
     if ($c->eof) {
         $s->{conn}{curl_exit} = $c->exit_code;
-        $s->{client}->answered($s->{conn}, $c->status, $c->headers, $c->body, $c->exit_code == 0 ? 'clean' : 'eof', $s->{t_head});
+        $s->{client}->answered($s->{conn}, $c->status, $c->headers, $c->body, $c->clean_exit ? 'clean' : 'eof', $s->{t_head});
     }
 }
 
