@@ -24,6 +24,8 @@ namespace {
 constexpr ngx_msec_t kCollectInterval = 1000;
 constexpr ngx_msec_t kRetryInterval = 100;   // a pass that failed (memory) tries again
 constexpr uint64_t kTrimAfter = 256;          // subscribers gone since the last heap trim
+constexpr ngx_msec_t kTrimDelay = 1000;       // a trim waits this long: long-poll loops empty the
+                                              // registry all the time, and a trim costs page faults
 constexpr size_t kFlushSlice = 1024;          // subscribers written to between event-loop turns
 constexpr size_t kSpareBatches = 4;
 constexpr size_t kBatchSlack = kMaxChannels * 256;
@@ -33,6 +35,7 @@ size_t       nruntime;
 ngx_event_t  collect_timer;                   // housekeeping in worker 0 only
 bool         shutting_down;
 uint64_t     gone_since_trim;                 // subscribers detached since the heap was trimmed
+ngx_event_t  trim_timer;
 
 uintptr_t zone_key(const WorkerZone *wz) { return reinterpret_cast<uintptr_t>(wz->conf->shm_zone->shm.addr); }
 
@@ -96,6 +99,7 @@ void release_batches(WorkerZone *wz) {
     while (!wz->batches.empty() && wz->batches.front().pass < oldest_needed) {
         batch_give(wz, wz->batches.front().batch);
         wz->batches.pop_front();
+        wz->released++;
     }
 }
 
@@ -175,6 +179,18 @@ void woken_handler(uintptr_t key) {
     for (size_t i = 0; i < nruntime; i++) {
         if (runtime[i] != nullptr && zone_key(runtime[i]) == key) delivery_woken(runtime[i]);
     }
+}
+
+// Thousands of parked requests leave freed memory between live blocks, which glibc keeps;
+// once a worker holds no subscriber any more, it goes back to the system.
+void trim_handler(ngx_event_t *) noexcept {
+    for (size_t i = 0; i < nruntime; i++) {
+        if (runtime[i] != nullptr && runtime[i]->session.size() != 0) return;
+    }
+    gone_since_trim = 0;
+#if defined(__GLIBC__)
+    malloc_trim(0);
+#endif
 }
 
 void collect_handler(ngx_event_t *ev) noexcept {
@@ -283,6 +299,9 @@ ngx_int_t delivery_init_worker(ngx_cycle_t *cycle, MainConf *mcf) {
         if (runtime[i] == nullptr) return NGX_ERROR;
     }
     if (wake_init_worker(cycle, WakeHandlers{woken_handler, delivery_shutdown}) != NGX_OK) return NGX_ERROR;
+    trim_timer.handler = trim_handler;
+    trim_timer.log = cycle->log;
+    trim_timer.cancelable = 1;
     if (ngx_worker == 0 && nruntime > 0) {
         collect_timer.handler = collect_handler;
         collect_timer.log = cycle->log;
@@ -294,6 +313,7 @@ ngx_int_t delivery_init_worker(ngx_cycle_t *cycle, MainConf *mcf) {
 
 void delivery_exit_worker() {
     if (collect_timer.timer_set) ngx_del_timer(&collect_timer);
+    if (trim_timer.timer_set) ngx_del_timer(&trim_timer);
     for (size_t i = 0; i < nruntime; i++) {
         if (runtime[i] != nullptr) stop_zone(runtime[i]);
         runtime[i] = nullptr;
@@ -436,13 +456,8 @@ void delivery_detach(Subscriber *sub) {
     }
     sub->nactive = 0;
     sub->attached = false;
-    // Thousands of parked requests leave freed memory between live blocks, which glibc
-    // keeps; once a worker's subscribers are all gone, it goes back to the system.
-    if (++gone_since_trim >= kTrimAfter && wz->session.size() == 0) {
-        gone_since_trim = 0;
-#if defined(__GLIBC__)
-        malloc_trim(0);
-#endif
+    if (++gone_since_trim >= kTrimAfter && wz->session.size() == 0 && !trim_timer.timer_set) {
+        ngx_add_timer(&trim_timer, kTrimDelay);
     }
 }
 

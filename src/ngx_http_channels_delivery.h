@@ -85,6 +85,7 @@ struct WorkerZone final : StoreListener {
     std::deque<PassBatch> batches;        // what touched subscribers may point into
     std::vector<Batch *> spare;           // batches to reuse
     uint64_t    pass = 0;
+    uint64_t    released = 0;             // batches released so far: pointers into older ones are stale
     uint64_t    wake_bits = 0;            // other workers to wake (ngx_http_channels_wake.cpp)
     ngx_event_t deliver_event{};          // posted after a publish or a wake-up
     ngx_event_t flush_event{};            // the rest of a sliced flush, after other events

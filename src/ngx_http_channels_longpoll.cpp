@@ -13,6 +13,7 @@
 #include "channels/json.h"
 #include "channels/json_writer.h"
 #include "ngx_http_channels_delivery.h"
+#include "ngx_http_channels_frame.h"
 #include "ngx_http_channels_fault.h"
 #include "ngx_http_channels_jwt.h"
 #include "ngx_http_channels_request.h"
@@ -21,15 +22,41 @@ namespace channels {
 namespace {
 
 constexpr size_t kMaxJsonMessages = 100;
-constexpr size_t kAnswerBytes = 1024 * 1024;
+constexpr size_t kAnswerBytes = 1024 * 1024;   // encoded, in an answer (but one message)
 constexpr ngx_uint_t kHttpGone = 410;   // nginx names no constant for it
 
 struct Answer {
-    const MessageCopy *items[kMaxJsonMessages];
+    const MessageCopy *items[kMaxJsonMessages];   // the first n are set
     size_t n = 0;
     size_t bytes = 0;   // encoded data so far
     bool gap = false;
 };
+
+// Waiters of a channel woken by the same pass mostly answer with the same messages: the
+// JSON body is built once and shared (reference-counted) by every such answer. Entries
+// hold pointers into the pass's batch, so the cache is emptied when a batch is released.
+struct SharedBody {
+    const MessageCopy *first = nullptr;
+    size_t n = 0;
+    bool gap = false;
+    Frame *body = nullptr;
+};
+
+struct BodyCache {
+    const WorkerZone *wz = nullptr;
+    uint64_t released = 0;
+    SharedBody entries[8];
+    size_t next = 0;
+
+    void clear() {
+        for (SharedBody &e : entries) {
+            frame_unref(e.body);
+            e = SharedBody{};
+        }
+    }
+};
+
+BodyCache body_cache;   // one per worker (all waiters run in its event loop)
 
 size_t answer_limit(const LocConf *lcf) { return lcf->longpoll_raw ? 1 : kMaxJsonMessages; }
 
@@ -82,8 +109,54 @@ ngx_int_t common_headers(ngx_http_request_t *r, MessageId cursor) {
     return NGX_OK;
 }
 
-// 200 with what the answer holds (never empty).
-ngx_int_t answer_messages(ngx_http_request_t *r, const Answer &a) {
+Frame *answer_body(const Answer &a) noexcept {
+    return frame_build(false, [&](auto &sink) { put_answer(sink, a); });
+}
+
+// The body for a live answer: shared with the other waiters answered by the same pass.
+Frame *shared_body(WorkerZone *wz, const Answer &a) noexcept {
+    BodyCache &cache = body_cache;
+    if (cache.wz != wz || cache.released != wz->released) {
+        cache.clear();
+        cache.wz = wz;
+        cache.released = wz->released;
+    }
+    for (SharedBody &e : cache.entries) {
+        if (e.body != nullptr && e.first == a.items[0] && e.n == a.n && e.gap == a.gap) {
+            frame_ref(e.body);
+            return e.body;
+        }
+    }
+    Frame *body = answer_body(a);
+    if (body == nullptr) return nullptr;
+    SharedBody &slot = cache.entries[cache.next++ % 8];
+    frame_unref(slot.body);
+    slot = SharedBody{a.items[0], a.n, a.gap, body};
+    frame_ref(body);
+    return body;
+}
+
+void release_body(void *data) noexcept { frame_unref(static_cast<Frame *>(data)); }
+
+// 200 with the JSON body in a shared frame, kept until the request is freed.
+ngx_int_t send_shared(ngx_http_request_t *r, Frame *body) {
+    ngx_pool_cleanup_t *cln = ngx_pool_cleanup_add(r->pool, 0);
+    if (cln == nullptr) {
+        frame_unref(body);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+    cln->handler = release_body;
+    cln->data = body;
+    ngx_buf_t *b = static_cast<ngx_buf_t *>(ngx_calloc_buf(r->pool));
+    if (b == nullptr) return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    b->start = b->pos = body->data;
+    b->end = b->last = body->data + body->len;
+    b->memory = 1;
+    return send_buffer(r, NGX_HTTP_OK, "application/json", b);
+}
+
+// 200 with what the answer holds (never empty); wz: a live answer, its body shared.
+ngx_int_t answer_messages(ngx_http_request_t *r, const Answer &a, WorkerZone *wz = nullptr) {
     if (fault::hit(fault::Site::longpoll_answer)) return NGX_HTTP_INTERNAL_SERVER_ERROR;
     LocConf *lcf = loc_conf(r);
     if (lcf->longpoll_raw) {
@@ -94,6 +167,10 @@ ngx_int_t answer_messages(ngx_http_request_t *r, const Answer &a) {
                          m.data);
     }
     if (common_headers(r, a.items[a.n - 1]->id) != NGX_OK) return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    if (wz != nullptr) {
+        Frame *body = shared_body(wz, a);
+        return body != nullptr ? send_shared(r, body) : NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
     SizeSink size;
     put_answer(size, a);
     ngx_buf_t *b = ngx_create_temp_buf(r->pool, size.size());
@@ -130,7 +207,8 @@ public:
                 failed_ = true;
                 return;
             }
-            new (answer_) Answer();
+            answer_->n = 0;
+            answer_->bytes = 0;
             answer_->gap = gap_;
         }
         add(*answer_, m, limit_);
@@ -146,7 +224,7 @@ public:
         if (failed_) {
             finish(NGX_HTTP_INTERNAL_SERVER_ERROR);
         } else if (answer_ != nullptr && answer_->n > 0) {
-            finish(answer_messages(request_, *answer_));
+            finish(answer_messages(request_, *answer_, wz));
         } else if (deleted_) {
             finish(answer_empty(request_, kHttpGone, reply_cursor));
         }
@@ -209,7 +287,9 @@ ngx_int_t wait_or_answer(ngx_http_request_t *r, LongpollWaiter *sub, const Chann
     if (!delivery_alloc_links(sub, n, r->pool) || !delivery_prepare(wz, args.list, locals)) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
-    Batch *page = batch_take(wz, kAnswerBytes);
+    // An answer read at once takes at most a page of data (the next request gets the rest
+    // at once): the batch is the worker's recycled page-sized one, nothing to allocate.
+    Batch *page = batch_take(wz, kPageBytes);
     if (page == nullptr) {
         delivery_discard(wz, locals, n);
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -223,7 +303,7 @@ ngx_int_t wait_or_answer(ngx_http_request_t *r, LongpollWaiter *sub, const Chann
     q.existing_only = lcf->existing_only;
     q.attach_only_if_empty = true;
     q.limit = answer_limit(lcf);
-    q.byte_limit = kAnswerBytes;
+    q.byte_limit = kPageBytes;
     SubscribeResult res = wz->store->subscribe(wz->session, q, sub->positions, *page);
     if (res.status == SubscribeStatus::ok && page->need_bytes > 0 && batch_grow(page)) {
         page->clear();   // one message larger than a page: read again with room for it

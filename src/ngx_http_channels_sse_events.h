@@ -18,6 +18,13 @@ void put_message_event(Sink &sink, const MessageCopy &m, bool named) {
     put_sse_event(sink, {id, format_id(m.id, id)}, event, m.data);
 }
 
+// Counting needs the id's length only.
+inline void put_message_event(SizeSink &sink, const MessageCopy &m, bool named) {
+    char placeholder[kMaxIdText] = {};
+    std::string_view event = !m.event.empty() ? m.event : (named ? m.channel_id : std::string_view{});
+    put_sse_event(sink, {placeholder, id_text_size(m.id)}, event, m.data);
+}
+
 namespace sse_events_detail {
 
 // Small JSON data (a channel id and two ids) in a stack buffer.

@@ -10,17 +10,38 @@ namespace {
 constexpr uint64_t kMsLimit = uint64_t{1} << 63;  // ms must stay below this
 constexpr uint64_t kSeqLimit = uint64_t{1} << 32;  // seq must stay below this
 
+size_t decimal_digits(uint64_t v)
+{
+    size_t n = 1;
+    while (v >= 10000) {
+        v /= 10000;
+        n += 4;
+    }
+    return n + (v >= 10) + (v >= 100) + (v >= 1000);
+}
+
+// Two digits at a time, from the end (ids are formatted for every event sent).
+constexpr char kDigitPairs[] =
+    "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+    "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+    "8081828384858687888990919293949596979899";
+
 // Writes v in decimal at out, returns the digit count.
 size_t write_decimal(uint64_t v, char *out)
 {
-    char tmp[20];
-    size_t n = 0;
-    do {
-        tmp[n++] = static_cast<char>('0' + v % 10);
-        v /= 10;
-    } while (v != 0);
-    for (size_t i = 0; i < n; i++) {
-        out[i] = tmp[n - 1 - i];
+    size_t n = decimal_digits(v);
+    char *p = out + n;
+    while (v >= 100) {
+        const char *pair = kDigitPairs + 2 * (v % 100);
+        v /= 100;
+        *--p = pair[1];
+        *--p = pair[0];
+    }
+    if (v >= 10) {
+        *--p = kDigitPairs[2 * v + 1];
+        *--p = kDigitPairs[2 * v];
+    } else {
+        *--p = static_cast<char>('0' + v);
     }
     return n;
 }
@@ -54,6 +75,11 @@ size_t format_id(MessageId id, char *out)
     size_t n = write_decimal(id.ms, out);
     out[n++] = '-';
     return n + write_decimal(id.seq, out + n);
+}
+
+size_t id_text_size(MessageId id)
+{
+    return decimal_digits(id.ms) + 1 + decimal_digits(id.seq);
 }
 
 std::optional<MessageId> parse_id(std::string_view text)

@@ -30,6 +30,9 @@ inline constexpr size_t kMaxIdText = 31;
 // Returns the number of bytes written.
 size_t format_id(MessageId id, char *out);
 
+// The length format_id() writes, without writing.
+size_t id_text_size(MessageId id);
+
 // Parses "<digits>-<digits>" exactly (no sign, no spaces, ms < 2^63, seq < 2^32).
 // Anything else is nullopt: a malformed cursor is treated as absent, never an error.
 // Leading zeros are accepted ("007-01" is {7, 1}); format_id never writes them.

@@ -20,6 +20,7 @@ class SizeSink {
 public:
     void put(std::string_view s) { n_ += s.size(); }
     void put(char) { n_++; }
+    void add(size_t n) { n_ += n; }
     size_t size() const { return n_; }
 
 private:

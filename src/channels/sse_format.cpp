@@ -5,9 +5,20 @@ namespace channels {
 
 size_t sse_event_size(std::string_view id, std::string_view event, std::string_view data)
 {
-    SizeSink sink;
-    put_sse_event(sink, id, event, data);
-    return sink.size();
+    using namespace sse_detail;
+    // Every line costs "data: " + "\n"; the breaks themselves are not copied.
+    bool cr = has_cr(data);
+    size_t lines = 1, break_bytes = 0;
+    for (size_t br = find_break(data, 0, cr); br != std::string_view::npos;) {
+        size_t next = skip_break(data, br);
+        lines++;
+        break_bytes += next - br;
+        br = find_break(data, next, cr);
+    }
+    auto field = [](std::string_view name, std::string_view value) {
+        return value.empty() ? 0 : name.size() + value.size() + 1;
+    };
+    return field("id: ", id) + field("event: ", event) + lines * 7 + (data.size() - break_bytes) + 1;
 }
 
 void append_sse_event(std::string &out, std::string_view id, std::string_view event, std::string_view data)

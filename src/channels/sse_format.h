@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <string_view>
 
@@ -14,13 +15,20 @@ namespace channels {
 
 namespace sse_detail {
 
-// Position of the next CR or LF at or after from, or npos.
-inline size_t find_break(std::string_view s, size_t from) {
+// Position of the next line break at or after from, or npos. Most payloads hold no CR:
+// then only LF is looked for, with memchr (vectorized).
+inline size_t find_break(std::string_view s, size_t from, bool has_cr) {
+    if (!has_cr) {
+        const void *lf = from < s.size() ? std::memchr(s.data() + from, '\n', s.size() - from) : nullptr;
+        return lf == nullptr ? std::string_view::npos : size_t(static_cast<const char *>(lf) - s.data());
+    }
     for (size_t i = from; i < s.size(); i++) {
         if (s[i] == '\n' || s[i] == '\r') return i;
     }
     return std::string_view::npos;
 }
+
+inline bool has_cr(std::string_view s) { return !s.empty() && std::memchr(s.data(), '\r', s.size()) != nullptr; }
 
 // Position just after the line break at br (CRLF counts as one break).
 inline size_t skip_break(std::string_view s, size_t br) {
@@ -49,9 +57,10 @@ void put_sse_event(Sink &sink, std::string_view id, std::string_view event, std:
     using namespace sse_detail;
     put_field(sink, "id: ", id);
     put_field(sink, "event: ", event);
+    bool cr = has_cr(data);
     size_t pos = 0;
     for (;;) {
-        size_t br = find_break(data, pos);
+        size_t br = find_break(data, pos, cr);
         size_t end = br == std::string_view::npos ? data.size() : br;
         sink.put(std::string_view("data: "));
         sink.put(data.substr(pos, end - pos));
@@ -66,6 +75,11 @@ void append_sse_event(std::string &out, std::string_view id, std::string_view ev
 
 // Exact number of bytes put_sse_event writes.
 size_t sse_event_size(std::string_view id, std::string_view event, std::string_view data);
+
+// Counting an event needs no writing.
+inline void put_sse_event(SizeSink &sink, std::string_view id, std::string_view event, std::string_view data) {
+    sink.add(sse_event_size(id, event, data));
+}
 
 // ":<text>\n\n" keep-alive comment (text may be empty; must not contain CR or LF).
 void append_sse_comment(std::string &out, std::string_view text);
