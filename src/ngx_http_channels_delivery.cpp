@@ -58,8 +58,8 @@ uint64_t fan_out(WorkerZone *wz, const MessageCopy &m) {
     // Subscribers never unlink during on_message (leaving is deferred to on_flush).
     for (ngx_queue_t *q = ngx_queue_head(&lc->links); q != ngx_queue_sentinel(&lc->links); q = ngx_queue_next(q)) {
         Link *link = ngx_queue_data(q, Link, in_channel);
-        Subscriber *sub = link->sub;
-        size_t index = size_t(link - sub->links);
+        Subscriber *sub = link_owner(link);
+        size_t index = link->index;
         if (!sub->positions[index].active || m.id <= sub->cursor) continue;
         sub->on_message(m, index, frames);
         touch(wz, sub);
@@ -76,10 +76,10 @@ void announce_losses(WorkerZone *wz, const Batch &b) {
         if (lc == nullptr) continue;
         for (ngx_queue_t *q = ngx_queue_head(&lc->links); q != ngx_queue_sentinel(&lc->links); q = ngx_queue_next(q)) {
             Link *link = ngx_queue_data(q, Link, in_channel);
-            size_t index = size_t(link - link->sub->links);
-            if (!link->sub->positions[index].active) continue;
-            link->sub->on_lost(index, g.upto);
-            touch(wz, link->sub);
+            Subscriber *sub = link_owner(link);
+            if (!sub->positions[link->index].active) continue;
+            sub->on_lost(link->index, g.upto);
+            touch(wz, sub);
         }
     }
     if (b.all_lost == MessageId{}) return;
@@ -358,19 +358,21 @@ void delivery_shutdown() {
 // ---- subscribers ----
 
 bool delivery_alloc_links(Subscriber *sub, size_t n, ngx_pool_t *pool) {
-    size_t size = n * (sizeof(Link) + sizeof(ReadPosition));
+    size_t size = sizeof(Subscriber *) + n * (sizeof(Link) + sizeof(ReadPosition));
     void *mem = pool != nullptr ? ngx_pcalloc(pool, size) : ngx_calloc(size, ngx_cycle->log);
     if (mem == nullptr) return false;
     sub->links_pool = pool;
-    sub->links = static_cast<Link *>(mem);
+    *static_cast<Subscriber **>(mem) = sub;   // what link_owner() finds
+    sub->links = reinterpret_cast<Link *>(static_cast<Subscriber **>(mem) + 1);
     sub->positions = reinterpret_cast<ReadPosition *>(sub->links + n);
+    for (size_t i = 0; i < n; i++) sub->links[i].index = uint8_t(i);
     for (size_t i = 0; i < n; i++) new (&sub->positions[i]) ReadPosition();
     sub->nlinks = n;
     return true;
 }
 
 void delivery_free_links(Subscriber *sub) {
-    if (sub->links_pool == nullptr) ngx_free(sub->links);
+    if (sub->links_pool == nullptr && sub->links != nullptr) ngx_free(reinterpret_cast<Subscriber **>(sub->links) - 1);
     sub->links = nullptr;
     sub->positions = nullptr;
     sub->nlinks = 0;
@@ -397,7 +399,6 @@ void delivery_attach(Subscriber *sub, LocalChannel **locals, size_t n) {
     WorkerZone *wz = sub->wz;
     for (size_t i = 0; i < n; i++) {
         wz->session.commit(locals[i]);
-        sub->links[i].sub = sub;
         sub->positions[i].channel = locals[i];
         ngx_queue_insert_tail(&locals[i]->links, &sub->links[i].in_channel);
     }

@@ -17,12 +17,17 @@ namespace channels {
 class Subscriber;
 struct WorkerZone;
 
-// One subscriber's membership of one channel: links[i] goes with positions[i].
+// One subscriber's membership of one channel: links[i] goes with positions[i]. The
+// links of a subscriber follow a pointer to it in one allocation (link_owner()).
 struct Link {
     ngx_queue_t in_channel;    // LocalChannel::links
-    Subscriber *sub;
-    MessageId   seen;          // live: the channel's messages up to here were given or told lost
+    PackedId    seen;          // live: the channel's messages up to here were given or told lost
+    uint8_t     index;         // its place in the subscriber's links
 };
+
+inline Subscriber *link_owner(Link *link) {
+    return reinterpret_cast<Subscriber *const *>(link - link->index)[-1];
+}
 
 // A queue link that knows its owner (Subscriber is not standard-layout).
 struct SubscriberNode {

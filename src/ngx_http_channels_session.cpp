@@ -6,7 +6,7 @@ namespace channels {
 namespace {
 
 uint32_t hash_of(std::string_view id) {
-    return ngx_crc32_short(reinterpret_cast<u_char *>(const_cast<char *>(id.data())), id.size());
+    return ngx_crc32_short(reinterpret_cast<u_char *>(const_cast<char *>(id.data())), id.size()) & 0xffffff;
 }
 
 constexpr size_t kFirstBuckets = 16;
@@ -59,10 +59,9 @@ LocalChannel *ZoneSession::prepare(std::string_view id) {
     if (lc == nullptr) return nullptr;
     lc->next = nullptr;
     lc->key = 0;
-    lc->generation = 0;
     lc->count = 0;
     lc->hash = hash_of(id);
-    lc->registered = false;
+    lc->registered = 0;
     ngx_queue_init(&lc->links);
     lc->len = uint8_t(id.size() - 1);
     ngx_memcpy(lc->id, id.data(), id.size());
@@ -72,7 +71,7 @@ LocalChannel *ZoneSession::prepare(std::string_view id) {
 
 void ZoneSession::commit(LocalChannel *lc) {
     if (lc->registered) return;
-    lc->registered = true;
+    lc->registered = 1;
     LocalChannel **bucket = &buckets_[lc->hash & (nbuckets_ - 1)];
     lc->next = *bucket;
     *bucket = lc;

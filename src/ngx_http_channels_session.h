@@ -19,15 +19,15 @@ extern "C" {
 
 namespace channels {
 
+// 40 bytes and the id: with a 16-byte id, one 64-byte heap chunk.
 struct LocalChannel {
-    LocalChannel *next;         // registry bucket chain
-    ChannelKey    key;          // the zone's channel, valid for `generation`
-    uint32_t      generation;
-    uint32_t      count;        // local subscribers holding it (kept by the store, under the lock)
-    uint32_t      hash;
-    bool          registered;
-    ngx_queue_t   links;        // delivery: its local subscribers' links
-    uint8_t       len;          // id length - 1
+    LocalChannel *next;             // registry bucket chain
+    ChannelKey    key;              // the zone's channel while count > 0
+    ngx_queue_t   links;            // delivery: its local subscribers' links
+    uint32_t      count : 31;       // local subscribers holding it (kept by the store, under the lock)
+    uint32_t      registered : 1;
+    uint32_t      hash : 24;        // of the id (the registry's buckets)
+    uint32_t      len : 8;          // id length - 1
     char          id[1];
 
     std::string_view name() const { return {id, size_t(len) + 1}; }

@@ -113,7 +113,7 @@ void merge_page(Zone &z, Channel *const *chs, ReadPosition *pos, size_t n, Messa
 ReadPosition first_position(Zone &z, Channel *ch, LocalChannel *lc, const SubscribeQuery &q) {
     ReadPosition p;
     p.channel = lc;
-    p.generation = z.sh()->generation;
+    p.generation = uint16_t(z.sh()->generation);
     p.positioned = true;
     if (q.has_cursor) {
         p.seq = z.seq_after(ch, q.cursor);
@@ -385,10 +385,10 @@ void ShmStore::read_page(ZoneSession &s, ReadPosition *pos, size_t n, MessageId 
         if (!pos[i].active) continue;
         auto *ch = reinterpret_cast<Channel *>(pos[i].channel->key);
         if (ch == nullptr) continue;   // lost in a rebuild that could not restore it
-        if (pos[i].generation != sh->generation) {
+        if (pos[i].generation != uint16_t(sh->generation)) {
             // The zone was rebuilt: find the place again by id; what was lost is a gap.
             pos[i].seq = z.seq_after(ch, cursor);
-            pos[i].generation = sh->generation;
+            pos[i].generation = uint16_t(sh->generation);
             if (z.trimmed_upto(ch) > cursor) add_gap(z, ch, uint16_t(i), out);
         }
         chs[i] = ch;

@@ -187,11 +187,11 @@ void FilterOutput::release() noexcept {
 
 bool SocketOutput::queue(Frame *f, ngx_log_t *log) noexcept {
     if (count_ == capacity_) {
-        uint32_t grown = capacity_ ? capacity_ * 2 : 8;
+        uint32_t grown = capacity_ * 2;
         auto *bigger = static_cast<Frame **>(ngx_alloc(grown * sizeof(Frame *), log));
         if (bigger == nullptr) return false;
         for (uint32_t i = 0; i < count_; i++) bigger[i] = ring_[(head_ + i) % capacity_];
-        ngx_free(ring_);
+        if (ring_ != inline_) ngx_free(ring_);
         ring_ = bigger;
         capacity_ = grown;
         head_ = 0;
@@ -259,14 +259,16 @@ ngx_int_t SocketOutput::write(ngx_connection_t *c) noexcept {
         c->sent += n;
         consume(size_t(n));
     }
+    if (count_ == 0 && ring_ != inline_) release();   // idle again: back to the inline slots
     return NGX_OK;
 }
 
 void SocketOutput::release() noexcept {
     while (count_ > 0) pop();
-    ngx_free(ring_);
-    ring_ = nullptr;
-    capacity_ = 0;
+    if (ring_ != inline_) ngx_free(ring_);
+    ring_ = inline_;
+    capacity_ = kInline;
+    head_ = 0;
 }
 
 // ---- detaching ----
@@ -284,7 +286,7 @@ void SseStream::detach_handler(ngx_event_t *ev) noexcept {
     if (sub->finished_) return;
     ngx_http_request_t *r = sub->request;
     bool idle = r->main->count == 1 && !r->blocked && !r->buffered && !r->connection->buffered &&
-                r->postponed == nullptr && sub->filters_.empty() && !sub->catching_up_;
+                r->postponed == nullptr && sub->filters().empty() && !sub->catching_up_;
     sub->want_detach_ = !idle;
     if (idle && !sub->detach()) return;   // closed
     sub->start_pings();
@@ -341,7 +343,8 @@ bool SseStream::detach() noexcept {
     c->write->handler = sse_detached_write;
     if (c->read->timer_set) ngx_del_timer(c->read);
     detached_ = true;
-    filters_ = FilterOutput();
+    out_.filters.~FilterOutput();   // its buffers went with the request pool
+    new (&out_.socket) SocketOutput();
     if (fault::hit(fault::Site::detach_read_event) || ngx_handle_read_event(c->read, 0) != NGX_OK) {
         abort_stream("cannot watch the connection of a detached stream");
         return false;
@@ -354,7 +357,7 @@ bool SseStream::detach() noexcept {
 
 void SseStream::close_detached() noexcept {
     stop();
-    socket_.release();
+    socket().release();
     delivery_free_links(this);
     ngx_connection_t *c = conn_;
     this->~SseStream();

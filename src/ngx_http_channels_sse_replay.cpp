@@ -25,9 +25,6 @@ ngx_int_t SseStream::start(ngx_http_cleanup_t *cln, const Batch &first_page, boo
                         ->send_timeout;
     timer_.data = this;
     timer_.log = conn_->log;
-    refill_event_.data = this;
-    refill_event_.log = conn_->log;
-    refill_event_.handler = refill_handler;
     catching_up_ = more;
     if (!queue_page(first_page, true) || write_output() != NGX_OK) return NGX_ERROR;
     if (catching_up_) schedule_refill();
@@ -71,7 +68,7 @@ bool SseStream::queue_page(const Batch &page, bool first) noexcept {
     if (!page.more) {
         catching_up_ = false;
         cursor = std::max(cursor, page.position);   // later ids come live
-        for (size_t i = 0; i < nlinks; i++) links[i].seen = cursor;
+        for (size_t i = 0; i < nlinks; i++) links[i].seen = PackedId::of(cursor);
     }
     if (leaving_) leave_deleted_channels();
     return true;
@@ -100,16 +97,9 @@ bool SseStream::refill() noexcept {
 }
 
 void SseStream::schedule_refill() noexcept {
-    if (!refill_event_.posted) {
-        ngx_post_event(&refill_event_, &ngx_posted_next_events);
+    if (!conn_->write->posted) {
+        ngx_post_event(conn_->write, &ngx_posted_next_events);
     }
-}
-
-void SseStream::refill_handler(ngx_event_t *ev) noexcept {
-    auto *sub = static_cast<SseStream *>(ev->data);
-    ngx_connection_t *c = sub->request_connection();
-    sub->send();
-    if (c != nullptr) ngx_http_run_posted_requests(c);
 }
 
 }  // namespace channels

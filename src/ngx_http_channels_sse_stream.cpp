@@ -28,14 +28,23 @@ SseStream::SseStream(ngx_http_request_t *r, WorkerZone *zone, bool multi_channel
 #if (NGX_HTTP_V2)
     copy_frames_ = r->stream != nullptr;
 #endif
-    filters_.init(r, copy_frames_);
+    filters().init(r, copy_frames_);
+}
+
+SseStream::~SseStream() {
+    ngx_free(expiry_);
+    if (detached_) {
+        out_.socket.~SocketOutput();
+    } else {
+        out_.filters.~FilterOutput();
+    }
 }
 
 // ---- Subscriber ----
 
 void SseStream::on_message(const MessageCopy &m, size_t index, MessageFrames &frames) noexcept {
     if (catching_up_ || failed_ || finished_) return;   // a replay in progress reads it in order
-    links[index].seen = m.id;
+    links[index].seen = PackedId::of(m.id);
     cursor = std::max(cursor, m.id);
     Frame *f;
     if (m.kind == EntryKind::deleted) {
@@ -57,8 +66,8 @@ void SseStream::on_message(const MessageCopy &m, size_t index, MessageFrames &fr
 // Each link remembers how far its channel was seen: a loss of one channel is told once,
 // before the stream passes it (its cursor moves with every channel's messages).
 void SseStream::on_lost(size_t index, MessageId upto) noexcept {
-    if (catching_up_ || failed_ || finished_ || upto <= links[index].seen) return;   // a replay finds its own gaps
-    links[index].seen = upto;
+    if (catching_up_ || failed_ || finished_ || upto <= links[index].seen.get()) return;   // a replay finds its own gaps
+    links[index].seen = PackedId::of(upto);
     std::string_view channel = positions[index].channel->name();
     Frame *gap = frame_build(detached_, [&](auto &sink) { put_gap_event(sink, channel, cursor, MessageId{}); });
     if (gap == nullptr || !queue(gap)) failed_ = true;
@@ -88,11 +97,11 @@ void SseStream::on_shutdown() noexcept {
     if (detached_) {
         stop();
         Frame *end = end_frame();
-        if (end != nullptr && socket_.queue(end, conn_->log)) socket_.write(conn_);   // one attempt
+        if (end != nullptr && socket().queue(end, conn_->log)) socket().write(conn_);   // one attempt
         close_detached();
         return;
     }
-    if (!filters_.empty() || conn_->buffered) {
+    if (!filters().empty() || conn_->buffered) {
         abort_stream("closing a stream that does not read, the worker is shutting down");
     } else {
         end_stream();
@@ -104,16 +113,16 @@ void SseStream::on_shutdown() noexcept {
 
 bool SseStream::queue(Frame *f) noexcept {
     if (fault::hit(fault::Site::sse_queue)) return false;
-    return detached_ ? socket_.queue(f, conn_->log) : filters_.queue(f);
+    return detached_ ? socket().queue(f, conn_->log) : filters().queue(f);
 }
 
 ngx_int_t SseStream::write_output() noexcept {
     if (detached_) {
-        if (socket_.write(conn_) != NGX_OK) return NGX_ERROR;
-        return arm_write_timer(!socket_.empty());
+        if (socket().write(conn_) != NGX_OK) return NGX_ERROR;
+        return arm_write_timer(!socket().empty());
     }
-    if (filters_.write() != NGX_OK) return NGX_ERROR;
-    return arm_write_timer(filters_.blocked());
+    if (filters().write() != NGX_OK) return NGX_ERROR;
+    return arm_write_timer(filters().blocked());
 }
 
 // Writes what is queued, and the next replay pages while the client keeps up.
@@ -169,7 +178,7 @@ void SseStream::end_stream() noexcept {
     if (detached_) {
         ending_ = true;
         Frame *end = end_frame();
-        if (end == nullptr || !socket_.queue(end, conn_->log)) {
+        if (end == nullptr || !socket().queue(end, conn_->log)) {
             close_detached();
             return;
         }
@@ -177,7 +186,7 @@ void SseStream::end_stream() noexcept {
         return;
     }
     ngx_http_request_t *r = request;
-    filters_.write(true);   // what was held back goes first
+    filters().write(true);   // what was held back goes first
     ngx_http_finalize_request(r, ngx_http_send_special(r, NGX_HTTP_LAST));
 }
 
@@ -203,11 +212,9 @@ void SseStream::stop() noexcept {
     catching_up_ = false;
     delivery_detach(this);
     if (timer_.timer_set) ngx_del_timer(&timer_);
-    if (expiry_.timer_set) ngx_del_timer(&expiry_);
-    for (ngx_event_t *ev : {&timer_, &refill_event_}) {
-        if (ev->posted) {
-            ngx_delete_posted_event(ev);
-        }
+    if (expiry_ != nullptr && expiry_->timer_set) ngx_del_timer(expiry_);
+    if (timer_.posted) {
+        ngx_delete_posted_event(&timer_);
     }
     if (conn_->write->timer_set) ngx_del_timer(conn_->write);
 }
@@ -218,7 +225,7 @@ void SseStream::release_request_mode() noexcept {
     } else if (!finished_) {
         delivery_detach(this);   // refused or failed before it started: no timers of ours
     }
-    filters_.release();
+    filters().release();
     delivery_free_links(this);
 }
 
@@ -266,12 +273,19 @@ void SseStream::on_write_event() noexcept {
 
 void SseStream::end_at(uint64_t at_ms) noexcept {
     if (at_ms == 0) return;
-    expiry_.handler = expiry_handler;
-    expiry_.data = this;
-    expiry_.log = conn_->log;
+    if (expiry_ == nullptr) {
+        expiry_ = static_cast<ngx_event_t *>(ngx_calloc(sizeof(ngx_event_t), conn_->log));
+        if (expiry_ == nullptr) {
+            abort_stream("out of memory arming a token's expiry");
+            return;
+        }
+    }
+    expiry_->handler = expiry_handler;
+    expiry_->data = this;
+    expiry_->log = conn_->log;
     expiry_ms_ = at_ms;
     uint64_t now = now_ms();
-    ngx_add_timer(&expiry_, at_ms > now ? ngx_msec_t(at_ms - now) : 0);
+    ngx_add_timer(expiry_, at_ms > now ? ngx_msec_t(at_ms - now) : 0);
 }
 
 // token-expired, then the end: the client reconnects with a fresh token and resumes.

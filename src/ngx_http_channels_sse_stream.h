@@ -66,13 +66,20 @@ public:
     size_t progress() const { return sent_; }
     void release() noexcept;
 
+    SocketOutput() = default;
+    SocketOutput(const SocketOutput &) = delete;
+    SocketOutput &operator=(const SocketOutput &) = delete;
+
 private:
+    static constexpr uint32_t kInline = 2;   // an idle stream holds no ring of its own
+
     void pop() noexcept;
     void consume(size_t n) noexcept;
     ssize_t write_some(ngx_connection_t *c) noexcept;
 
-    Frame **ring_ = nullptr;
-    uint32_t capacity_ = 0, head_ = 0, count_ = 0, head_sent_ = 0;
+    Frame *inline_[kInline] = {};
+    Frame **ring_ = inline_;
+    uint32_t capacity_ = kInline, head_ = 0, count_ = 0, head_sent_ = 0;
     size_t held_ = 0;
     size_t sent_ = 0;
 };
@@ -91,6 +98,7 @@ public:
     // Header sent; queues the stream's first bytes (retry, gaps, first page) and starts it.
     ngx_int_t start(ngx_http_cleanup_t *cln, const Batch &first_page, bool more) noexcept;
     void release_request_mode() noexcept;   // request cleanup
+    ~SseStream();
     // The stream ends at its token's exp (ms; 0: never) with token-expired (SPEC §10).
     void end_at(uint64_t at_ms) noexcept;
     bool finished() const { return finished_; }
@@ -114,10 +122,10 @@ private:
     void start_pings() noexcept;
     void client_closed() noexcept;
     ngx_connection_t *request_connection() const { return detached_ ? nullptr : conn_; }
-    size_t held() const { return detached_ ? socket_.held() : filters_.held(); }
-    size_t backlog() const { return detached_ ? socket_.backlog() : filters_.backlog(); }
-    size_t progress() const { return detached_ ? socket_.progress() : filters_.progress(); }
-    bool output_empty() const { return detached_ ? socket_.empty() : filters_.empty(); }
+    size_t held() const { return detached_ ? socket().held() : filters().held(); }
+    size_t backlog() const { return detached_ ? socket().backlog() : filters().backlog(); }
+    size_t progress() const { return detached_ ? socket().progress() : filters().progress(); }
+    bool output_empty() const { return detached_ ? socket().empty() : filters().empty(); }
     ngx_int_t write_output() noexcept;
     ngx_int_t arm_write_timer(bool blocked) noexcept;
     void leave_deleted_channels() noexcept;
@@ -125,6 +133,8 @@ private:
     // replay (ngx_http_channels_sse_replay.cpp)
     bool queue_page(const Batch &page, bool first) noexcept;
     bool refill() noexcept;
+    // The next pages come on the next event-loop turn, through the write event (a write
+    // handler takes spurious wake-ups): no event of its own.
     void schedule_refill() noexcept;
 
     // detaching (ngx_http_channels_sse_output.cpp)
@@ -134,15 +144,17 @@ private:
     void close_detached() noexcept;
 
     static void ping_handler(ngx_event_t *ev) noexcept;
-    static void refill_handler(ngx_event_t *ev) noexcept;
     static void detach_handler(ngx_event_t *ev) noexcept;
     static void expiry_handler(ngx_event_t *ev) noexcept;
+    FilterOutput &filters() { return out_.filters; }
+    SocketOutput &socket() { return out_.socket; }
+    const FilterOutput &filters() const { return out_.filters; }
+    const SocketOutput &socket() const { return out_.socket; }
 
     ngx_connection_t   *conn_;
     ngx_http_cleanup_t *cleanup_ = nullptr;
     ngx_event_t         timer_{};          // posted once to detach, then the ping timer
-    ngx_event_t         refill_event_{};   // the next replay page, after other events
-    ngx_event_t         expiry_{};         // the token's exp
+    ngx_event_t        *expiry_ = nullptr; // the token's exp (JWT), allocated when there is one
     uint64_t            expiry_ms_ = 0;
     ngx_msec_t          ping_interval_ = 0;
     ngx_msec_t          send_timeout_ = 0;
@@ -158,8 +170,13 @@ private:
     bool                failed_ = false;        // an event could not be queued: end at flush
     bool                want_detach_ = false;   // detach once the output is empty
     bool                finished_ = false;
-    FilterOutput        filters_;
-    SocketOutput        socket_;
+    // A stream writes through the filters until detached, then to the socket: one at a time.
+    union Output {
+        Output() : filters() {}
+        ~Output() {}
+        FilterOutput filters;
+        SocketOutput socket;
+    } out_;
 };
 
 }  // namespace channels

@@ -126,7 +126,7 @@ struct LocalChannel;
 struct ReadPosition {
     LocalChannel *channel = nullptr;
     uint32_t seq = 0;
-    uint32_t generation = 0;       // the zone generation seq belongs to
+    uint16_t generation = 0;       // (the low bits of) the zone generation seq belongs to
     bool active = true;            // false once left (deleted)
     bool positioned = false;
 };

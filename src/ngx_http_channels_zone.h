@@ -20,14 +20,6 @@ inline constexpr uint32_t kLayoutVersion = 3;
 
 struct Channel;
 
-// A message id stored in 12 bytes (MessageId pads to 16): used where a struct is counted.
-struct PackedId {
-    uint32_t ms_lo, ms_hi, seq;
-
-    static PackedId of(MessageId id) { return {uint32_t(id.ms), uint32_t(id.ms >> 32), id.seq}; }
-    MessageId get() const { return {uint64_t(ms_hi) << 32 | ms_lo, seq}; }
-};
-
 // Whether an entry is in its channel's ring (replayable), or out of it but still in the log
 // for a worker that holds subscribers of the channel and has not read it yet.
 enum class EntryState : uint8_t { retained, trimmed };

@@ -555,7 +555,6 @@ void Zone::sync(ZoneSession &s) {
     uint32_t held = 0;
     s.for_each([&](LocalChannel *lc) {
         lc->key = 0;
-        lc->generation = sh_->generation;
         if (lc->count == 0) return;
         Channel *ch = find(lc->name());
         Refusal why;
@@ -580,7 +579,6 @@ void Zone::attach(ZoneSession &s, Channel *ch, LocalChannel *lc) {
         s.held++;
     }
     lc->key = reinterpret_cast<ChannelKey>(ch);
-    lc->generation = sh_->generation;
     ch->subscribers++;
     if (!rec->active) {
         // Its first subscriber: the worker reads the log from here on, and nothing older
