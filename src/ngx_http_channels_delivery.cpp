@@ -215,6 +215,7 @@ WorkerZone *start_zone(ngx_cycle_t *cycle, ZoneConf *zone) {
     init_event(&wz->deliver_event, deliver_handler, wz, cycle->log);
     init_event(&wz->flush_event, flush_handler, wz, cycle->log);
     init_event(&wz->retry_timer, deliver_handler, wz, cycle->log);
+    wz->session.wake_nonce = wake_nonce();
     if (wz->store->start_worker(cycle, &wz->session, wz) != NGX_OK) {
         delete wz;
         return nullptr;
@@ -294,11 +295,12 @@ ngx_int_t delivery_init_worker(ngx_cycle_t *cycle, MainConf *mcf) {
     runtime = static_cast<WorkerZone **>(ngx_pcalloc(cycle->pool, nruntime * sizeof(WorkerZone *)));
     if (runtime == nullptr) return NGX_ERROR;
     auto **zones = static_cast<ZoneConf **>(mcf->zones.elts);
+    // The socket first: the zones' worker records carry its name.
+    if (wake_init_worker(cycle, WakeHandlers{woken_handler, delivery_shutdown}) != NGX_OK) return NGX_ERROR;
     for (size_t i = 0; i < nruntime; i++) {
         runtime[i] = start_zone(cycle, zones[i]);
         if (runtime[i] == nullptr) return NGX_ERROR;
     }
-    if (wake_init_worker(cycle, WakeHandlers{woken_handler, delivery_shutdown}) != NGX_OK) return NGX_ERROR;
     trim_timer.handler = trim_handler;
     trim_timer.log = cycle->log;
     trim_timer.cancelable = 1;

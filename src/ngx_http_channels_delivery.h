@@ -52,7 +52,7 @@ public:
 
     WorkerZone   *wz = nullptr;
     MessageId     cursor;          // the newest id it has been given (or skipped)
-    MessageId     attached_at;     // the zone's position when it subscribed
+    MessageId     news_after;      // deletions after it are news: its cursor, else its attachment
     Link         *links = nullptr;
     ReadPosition *positions = nullptr;
     size_t        nlinks = 0;

@@ -187,6 +187,27 @@ ngx_int_t answer_empty(ngx_http_request_t *r, ngx_uint_t status, MessageId curso
     return send_body(r, status, "text/plain", {});
 }
 
+// A refusal (404, 503) tells the client where it stands, like every long-poll answer.
+ngx_int_t refuse(ngx_http_request_t *r, SubscribeStatus status, std::string_view channel, MessageId cursor) {
+    if (add_cursor_header(r, cursor) != NGX_OK) return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    return send_refusal(r, status, channel);
+}
+
+// An answer from a first page: its messages up to a deletion (the next request, from the
+// last of them, gets the deletion), or 410 when the deletion comes first.
+ngx_int_t answer_page(ngx_http_request_t *r, const Batch &page, size_t limit) {
+    Answer a;
+    a.gap = !page.gaps.empty();
+    for (const MessageCopy &m : page.items) {
+        if (m.kind == EntryKind::deleted) {
+            if (a.n == 0) return answer_empty(r, kHttpGone, m.id);
+            break;
+        }
+        add(a, m, limit);
+    }
+    return answer_messages(r, a);
+}
+
 class LongpollWaiter final : public Subscriber {
 public:
     LongpollWaiter(ngx_http_request_t *r, WorkerZone *zone) : request_(r), limit_(answer_limit(loc_conf(r))) {
@@ -195,10 +216,14 @@ public:
 
     // Collects the pass's messages: the first pass that reaches a waiting request holds
     // everything after its cursor, so the answer needs no second look at the zone.
+    // A deletion ends what the answer takes: messages before it are answered, and the next
+    // request (from the last of them) learns of the deletion; without any, 410.
     void on_message(const MessageCopy &m, size_t, MessageFrames &) noexcept override {
+        if (deleted_) return;
         cursor = m.id;
         if (m.kind == EntryKind::deleted) {
             deleted_ = true;
+            deleted_at_ = m.id;
             return;
         }
         if (answer_ == nullptr) {
@@ -226,7 +251,7 @@ public:
         } else if (answer_ != nullptr && answer_->n > 0) {
             finish(answer_messages(request_, *answer_, wz));
         } else if (deleted_) {
-            finish(answer_empty(request_, kHttpGone, reply_cursor));
+            finish(answer_empty(request_, kHttpGone, deleted_at_));
         }
     }
 
@@ -267,6 +292,7 @@ private:
     ngx_event_t timeout_{};
     Answer *answer_ = nullptr;
     bool deleted_ = false;
+    MessageId deleted_at_;    // the deletion's id: a client polling on from it is past it
     bool failed_ = false;
     bool gap_ = false;        // messages after its cursor were lost before it waited
 };
@@ -313,18 +339,15 @@ ngx_int_t wait_or_answer(ngx_http_request_t *r, LongpollWaiter *sub, const Chann
         delivery_discard(wz, locals, n);
         ngx_int_t rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
         if (res.status != SubscribeStatus::ok) {
-            rc = send_refusal(r, res.status, args.list.ids[res.failed_index]);
+            rc = refuse(r, res.status, args.list.ids[res.failed_index], has_cursor ? client_cursor : wz->store->position());
         } else if (!page->items.empty()) {
-            Answer a;
-            for (const MessageCopy &m : page->items) add(a, m, q.limit);
-            a.gap = !page->gaps.empty();
-            rc = answer_messages(r, a);
+            rc = answer_page(r, *page, q.limit);
         }
         batch_give(wz, page);
         return rc;
     }
     delivery_attach(sub, locals, n);
-    sub->attached_at = res.attached_at;
+    sub->news_after = has_cursor ? std::min(client_cursor, res.attached_at) : res.attached_at;
     // Never below the client's own cursor: a host still mirroring Redis may get older ids.
     sub->cursor = has_cursor ? std::max(res.attached_at, client_cursor) : res.attached_at;
     sub->reply_cursor = has_cursor ? client_cursor : res.attached_at;
@@ -347,6 +370,10 @@ ngx_int_t handle(ngx_http_request_t *r) {
     bool has_cursor = request_cursor(r, &client_cursor);
 
     if (r->method & NGX_HTTP_HEAD) {   // the headers a GET would carry, at once
+        if (const std::string_view *missing = missing_channel(r, args)) {
+            return refuse(r, SubscribeStatus::not_found, *missing,
+                          has_cursor ? client_cursor : zone->store->position());
+        }
         if (common_headers(r, has_cursor ? client_cursor : zone->store->position()) != NGX_OK) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }

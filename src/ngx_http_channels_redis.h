@@ -43,13 +43,13 @@ public:
     void unsubscribe(ZoneSession &s, LocalChannel *const *lcs, size_t n, bool count_connection) override {
         local_->unsubscribe(s, lcs, n, count_connection);
     }
-    void read_page(ZoneSession &s, ReadPosition *positions, size_t n, MessageId cursor, MessageId attached_at,
+    void read_page(ZoneSession &s, ReadPosition *positions, size_t n, MessageId cursor, MessageId news_after,
                    size_t limit, size_t byte_limit, Batch &out) override {
-        local_->read_page(s, positions, n, cursor, attached_at, limit, byte_limit, out);
+        local_->read_page(s, positions, n, cursor, news_after, limit, byte_limit, out);
     }
     void read_log(ZoneSession &s, Batch &out, bool woken) override { local_->read_log(s, out, woken); }
-    size_t wake_targets(uint64_t bits, ngx_pid_t *pids, size_t max) override {
-        return local_->wake_targets(bits, pids, max);
+    size_t wake_targets(uint64_t bits, WakeTarget *targets, size_t max) override {
+        return local_->wake_targets(bits, targets, max);
     }
     void count_delivered(uint64_t n) override { local_->count_delivered(n); }
     void count_dropped_slow() override { local_->count_dropped_slow(); }

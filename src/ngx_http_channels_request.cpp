@@ -186,7 +186,19 @@ ngx_int_t send_unavailable(ngx_http_request_t *r, std::string_view reason) {
     return send_buffer(r, NGX_HTTP_SERVICE_UNAVAILABLE, "text/plain", b);
 }
 
+const std::string_view *missing_channel(ngx_http_request_t *r, const ChannelArgs &args) {
+    const LocConf *lcf = loc_conf(r);
+    if (!lcf->existing_only) return nullptr;
+    Store *store = zone_of(lcf)->store;
+    for (size_t i = 0; i < args.list.count; i++) {
+        if (!store->info(args.list.ids[i]).published) return &args.list.ids[i];
+    }
+    return nullptr;
+}
+
 ngx_int_t send_refusal(ngx_http_request_t *r, SubscribeStatus status, std::string_view channel) {
+    // A refusal is of this moment: no cache may keep it for the next attempt.
+    if (add_header(r, "Cache-Control", "no-cache") != NGX_OK) return NGX_HTTP_INTERNAL_SERVER_ERROR;
     switch (status) {
     case SubscribeStatus::not_found: {
         std::string_view prefix = "channel not found: ";

@@ -44,7 +44,10 @@ ngx_int_t add_cursor_header(ngx_http_request_t *r, MessageId id);
 // A subscriber refused for lack of room: 503 with Retry-After, logged at
 // channel_refusal_log_level.
 ngx_int_t send_unavailable(ngx_http_request_t *r, std::string_view reason);
-// The answer to a subscribe the store refused (404 or 503).
+// The answer to a subscribe the store refused (404 or 503), with Cache-Control: no-cache.
 ngx_int_t send_refusal(ngx_http_request_t *r, SubscribeStatus status, std::string_view channel);
+// channel_existing_only: the first channel of the list that does not exist, for answers
+// given without subscribing (HEAD); nullptr when all do (or the check is off).
+const std::string_view *missing_channel(ngx_http_request_t *r, const ChannelArgs &args);
 
 }  // namespace channels

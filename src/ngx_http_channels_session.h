@@ -64,6 +64,7 @@ public:
     uint32_t generation = 0;
     uint32_t counted_epoch = 0;
     uint32_t bit = 0;                 // its record's wake bit
+    uint32_t wake_nonce = 0;          // of its wake-up socket's name, for its record
     uint32_t held = 0;                // registry channels with count > 0 (kept by the store)
     uint64_t connections = 0;         // subscriber connections of this worker (kept by the store)
     ngx_log_t *log = nullptr;

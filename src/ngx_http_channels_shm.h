@@ -41,10 +41,10 @@ public:
     SubscribeResult subscribe(ZoneSession &s, const SubscribeQuery &q, ReadPosition *positions,
                               Batch &first_page) override;
     void unsubscribe(ZoneSession &s, LocalChannel *const *channels, size_t n, bool count_connection) override;
-    void read_page(ZoneSession &s, ReadPosition *positions, size_t n, MessageId cursor, MessageId attached_at,
+    void read_page(ZoneSession &s, ReadPosition *positions, size_t n, MessageId cursor, MessageId news_after,
                    size_t limit, size_t byte_limit, Batch &out) override;
     void read_log(ZoneSession &s, Batch &out, bool woken) override;
-    size_t wake_targets(uint64_t bits, ngx_pid_t *pids, size_t max) override;
+    size_t wake_targets(uint64_t bits, WakeTarget *targets, size_t max) override;
     void count_delivered(uint64_t n) override;
     void count_dropped_slow() override;
     ZoneStats stats() override;

@@ -71,10 +71,11 @@ Entry *entry_at(Zone &z, Channel *ch, ReadPosition &pos, uint16_t index, bool re
 
 // Merges the channels' entries after their positions into one page in id order: at most
 // `limit` entries and `byte_limit` bytes of data (but one message). Work: the page times the
-// channel count, whatever the history. A deletion marker newer than the reader's attachment
-// is part of the page, in order, and ends the reader's position in that channel. A reader
-// without a cursor (report_gaps false) is not told about expired entries it skips.
-void merge_page(Zone &z, Channel *const *chs, ReadPosition *pos, size_t n, MessageId attached_at,
+// channel count, whatever the history. A deletion marker newer than `news_after` (the
+// reader's cursor, else its attachment) is part of the page, in order, and ends the reader's
+// position in that channel. A reader without a cursor (report_gaps false) is not told about
+// expired entries it skips.
+void merge_page(Zone &z, Channel *const *chs, ReadPosition *pos, size_t n, MessageId news_after,
                 size_t limit, size_t byte_limit, bool report_gaps, Batch &out) {
     size_t data_bytes = 0;
     for (;;) {
@@ -91,8 +92,8 @@ void merge_page(Zone &z, Channel *const *chs, ReadPosition *pos, size_t n, Messa
         if (best_entry == nullptr) return;   // caught up
         Entry *e = best_entry;
         ReadPosition &p = pos[best];
-        if (e->kind == EntryKind::deleted && e->id <= attached_at) {
-            p.seq++;   // deleted before the reader subscribed: history, not news
+        if (e->kind == EntryKind::deleted && e->id <= news_after) {
+            p.seq++;   // deleted before the reader's cursor or subscription: history, not news
             continue;
         }
         bool full = out.items.size() >= limit ||
@@ -127,16 +128,16 @@ ReadPosition first_position(Zone &z, Channel *ch, LocalChannel *lc, const Subscr
     return p;
 }
 
-// Removes the channel's messages; when it has subscribers, a marker in the log (and its
-// ring) tells them, after any message published before it. Returns the wake bits.
+// Removes the channel's messages and leaves a marker in the log and its ring: it tells the
+// subscribers, after any message published before it, and any client that resumes from
+// before it later (the marker lives as long as a message would). Returns the wake bits.
 uint64_t delete_channel(Zone &z, Channel *ch, const MessageId *given, bool *marker_failed) {
     z.pin(ch);
     z.clear(ch);
     uint64_t wake = ch->wake_bits;
-    if (ch->subscribers > 0 || wake != 0) {
-        PublishInput marker{ch->name(), {}, {}, {}};
-        *marker_failed = z.append(ch, EntryKind::deleted, marker, given) == nullptr;
-    }
+    PublishInput marker{ch->name(), {}, {}, {}};
+    bool told = z.append(ch, EntryKind::deleted, marker, given) != nullptr;
+    *marker_failed = !told && (ch->subscribers > 0 || wake != 0);
     if (given != nullptr) z.sh()->last_id = std::max(z.sh()->last_id, *given);
     z.set_exists(ch, false);
     z.unpin(ch);
@@ -186,6 +187,7 @@ void ShmStore::publish_locally(PublishCall *call) {
         }
         z.set_exists(ch, true);
         z.trim_history(ch);
+        z.keep_headroom();
         lock.sh()->published++;
         call->status = PublishCall::Status::ok;
         call->id = e->id;
@@ -259,6 +261,7 @@ uint64_t ShmStore::ingest(EntryKind kind, MessageId id, const PublishInput &in) 
             }
             z.set_exists(ch, true);
             z.trim_history(ch);
+            z.keep_headroom();
             sh->published++;
             wake = ch->wake_bits;
             z.unpin(ch);
@@ -341,7 +344,8 @@ SubscribeResult ShmStore::subscribe(ZoneSession &s, const SubscribeQuery &q, Rea
         pos[i] = first_position(z, chs[i], q.locals[i], q);
         if (q.has_cursor && z.trimmed_upto(chs[i]) > q.cursor) add_gap(z, chs[i], uint16_t(i), page);
     }
-    merge_page(z, chs, pos, n, at, q.limit, q.byte_limit, q.has_cursor, page);
+    merge_page(z, chs, pos, n, q.has_cursor ? std::min(q.cursor, at) : at, q.limit, q.byte_limit, q.has_cursor,
+               page);
     page.position = at;
     bool answer_now = !page.items.empty() || page.need_bytes > 0;
     if (q.attach && !(q.attach_only_if_empty && answer_now)) {
@@ -372,7 +376,7 @@ void ShmStore::unsubscribe(ZoneSession &s, LocalChannel *const *lcs, size_t n, b
     z.release_read();   // this worker may need nothing any more
 }
 
-void ShmStore::read_page(ZoneSession &s, ReadPosition *pos, size_t n, MessageId cursor, MessageId attached_at,
+void ShmStore::read_page(ZoneSession &s, ReadPosition *pos, size_t n, MessageId cursor, MessageId news_after,
                          size_t limit, size_t byte_limit, Batch &out) {
     Channel *chs[kMaxChannels];
     ZoneLock lock(*this);
@@ -393,7 +397,7 @@ void ShmStore::read_page(ZoneSession &s, ReadPosition *pos, size_t n, MessageId 
         }
         chs[i] = ch;
     }
-    merge_page(z, chs, pos, n, attached_at, limit, byte_limit, true, out);
+    merge_page(z, chs, pos, n, news_after, limit, byte_limit, true, out);
     out.position = sh->last_id;
 }
 
@@ -409,16 +413,7 @@ void ShmStore::read_log(ZoneSession &s, Batch &out, bool woken) {
         out.position = sh->last_id;
         return;
     }
-    Entry *e = rec->bookmark;
-    if (e == nullptr) {
-        // The first entry after read_upto, from the tail: as far back as there is news.
-        ngx_queue_t *q = ngx_queue_last(&sh->log);
-        while (q != ngx_queue_sentinel(&sh->log) && (ngx_queue_data(q, Entry, in_log))->id > rec->read_upto) {
-            q = ngx_queue_prev(q);
-        }
-        q = ngx_queue_next(q);
-        e = q == ngx_queue_sentinel(&sh->log) ? nullptr : ngx_queue_data(q, Entry, in_log);
-    }
+    Entry *e = rec->bookmark;   // nullptr: it has read everything (Zone::append sets it)
     z.take_losses(rec, out);   // before the entries that come after them
     uint64_t bit = uint64_t(1) << rec->bit;
     size_t examined = 0;
@@ -440,12 +435,12 @@ void ShmStore::read_log(ZoneSession &s, Batch &out, bool woken) {
     z.release_read();
 }
 
-size_t ShmStore::wake_targets(uint64_t bits, ngx_pid_t *pids, size_t max) {
+size_t ShmStore::wake_targets(uint64_t bits, WakeTarget *targets, size_t max) {
     size_t n = 0;
     ZoneLock lock(*this);
     Zone z(*this, lock.sh(), 0);
     z.for_each_record([&](WorkerRecord *r) {
-        if (n < max && r->pid != ngx_pid && (bits >> r->bit & 1)) pids[n++] = r->pid;
+        if (n < max && r->pid != ngx_pid && (bits >> r->bit & 1)) targets[n++] = {r->pid, r->wake_nonce};
     });
     return n;
 }

@@ -134,12 +134,19 @@ ngx_int_t ShmStore::init(bool existing) noexcept {
     // A Redis zone mirrors the shared log from its start; others go on from the clock and
     // from any previous zone of this name (the id file is read later, in init_module).
     uint64_t first = 0;
+    MessageId previous;
     if (!redis_ids) {
-        MessageId previous = previous_zone_last_id(shm_zone_);
+        previous = previous_zone_last_id(shm_zone_);
         first = std::max(now_ms(), previous.ms + 1);
         seed_from_file_ = previous == MessageId{};   // a new zone of a reload goes on from the old one
     }
-    return create_root(first);
+    if (create_root(first) != NGX_OK) return NGX_ERROR;
+    if (previous != MessageId{}) {
+        // The old zone's messages are not carried over: cursors from it get channel-gap.
+        auto *sh = static_cast<Shared *>(pool_->data);
+        sh->gap_floor = sh->gc_floor = sh->last_id;
+    }
+    return NGX_OK;
 }
 
 // A worker died holding the lock in the middle of an update: queues, the tree or the slab
@@ -214,6 +221,8 @@ ngx_int_t ShmStore::open_id_file(ngx_cycle_t *cycle) {
         ZoneLock lock(*this);
         Shared *sh = lock.sh();
         if (sh->last_id < *saved) sh->last_id = *saved;
+        // The last run's messages are gone: cursors from it get channel-gap.
+        sh->gap_floor = sh->gc_floor = sh->last_id;
     }
     persist_mark();   // from the first publish on, the file is ahead of every id
     return NGX_OK;
@@ -335,14 +344,15 @@ void ShmStore::drop_dead_records(const ZoneSession *self) {
 }
 
 void ShmStore::collect(ZoneSession *session) {
-    size_t expired;
-    int rounds = 0;
-    do {   // bounded lock holds; a large expiry takes several
+    constexpr size_t kChunk = 1024;
+    bool more = true;
+    for (int rounds = 0; more && rounds < 256; rounds++) {   // short lock holds; a backlog takes many
         ZoneLock lock(*this);
         Zone z(*this, lock.sh(), now_ms());
-        expired = z.expire(4096);
-        z.release_read();
-    } while (expired == 4096 && ++rounds < 16);
+        size_t expired = z.expire(kChunk);
+        size_t released = z.release_read(kReleaseBudget);
+        more = expired == kChunk || released == kReleaseBudget;
+    }
     drop_dead_records(session);
     persist_mark();
 }
@@ -414,8 +424,8 @@ ChannelListing ShmStore::list(std::string_view prefix, std::string_view after, s
     size_t from_len = 0;
     bool inclusive = compare_ids(prefix, after) > 0;
     std::string_view start = inclusive ? prefix : after;
-    ngx_memcpy(from, start.data(), std::min(start.size(), sizeof(from)));
     from_len = std::min(start.size(), sizeof(from));
+    if (from_len > 0) ngx_memcpy(from, start.data(), from_len);
     for (bool done = false; !done;) {
         ZoneLock lock(*this);
         Zone z(*this, lock.sh(), now_ms());
@@ -481,7 +491,7 @@ ZoneCheck ShmStore::check() {
         }
         if (nmsg != ch->nmessages) problem("channel message count wrong", ch->name());
         if ((ch->ring_len() > 0) != (ch->ring != nullptr)) problem("channel ring allocation wrong", ch->name());
-        if (ch->has(kIdle) != (ch->nmessages == 0)) problem("channel idle flag wrong", ch->name());
+        if (ch->has(kIdle) != (ch->ring_len() == 0)) problem("channel idle flag wrong", ch->name());
         if (ch->has(kIdle)) idle += slab_size(offsetof(Channel, id) + ch->name().size());
         messages += nmsg;
     });

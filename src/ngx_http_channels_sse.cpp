@@ -70,7 +70,7 @@ ngx_int_t subscribe(ngx_http_request_t *r, SseStream *sub, const ChannelArgs &ar
         return send_refusal(r, res.status, args.list.ids[res.failed_index]);
     }
     delivery_attach(sub, locals, n);
-    sub->attached_at = res.attached_at;
+    sub->news_after = q.has_cursor ? std::min(q.cursor, res.attached_at) : res.attached_at;
     sub->cursor = q.has_cursor ? q.cursor : MessageId{};
     ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0, "channels: sse subscriber of %uz channels, replay %uz",
                    n, page->items.size());
@@ -94,7 +94,11 @@ ngx_int_t handle(ngx_http_request_t *r) {
     ngx_int_t rc = NGX_OK;
     if (!subscriber_prelude(r, args, &rc)) return rc;
     WorkerZone *wz = worker_zone(zone_of(loc_conf(r)));
-    if (r->method & NGX_HTTP_HEAD || delivery_exiting() || wz == nullptr) return empty_stream(r);
+    if (r->method & NGX_HTTP_HEAD) {   // what a GET would be answered, at once
+        const std::string_view *missing = missing_channel(r, args);
+        return missing != nullptr ? send_refusal(r, SubscribeStatus::not_found, *missing) : empty_stream(r);
+    }
+    if (delivery_exiting() || wz == nullptr) return empty_stream(r);
 
     void *mem = ngx_alloc(sizeof(SseStream), r->connection->log);
     ngx_http_cleanup_t *cln = ngx_http_cleanup_add(r, 0);

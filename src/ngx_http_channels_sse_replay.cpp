@@ -80,14 +80,14 @@ bool SseStream::refill() noexcept {
         if (fault::hit(fault::Site::replay_read)) return false;
         Batch *b = batch_take(wz, kPageBytes);
         if (b == nullptr) return false;
-        wz->store->read_page(wz->session, positions, nlinks, cursor, attached_at, kPageMessages, kPageBytes, *b);
+        wz->store->read_page(wz->session, positions, nlinks, cursor, news_after, kPageMessages, kPageBytes, *b);
         if (b->need_bytes > 0) {   // one message larger than a page
             if (!batch_grow(b)) {
                 batch_give(wz, b);
                 return false;
             }
             b->clear();
-            wz->store->read_page(wz->session, positions, nlinks, cursor, attached_at, kPageMessages, kPageBytes, *b);
+            wz->store->read_page(wz->session, positions, nlinks, cursor, news_after, kPageMessages, kPageBytes, *b);
         }
         bool queued = queue_page(*b, false);
         batch_give(wz, b);

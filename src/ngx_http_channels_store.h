@@ -82,6 +82,7 @@ struct Batch {
 
 struct ChannelInfo {
     bool exists = false;           // published and not deleted, or waited on
+    bool published = false;        // published and not deleted (channel_existing_only)
     uint32_t messages = 0;
     uint32_t subscribers = 0;
     MessageId newest, oldest;      // zero when the channel holds no message
@@ -182,6 +183,12 @@ struct ZoneCheck {
 
 class ZoneSession;
 
+// A worker to wake: its pid and the nonce its wake-up socket's name ends with (0: none).
+struct WakeTarget {
+    ngx_pid_t pid;
+    uint32_t  nonce;
+};
+
 // Told by the store that entries were appended to the log (wake_bits: worker records that
 // hold subscribers of the channel). Implemented by the delivery layer; the store never
 // calls upward otherwise.
@@ -219,16 +226,16 @@ public:
     virtual void unsubscribe(ZoneSession &s, LocalChannel *const *channels, size_t n,
                              bool count_connection) = 0;
     // The next page of a reader's channels after its positions, in id order (a replay
-    // catching up). Markers of deletions newer than attached_at are included in order.
+    // catching up). Markers of deletions newer than news_after are included in order.
     virtual void read_page(ZoneSession &s, ReadPosition *positions, size_t n, MessageId cursor,
-                           MessageId attached_at, size_t limit, size_t byte_limit, Batch &out) = 0;
+                           MessageId news_after, size_t limit, size_t byte_limit, Batch &out) = 0;
     // The next log entries this worker has not read, of channels it holds (delivery pass;
     // woken: the pass was started by a wake-up, counted in the stats).
     virtual void read_log(ZoneSession &s, Batch &out, bool woken) = 0;
 
     // Processes (other than this one) of worker records holding any of the bits: whom to
-    // wake. Returns how many pids were written (at most max).
-    virtual size_t wake_targets(uint64_t bits, ngx_pid_t *pids, size_t max) = 0;
+    // wake. Returns how many were written (at most max).
+    virtual size_t wake_targets(uint64_t bits, WakeTarget *targets, size_t max) = 0;
 
     // ---- counters and administration ----
     virtual void count_delivered(uint64_t n) = 0;

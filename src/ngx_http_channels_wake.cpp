@@ -6,6 +6,7 @@ extern "C" {
 #include <ngx_event.h>
 }
 
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -22,6 +23,7 @@ namespace {
 constexpr size_t kMaxPending = 16;       // zones with wake-ups asked for in this turn
 constexpr size_t kMaxTargets = 1024;     // worker processes woken per zone
 constexpr int kReadsPerEvent = 256;      // datagrams read before other events get a turn
+constexpr int kBindTries = 8;            // random names tried when the plain one is taken
 
 struct Pending {
     uintptr_t zone_key;
@@ -31,23 +33,26 @@ struct Pending {
 
 WakeHandlers handlers;
 ngx_connection_t *conn;                  // our socket in the event loop
-ngx_pid_t master;                        // names are "nginx-channels/<master>/<pid>"
+ngx_pid_t master;                        // names are "nginx-channels/<master>/<pid>[/<nonce>]"
+uint32_t own_nonce;                      // 0: this worker has the plain name
 Pending pending[kMaxPending];
 size_t npending;
 ngx_event_t flush_event;
 
-socklen_t socket_name(ngx_pid_t pid, sockaddr_un *sa) {
+socklen_t socket_name(ngx_pid_t pid, uint32_t nonce, sockaddr_un *sa) {
     ngx_memzero(sa, sizeof(*sa));
     sa->sun_family = AF_UNIX;
     // sun_path[0] stays '\0': the abstract namespace, nothing on disk.
-    u_char *end = ngx_snprintf(reinterpret_cast<u_char *>(sa->sun_path) + 1, sizeof(sa->sun_path) - 1,
-                               "nginx-channels/%P/%P", master, pid);
+    auto *start = reinterpret_cast<u_char *>(sa->sun_path) + 1;
+    size_t room = sizeof(sa->sun_path) - 1;
+    u_char *end = nonce == 0 ? ngx_snprintf(start, room, "nginx-channels/%P/%P", master, pid)
+                             : ngx_snprintf(start, room, "nginx-channels/%P/%P/%08xD", master, pid, nonce);
     return socklen_t(offsetof(sockaddr_un, sun_path) + (reinterpret_cast<char *>(end) - sa->sun_path));
 }
 
-void send_wake(ngx_pid_t pid, uintptr_t zone_key) {
+void send_wake(ngx_pid_t pid, uint32_t nonce, uintptr_t zone_key) {
     sockaddr_un sa;
-    socklen_t len = socket_name(pid, &sa);
+    socklen_t len = socket_name(pid, nonce, &sa);
     // ECONNREFUSED: that worker is gone; EAGAIN: its queue is full, a wake-up is pending.
     if (sendto(conn->fd, &zone_key, sizeof(zone_key), MSG_DONTWAIT, reinterpret_cast<sockaddr *>(&sa), len) < 0 &&
         errno != ECONNREFUSED && errno != EAGAIN && errno != ENOENT) {
@@ -94,7 +99,33 @@ void read_handler(ngx_event_t *rev) noexcept {
     for (size_t i = 0; i < nkeys; i++) handlers.woken(keys[i]);
 }
 
+// Binds the plain name; when another process holds it (any local user can bind abstract
+// names, also those of pids to come), a name no one can guess: the zone's worker record
+// tells the others which.
+ngx_int_t bind_name(ngx_socket_t fd, ngx_log_t *log) {
+    own_nonce = 0;
+    for (int attempt = 0; attempt <= kBindTries; attempt++) {
+        sockaddr_un sa;
+        socklen_t len = socket_name(ngx_pid, own_nonce, &sa);
+        if (bind(fd, reinterpret_cast<sockaddr *>(&sa), len) == 0) {
+            if (own_nonce != 0) {
+                ngx_log_error(NGX_LOG_WARN, log, 0,
+                              "channels: the wake-up socket name of this worker was taken by another "
+                              "process; using a random one");
+            }
+            return NGX_OK;
+        }
+        if (ngx_socket_errno != EADDRINUSE) break;
+        if (getrandom(&own_nonce, sizeof(own_nonce), 0) != ssize_t(sizeof(own_nonce))) break;
+        own_nonce |= 1;   // never 0, the plain name
+    }
+    ngx_log_error(NGX_LOG_EMERG, log, ngx_socket_errno, "channels: bind() of the wake-up socket failed");
+    return NGX_ERROR;
+}
+
 }  // namespace
+
+uint32_t wake_nonce() { return own_nonce; }
 
 ngx_int_t wake_init_worker(ngx_cycle_t *cycle, WakeHandlers h) {
     handlers = h;
@@ -105,10 +136,7 @@ ngx_int_t wake_init_worker(ngx_cycle_t *cycle, WakeHandlers h) {
         ngx_log_error(NGX_LOG_EMERG, cycle->log, ngx_socket_errno, "channels: socket() failed");
         return NGX_ERROR;
     }
-    sockaddr_un sa;
-    socklen_t len = socket_name(ngx_pid, &sa);
-    if (bind(fd, reinterpret_cast<sockaddr *>(&sa), len) == -1) {
-        ngx_log_error(NGX_LOG_EMERG, cycle->log, ngx_socket_errno, "channels: bind() of the wake-up socket failed");
+    if (bind_name(fd, cycle->log) != NGX_OK) {
         close(fd);
         return NGX_ERROR;
     }
@@ -169,7 +197,7 @@ void wake_siblings(uintptr_t zone_key) {
     for (char *p = text, *end; *p != '\0'; p = end) {
         long pid = strtol(p, &end, 10);
         if (end == p) break;
-        if (pid > 0 && pid != ngx_pid) send_wake(ngx_pid_t(pid), zone_key);
+        if (pid > 0 && pid != ngx_pid) send_wake(ngx_pid_t(pid), 0, zone_key);
     }
 }
 
@@ -177,10 +205,10 @@ void wake_flush_now() {
     if (flush_event.posted) {
         ngx_delete_posted_event(&flush_event);
     }
-    ngx_pid_t pids[kMaxTargets];
+    WakeTarget targets[kMaxTargets];
     for (size_t i = 0; i < npending; i++) {
-        size_t n = pending[i].store->wake_targets(pending[i].bits, pids, kMaxTargets);
-        for (size_t k = 0; k < n; k++) send_wake(pids[k], pending[i].zone_key);
+        size_t n = pending[i].store->wake_targets(pending[i].bits, targets, kMaxTargets);
+        for (size_t k = 0; k < n; k++) send_wake(targets[k].pid, targets[k].nonce, pending[i].zone_key);
     }
     npending = 0;
 }

@@ -24,6 +24,8 @@ struct WakeHandlers {
 };
 
 ngx_int_t wake_init_worker(ngx_cycle_t *cycle, WakeHandlers handlers);
+// The nonce this worker's socket name ends with (0: the plain name), for its worker records.
+uint32_t wake_nonce();
 void wake_exit_worker();
 // Asks to wake the workers holding any of `bits` in the zone (zone_key identifies it in
 // every process: the address of its shared memory).

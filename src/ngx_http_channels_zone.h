@@ -16,7 +16,7 @@ namespace channels::shm {
 
 // Bumped whenever a struct below changes: a reload that would adopt a zone laid out by
 // other code is refused.
-inline constexpr uint32_t kLayoutVersion = 3;
+inline constexpr uint32_t kLayoutVersion = 4;
 
 struct Channel;
 
@@ -51,7 +51,7 @@ struct Entry {
 
 enum ChannelFlags : uint8_t {
     kExists = 1,   // published and not deleted since
-    kIdle = 2,     // holds no message: its bytes count against the zone's idle cap (SPEC §9)
+    kIdle = 2,     // holds no entry: its bytes count against the zone's idle cap (SPEC §9)
     kPinned = 4,   // an operation in progress holds it: not freed by an eviction it causes
 };
 
@@ -59,7 +59,9 @@ enum ChannelFlags : uint8_t {
 // sequence numbers [head_seq, next_seq) and sit in a power-of-two ring, so a reader's
 // position is found in O(1) and an id in O(log n). Small: a channel a subscriber waits on
 // costs one 128-byte slab slot with a 16-byte id, and subscribing to an existing channel
-// allocates nothing (counts and wake bits are inline).
+// allocates nothing (counts and wake bits are inline). A deleted channel stays as long as
+// its deletion marker (a message's lifetime, or until evicted), so that a client resuming
+// from before the deletion is told of it.
 struct Channel {
     ngx_rbtree_node_t node;    // key: id_key(), ties broken by memcmp: in id order
     Entry    **ring;           // nullptr while empty
@@ -89,7 +91,7 @@ struct LossNotice {
     MessageId upto;            // the newest such id of the channel
 };
 
-inline constexpr size_t kLossNotices = 16;
+inline constexpr size_t kLossNotices = 64;
 
 // One worker process using the zone. Lets the others wake it, keeps log entries it still
 // has to read, and lets a dead worker's subscriber counts be released.
@@ -99,10 +101,11 @@ struct WorkerRecord {
     uint32_t    bit;           // its wake bit in Channel::wake_bits (0..63)
     uint64_t    start_time;    // the process's start time: a reused pid is not this worker
     MessageId   read_upto;     // its delivery has read the log up to here
-    Entry      *bookmark;      // the first log entry after read_upto, when known
+    Entry      *bookmark;      // active: the first log entry after read_upto (nullptr: read all)
     uint64_t    connections;   // subscriber connections it holds
     uint32_t    counted_epoch; // its subscriber counts are in the zone for this epoch
     uint8_t     active;        // it holds subscribers: entries it has not read are kept
+    uint32_t    wake_nonce;    // its wake-up socket's name ends with it (0: the plain name)
     uint32_t    nlosses;
     LossNotice  losses[kLossNotices];
     MessageId   lost_upto;     // more losses than notices, or a zone-wide loss: every channel

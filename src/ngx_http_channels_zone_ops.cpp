@@ -66,7 +66,8 @@ ngx_rbtree_key_t id_key(std::string_view id) {
 }
 
 int compare_ids(std::string_view a, std::string_view b) {
-    int rc = std::memcmp(a.data(), b.data(), std::min(a.size(), b.size()));
+    size_t common = std::min(a.size(), b.size());
+    int rc = common == 0 ? 0 : std::memcmp(a.data(), b.data(), common);   // an empty view may hold no pointer
     if (rc != 0) return rc;
     return a.size() < b.size() ? -1 : (a.size() > b.size() ? 1 : 0);
 }
@@ -168,10 +169,19 @@ void Zone::unpin(Channel *ch) {
     free_if_unused(ch);
 }
 
+// A ring holding only a deletion marker keeps the channel: a client resuming from before
+// the deletion is told of it. Wake bits keep it while subscriber counts are being re-added
+// after a worker died (they may be short then).
 void Zone::free_if_unused(Channel *ch) {
-    if (ch->nmessages != 0 || ch->subscribers != 0 || ch->wake_bits != 0 || ch->has(kPinned)) return;
-    if (ch->ring_len() != 0) clear(ch);   // deletion markers nobody will read
-    if (ch->log_refs == 0 && ch->ring_len() == 0) free_channel(ch);
+    if (ch->ring_len() != 0 || ch->subscribers != 0 || ch->log_refs != 0 || ch->has(kPinned)) return;
+    if (ch->wake_bits != 0 && !counts_settled()) return;
+    free_channel(ch);
+}
+
+bool Zone::counts_settled() const {
+    bool settled = true;
+    for_each_record([&](WorkerRecord *r) { settled &= r->counted_epoch == sh_->count_epoch; });
+    return settled;
 }
 
 void Zone::free_channel(Channel *ch) {
@@ -203,6 +213,7 @@ ChannelInfo Zone::info(Channel *ch) const {
     ChannelInfo info;
     if (ch == nullptr || !(ch->has(kExists) || ch->subscribers > 0)) return info;
     info.exists = true;
+    info.published = ch->has(kExists);
     info.subscribers = ch->subscribers;
     info.messages = ch->nmessages;
     for (uint32_t seq = ch->next_seq; seq != ch->head_seq; seq--) {
@@ -251,12 +262,23 @@ Entry *Zone::append(Channel *ch, EntryKind kind, const PublishInput &in, const M
         e->id = next_id();
     }
     ngx_queue_insert_tail(&sh_->log, &e->in_log);
+    // A worker that had read everything reads on from here if it holds the channel, else it
+    // has nothing to read: no worker walks the log to find its place, or crawls through
+    // entries of channels it does not hold.
+    for_each_record([&](WorkerRecord *r) {
+        if (!r->active || r->bookmark != nullptr) return;
+        if (ch->wake_bits >> r->bit & 1) {
+            move_bookmark(r, e);
+        } else {
+            r->read_upto = e->id;
+        }
+    });
     fault::kill_point();   // tests: a worker dying here leaves the entry in the log, not its ring
     push(ch, e);
+    set_idle(ch, false);
     if (kind == EntryKind::message) {
         ch->nmessages++;
         sh_->nmessages++;
-        set_idle(ch, false);
     }
     return e;
 }
@@ -306,8 +328,8 @@ Entry *Zone::pop_head(Channel *ch) {
         ch->nmessages--;
         sh_->nmessages--;
         ch->trimmed_upto = PackedId::of(std::max(ch->trimmed_upto.get(), e->id));
-        if (ch->nmessages == 0) set_idle(ch, true);
     }
+    if (ch->ring_len() == 0) set_idle(ch, true);
     return e;
 }
 
@@ -381,27 +403,36 @@ size_t Zone::expire(size_t budget) {
     return n;
 }
 
-void Zone::release_read() {
-    while (!ngx_queue_empty(&sh_->trimmed)) {
+size_t Zone::release_read(size_t budget) {
+    size_t n = 0;
+    while (n < budget && !ngx_queue_empty(&sh_->trimmed)) {
         Entry *e = ngx_queue_data(ngx_queue_head(&sh_->trimmed), Entry, in_trimmed);
         if (unread(e)) break;
         remove_entry(e);
+        n++;
     }
+    return n;
 }
 
+// The oldest entry of the zone goes, retained or kept for a worker that has not read it:
+// a lagging worker loses its oldest news before live subscribers lose their newest.
 bool Zone::evict_one() {
-    if (!ngx_queue_empty(&sh_->trimmed)) {
-        remove_entry(ngx_queue_data(ngx_queue_head(&sh_->trimmed), Entry, in_trimmed));
-        return true;
-    }
     if (ngx_queue_empty(&sh_->log)) return false;
     Entry *e = ngx_queue_data(ngx_queue_head(&sh_->log), Entry, in_log);
-    if (e->state == EntryState::retained) {
-        if (e->kind == EntryKind::message) sh_->evicted++;
-        pop_head(e->channel);
-    }
+    if (e->kind == EntryKind::message && (e->state == EntryState::retained || unread(e))) sh_->evicted++;
+    if (e->state == EntryState::retained) pop_head(e->channel);
     remove_entry(e);
     return true;
+}
+
+// Messages of several slab sizes leave pages partly used: counted in slots, the idle cap
+// could still have room while no page is free for a channel. A publish evicts (a few
+// entries at a time) until the free pages cover what idle channels may still claim.
+void Zone::keep_headroom() {
+    uint64_t reserve = sh_->idle_cap - std::min(sh_->idle_cap, sh_->idle_bytes);
+    for (int n = 0; n < kHeadroomEvictions && uint64_t(pool_->pfree) * ngx_pagesize < reserve; n++) {
+        if (!evict_one()) return;
+    }
 }
 
 void *Zone::alloc_evicting(size_t size) {
@@ -461,7 +492,7 @@ bool Zone::copy(const Entry *e, uint16_t channel_index, Batch &out) const {
 
 // ---- workers ----
 
-WorkerRecord *Zone::claim_record(ngx_pid_t pid, uint64_t start_time) {
+WorkerRecord *Zone::claim_record(ngx_pid_t pid, uint64_t start_time, uint32_t wake_nonce) {
     auto *rec = static_cast<WorkerRecord *>(alloc_evicting(sizeof(WorkerRecord)));
     if (rec == nullptr) return nullptr;
     uint64_t used = 0;
@@ -477,6 +508,7 @@ WorkerRecord *Zone::claim_record(ngx_pid_t pid, uint64_t start_time) {
     rec->pid = pid;
     rec->bit = bit;
     rec->start_time = start_time;
+    rec->wake_nonce = wake_nonce;
     rec->read_upto = sh_->last_id;
     rec->counted_epoch = sh_->count_epoch;
     rec->lost_upto = sh_->dropped_floor;   // after a rebuild: what its subscribers had is gone
@@ -546,7 +578,7 @@ void Zone::sync(ZoneSession &s) {
         return;
     }
     // A new zone (rebuilt after a torn update): claim a record, put every held channel back.
-    WorkerRecord *rec = claim_record(ngx_pid, store_.start_time());
+    WorkerRecord *rec = claim_record(ngx_pid, store_.start_time(), s.wake_nonce);
     s.record = rec;
     s.generation = sh_->generation;
     s.counted_epoch = sh_->count_epoch;
@@ -593,6 +625,9 @@ void Zone::detach(ZoneSession &s, Channel *ch, LocalChannel *lc) {
     if (lc->count == 0) return;
     WorkerRecord *rec = record_of(s);
     if (ch->subscribers > 0) ch->subscribers--;
+    if (ch->subscribers == 0 && ch->wake_bits != 0 && counts_settled()) {
+        ch->wake_bits = 0;   // no worker holds it (also clears bits shared by 65+ records)
+    }
     if (--lc->count == 0) {
         if (!bit_shared(rec)) ch->wake_bits &= ~(uint64_t(1) << rec->bit);
         if (--s.held == 0) {

@@ -31,6 +31,11 @@ private:
     bool rebuilt_ = false;
 };
 
+// Entries freed for lagging workers in one release (about 50 us of lock time).
+inline constexpr size_t kReleaseBudget = 512;
+// Evictions one publish may make to keep pages free for idle channels.
+inline constexpr int kHeadroomEvictions = 16;
+
 // Slab bytes an allocation of `size` really takes (power-of-two slots up to half a page,
 // whole pages above): what the idle cap counts.
 size_t slab_size(size_t size);
@@ -79,8 +84,9 @@ public:
     size_t expire(size_t budget);
     // After a publish: evicts until the room idle channels may still claim is free.
     void keep_headroom();
-    // Frees trimmed entries every worker that needed them has read.
-    void release_read();
+    // Frees trimmed entries every worker that needed them has read, at most `budget` (one
+    // lock hold stays short; the collector takes the rest). Returns how many.
+    size_t release_read(size_t budget = kReleaseBudget);
     bool expired(const Entry *e) const { return e->id.ms + sh_->ttl_ms <= now_; }
 
     // ---- reading ----
@@ -93,7 +99,7 @@ public:
     bool copy(const Entry *e, uint16_t channel_index, Batch &out) const;
 
     // ---- workers ----
-    WorkerRecord *claim_record(ngx_pid_t pid, uint64_t start_time);
+    WorkerRecord *claim_record(ngx_pid_t pid, uint64_t start_time, uint32_t wake_nonce);
     // Brings the session in step with the zone (after a rebuild or a worker's death).
     void sync(ZoneSession &s);
     WorkerRecord *record_of(ZoneSession &s) const { return static_cast<WorkerRecord *>(s.record); }
@@ -104,6 +110,8 @@ public:
     // After dropping records of dead workers: counts restart, live workers add theirs back.
     void reset_counts();
     bool bit_shared(const WorkerRecord *rec) const;
+    // Every worker's subscriber counts are in the zone (none is still to add them back).
+    bool counts_settled() const;
     void move_bookmark(WorkerRecord *rec, Entry *to);
     // A message of ch up to `upto` is gone before the worker read it: tell its subscribers.
     void note_loss(WorkerRecord *rec, Channel *ch, MessageId upto);
