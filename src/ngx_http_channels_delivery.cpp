@@ -27,7 +27,6 @@ constexpr uint64_t kTrimAfter = 256;          // subscribers gone since the last
 constexpr ngx_msec_t kTrimDelay = 1000;       // a trim waits this long: long-poll loops empty the
                                               // registry all the time, and a trim costs page faults
 constexpr size_t kFlushSlice = 1024;          // subscribers written to between event-loop turns
-constexpr size_t kSpareBatches = 4;
 constexpr size_t kBatchSlack = kMaxChannels * 256;
 
 WorkerZone **runtime;                         // this worker's zones, by ZoneConf::index
@@ -96,9 +95,11 @@ void announce_losses(WorkerZone *wz, const Batch &b) {
 // head of the touched queue (queued in pass order), or all once it is empty.
 void release_batches(WorkerZone *wz) {
     uint64_t oldest_needed = ngx_queue_empty(&wz->touched) ? UINT64_MAX : owner(ngx_queue_head(&wz->touched))->touched_pass;
-    while (!wz->batches.empty() && wz->batches.front().pass < oldest_needed) {
-        batch_give(wz, wz->batches.front().batch);
-        wz->batches.pop_front();
+    while (wz->passes != nullptr && wz->passes->pass < oldest_needed) {
+        Batch *b = wz->passes;
+        wz->passes = b->next_pass;
+        if (wz->passes == nullptr) wz->passes_last = &wz->passes;
+        batch_give(wz, b);
         wz->released++;
     }
 }
@@ -161,7 +162,10 @@ void run_delivery(WorkerZone *wz) {
         batch_give(wz, b);
     } else {
         // Stored first: subscribers keep pointers to its items until their on_flush().
-        wz->batches.push_back(PassBatch{++wz->pass, b});
+        b->pass = ++wz->pass;
+        b->next_pass = nullptr;
+        *wz->passes_last = b;
+        wz->passes_last = &b->next_pass;
         for (const MessageCopy &m : b->items) delivered += fan_out(wz, m);
     }
     flush_touched(wz);
@@ -231,8 +235,11 @@ void stop_zone(WorkerZone *wz) {
     }
     if (wz->retry_timer.timer_set) ngx_del_timer(&wz->retry_timer);
     wz->store->stop_worker(&wz->session);
-    for (PassBatch &pb : wz->batches) delete pb.batch;
-    for (Batch *b : wz->spare) delete b;
+    while (Batch *b = wz->passes) {
+        wz->passes = b->next_pass;
+        delete b;
+    }
+    for (size_t i = 0; i < wz->nspare; i++) delete wz->spare[i];
     delete wz;
 }
 
@@ -255,9 +262,8 @@ void WorkerZone::on_rebuilt() {
 // ---- batches ----
 
 Batch *batch_take(WorkerZone *wz, size_t bytes) {
-    if (!wz->spare.empty()) {
-        Batch *b = wz->spare.back();
-        wz->spare.pop_back();
+    if (wz->nspare > 0) {
+        Batch *b = wz->spare[--wz->nspare];
         if (b->bytes.capacity() >= bytes + kBatchSlack || b->reserve(kLogPageEntries, bytes + kBatchSlack)) return b;
         delete b;
         return nullptr;
@@ -272,16 +278,12 @@ Batch *batch_take(WorkerZone *wz, size_t bytes) {
 
 void batch_give(WorkerZone *wz, Batch *b) {
     // Only page-sized batches are kept: one grown for a huge message gives its memory back.
-    if (wz->spare.size() >= kSpareBatches || b->bytes.capacity() > 2 * (kPageBytes + kBatchSlack)) {
+    if (wz->nspare == kSpareBatches || b->bytes.capacity() > 2 * (kPageBytes + kBatchSlack)) {
         delete b;
         return;
     }
     b->clear();
-    try {
-        wz->spare.push_back(b);
-    } catch (...) {
-        delete b;
-    }
+    wz->spare[wz->nspare++] = b;
 }
 
 bool batch_grow(Batch *b) { return b->reserve(b->items.capacity(), b->need_bytes + kBatchSlack); }

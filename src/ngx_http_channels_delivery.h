@@ -4,8 +4,6 @@
 // (ngx_http_channels_wake.h), never by a timer.
 #pragma once
 
-#include <deque>
-#include <vector>
 
 #include "ngx_http_channels.h"
 #include "ngx_http_channels_frame.h"
@@ -70,11 +68,7 @@ protected:
     ~Subscriber() = default;
 };
 
-// A pass's messages, kept while a subscriber it touched awaits on_flush().
-struct PassBatch {
-    uint64_t pass;
-    Batch   *batch;
-};
+inline constexpr size_t kSpareBatches = 4;
 
 // The worker's runtime of one zone.
 struct WorkerZone final : StoreListener {
@@ -87,8 +81,13 @@ struct WorkerZone final : StoreListener {
     MessageId   cursor;                   // newest publish-log id read
     ngx_queue_t subscribers{};
     ngx_queue_t touched{};                // awaiting on_flush(), oldest pass first
-    std::deque<PassBatch> batches;        // what touched subscribers may point into
-    std::vector<Batch *> spare;           // batches to reuse
+    // Passes' batches, oldest first (Batch::next_pass), kept while a subscriber they touched
+    // awaits on_flush(): it points into them. Lists and arrays, not containers: nothing here
+    // may throw into nginx.
+    Batch      *passes = nullptr;
+    Batch     **passes_last = &passes;
+    Batch      *spare[kSpareBatches] = {};   // batches to reuse
+    size_t      nspare = 0;
     uint64_t    pass = 0;
     uint64_t    released = 0;             // batches released so far: pointers into older ones are stale
     uint64_t    wake_bits = 0;            // other workers to wake (ngx_http_channels_wake.cpp)

@@ -15,7 +15,7 @@ extern "C" {
 
 #include <algorithm>
 #include <new>
-#include <vector>
+#include <initializer_list>
 
 namespace channels {
 namespace {
@@ -24,7 +24,9 @@ constexpr ngx_msec_t kMinBackoff = 100;
 constexpr ngx_msec_t kMaxBackoff = 5000;
 constexpr ngx_msec_t kReplyTimeout = 5000;
 constexpr const char *kLogMaxLen = "100000";    // entries kept in the shared log stream
-constexpr const char *kReadBatch = "512";
+constexpr const char *kReadBatch = "512";            // entries of a catch-up page, at most
+constexpr const char *kReadBudget = "4194304";        // data bytes of a catch-up page (but one entry)
+constexpr size_t kMaxArgs = 24;
 constexpr uint64_t kMaxAheadMs = 3600 * 1000;   // an id further ahead of the clock is invalid
 constexpr size_t kMaxReplyBytes = 64 * 1024 * 1024;   // buffered by hiredis for one reply, at most
 
@@ -80,6 +82,22 @@ if ms and ms > tonumber(ARGV[1]) then redis.call('DEL', KEYS[1]) return 1 end
 return 0
 )lua";
 
+// One catch-up page of the shared log after a cursor: at most ARGV[2] entries and ARGV[3]
+// bytes of field values (but one entry), so that a host far behind never takes more than a
+// page in one reply. KEYS: log. ARGV: cursor, count, budget. Reply: [[id, [field, value...]]...].
+constexpr const char kPageScript[] = R"lua(
+local rows = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])
+local budget, bytes, out = tonumber(ARGV[3]), 0, {}
+for i, row in ipairs(rows) do
+  local size = 0
+  for j = 2, #row[2], 2 do size = size + #row[2][j] end
+  if i > 1 and bytes + size > budget then break end
+  bytes = bytes + size
+  out[i] = row
+end
+return out
+)lua";
+
 struct RedisLink {
     RedisWorker       *owner = nullptr;
     redisAsyncContext *ac = nullptr;
@@ -114,6 +132,7 @@ struct RedisWorker {
     uint64_t       failures = 0;
     uint64_t       invalid = 0;        // entries of the shared log skipped as invalid
     MessageId      skipped;            // newest id read and skipped: the tail goes on after it
+    bool           catching_up = true; // reading pages (kPageScript); else waiting (XREAD BLOCK)
     ngx_queue_t    awaiting{};
 };
 
@@ -259,14 +278,28 @@ void on_disconnect(const redisAsyncContext *ac, int status) {
     schedule_retry(link);
 }
 
-void send_argv(RedisLink *link, redisCallbackFn *fn, void *data, const std::vector<std::string_view> &args) {
-    std::vector<const char *> argv;
-    std::vector<size_t> lens;
+void send_argv(RedisLink *link, redisCallbackFn *fn, void *data, std::initializer_list<std::string_view> args) {
+    const char *argv[kMaxArgs];
+    size_t lens[kMaxArgs];
+    int n = 0;
     for (std::string_view a : args) {
-        argv.push_back(a.data());
-        lens.push_back(a.size());
+        if (n == int(kMaxArgs)) break;
+        argv[n] = a.data();
+        lens[n++] = a.size();
     }
-    redisAsyncCommandArgv(link->ac, fn, data, int(argv.size()), argv.data(), lens.data());
+    redisAsyncCommandArgv(link->ac, fn, data, n, argv, lens);
+}
+
+// hiredis calls back from C: no exception may leave (std::string may throw). What fails
+// drops the connection; the reconnect starts over from this host's last id.
+template <void (*Fn)(redisAsyncContext *, void *, void *)>
+void guarded_reply(redisAsyncContext *ac, void *reply, void *data) {
+    try {
+        Fn(ac, reply, data);
+    } catch (...) {
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0, "channels: out of memory handling a redis reply");
+        if (ac != nullptr) redisAsyncDisconnect(ac);
+    }
 }
 
 void connect_link(RedisLink *link) {
@@ -384,22 +417,32 @@ void on_log_reply(redisAsyncContext *, void *reply_ptr, void *data) {
         return;
     }
     bool far_ahead = false;
+    size_t read = 0;
     if (reply->type == REDIS_REPLY_ARRAY) {
         uint64_t wake = 0;
-        for (size_t s = 0; s < reply->elements; s++) {
-            const redisReply *stream = reply->element[s];
-            if (stream->type != REDIS_REPLY_ARRAY || stream->elements != 2 || stream->element[1]->type != REDIS_REPLY_ARRAY) {
-                continue;
-            }
-            const redisReply *entries = stream->element[1];
+        auto ingest_all = [&](const redisReply *entries) {
             for (size_t i = 0; i < entries->elements; i++) wake |= ingest_entry(w, entries->element[i], &far_ahead);
+            read += entries->elements;
+        };
+        if (w->catching_up) {   // a page: [entry...]
+            ingest_all(reply);
+        } else {                // XREAD: [[key, [entry...]]]
+            for (size_t s = 0; s < reply->elements; s++) {
+                const redisReply *stream = reply->element[s];
+                if (stream->type == REDIS_REPLY_ARRAY && stream->elements == 2 &&
+                    stream->element[1]->type == REDIS_REPLY_ARRAY) {
+                    ingest_all(stream->element[1]);
+                }
+            }
         }
         if (w->listener != nullptr) w->listener->on_appended(wake);
         acknowledge_mirrored(w);
     }
+    // News: read on in pages until there is none, then wait for one entry.
+    w->catching_up = read > 0;
     if (far_ahead) {   // the log would give it back every time: start the log again first
         std::string log_key = key(w->store->conf(), "#log"), limit = std::to_string(now_ms() + kMaxAheadMs);
-        send_argv(&w->log, on_repaired, w, {"EVAL", kRepairScript, "1", log_key, limit});
+        send_argv(&w->log, guarded_reply<on_repaired>, w, {"EVAL", kRepairScript, "1", log_key, limit});
         return;
     }
     read_log(w);
@@ -410,7 +453,13 @@ void read_log(RedisWorker *w) {
     char cursor[kMaxIdText];
     size_t len = format_id(std::max(w->store->local()->last_id(), w->skipped), cursor);
     std::string log_key = key(w->store->conf(), "#log");
-    send_argv(&w->log, on_log_reply, w, {"XREAD", "COUNT", kReadBatch, "BLOCK", "0", "STREAMS", log_key, {cursor, len}});
+    if (w->catching_up) {
+        send_argv(&w->log, guarded_reply<on_log_reply>, w,
+                  {"EVAL", kPageScript, "1", log_key, {cursor, len}, kReadBatch, kReadBudget});
+    } else {   // one entry: a reply holds at most one message
+        send_argv(&w->log, guarded_reply<on_log_reply>, w,
+                  {"XREAD", "COUNT", "1", "BLOCK", "0", "STREAMS", log_key, {cursor, len}});
+    }
 }
 
 // Redis restarted without its data if its last id is older than ours: what it lost can no
@@ -438,10 +487,11 @@ void on_floor(redisAsyncContext *, void *reply_ptr, void *data) {
 }
 
 void start_tail(RedisWorker *w) {
+    w->catching_up = true;
     const RedisConf &conf = w->store->conf();
     std::string last_key = key(conf, "#last"), floor_key = key(conf, "#floor");
-    send_argv(&w->log, on_last_id, w, {"GET", last_key});
-    send_argv(&w->log, on_floor, w, {"GET", floor_key});
+    send_argv(&w->log, guarded_reply<on_last_id>, w, {"GET", last_key});
+    send_argv(&w->log, guarded_reply<on_floor>, w, {"GET", floor_key});
     read_log(w);
 }
 
@@ -607,7 +657,7 @@ ngx_int_t RedisStore::start(PublishCall *call) {
     char host_last[kMaxIdText];
     size_t host_last_len = format_id(local_->last_id(), host_last);
     const PublishInput &in = call->in;
-    send_argv(&w->cmd, on_script_reply, p,
+    send_argv(&w->cmd, guarded_reply<on_script_reply>, p,
               {"EVAL", kScript, "4", stream, log, last, floor, now, history, ttl, kLogMaxLen, in.channel, in.event,
                in.content_type, in.data, call->remove ? "d" : "m", {host_last, host_last_len}, ahead});
     return NGX_AGAIN;

@@ -22,9 +22,39 @@ constexpr size_t kReadChunk = 4096;
 constexpr size_t kMaxReadAfterRequest = 65536; // bytes a client may send on an event stream
 const char kBufTag = 0;                        // identifies our bufs in chains
 
+void free_copy(u_char *start);
+
 Frame *frame_of(ngx_buf_t *b) { return reinterpret_cast<Frame *>(b->start - offsetof(Frame, data)); }
 
 size_t capacity(const ngx_buf_t *b) { return size_t(b->end - b->start); }
+
+}  // namespace
+
+struct CopyBlock {
+    CopyBlock *prev, *next;
+    CopyOwner *owner;
+    u_char     data[1];
+};
+
+namespace {
+
+CopyBlock *block_of(u_char *start) { return reinterpret_cast<CopyBlock *>(start - offsetof(CopyBlock, data)); }
+
+void free_copy(u_char *start) {
+    CopyBlock *blk = block_of(start);
+    if (blk->prev != nullptr) {
+        blk->prev->next = blk->next;
+    } else {
+        blk->owner->head = blk->next;
+    }
+    if (blk->next != nullptr) blk->next->prev = blk->prev;
+    ngx_free(blk);
+}
+
+void free_all_copies(void *data) noexcept {
+    auto *owner = static_cast<CopyOwner *>(data);
+    while (owner->head != nullptr) free_copy(owner->head->data);
+}
 
 }  // namespace
 
@@ -76,12 +106,11 @@ bool FilterOutput::copy_into(ngx_buf_t *b, Frame *f) noexcept {
     size_t size = start != nullptr ? capacity(b) : 0;
     if (start == nullptr || size < f->len) {
         if (start != nullptr) {
-            ngx_pfree(r_->pool, start);
+            free_copy(start);
             free_buffers_--;
         }
         size = std::max(size_t(f->len), kCopyBufferSize);
-        // Larger than a pool block: a separate allocation ngx_pfree() gives back.
-        start = static_cast<u_char *>(ngx_palloc(r_->pool, size));
+        start = alloc_copy(size);
         if (start == nullptr) {
             b->start = nullptr;
             return false;
@@ -97,6 +126,24 @@ bool FilterOutput::copy_into(ngx_buf_t *b, Frame *f) noexcept {
     b->temporary = 1;
     held_ += size + kBufOverhead;
     return true;
+}
+
+u_char *FilterOutput::alloc_copy(size_t size) noexcept {
+    if (owner_ == nullptr) {
+        ngx_pool_cleanup_t *cln = ngx_pool_cleanup_add(r_->pool, sizeof(CopyOwner));
+        if (cln == nullptr) return nullptr;
+        owner_ = static_cast<CopyOwner *>(cln->data);
+        owner_->head = nullptr;
+        cln->handler = free_all_copies;
+    }
+    auto *blk = static_cast<CopyBlock *>(ngx_alloc(offsetof(CopyBlock, data) + size, r_->connection->log));
+    if (blk == nullptr) return nullptr;
+    blk->prev = nullptr;
+    blk->next = owner_->head;
+    blk->owner = owner_;
+    if (owner_->head != nullptr) owner_->head->prev = blk;
+    owner_->head = blk;
+    return blk->data;
 }
 
 // Recycles the buffers at the head of busy that were sent completely: frame references
@@ -123,7 +170,7 @@ void FilterOutput::free_buffer(ngx_buf_t *b) noexcept {
             b->pos = b->last = b->start;
             return;
         }
-        ngx_pfree(r_->pool, b->start);
+        free_copy(b->start);
     } else {
         sent_ += capacity(b);
         held_ -= capacity(b) + kBufOverhead;
@@ -168,7 +215,7 @@ size_t FilterOutput::progress() const {
 }
 
 void FilterOutput::release() noexcept {
-    if (copy_) return;   // copies live in the request pool
+    if (copy_) return;   // copies go with the request's pool (free_all_copies)
     for (ngx_chain_t *chain : {busy_, pending_}) {
         for (ngx_chain_t *cl = chain; cl != nullptr; cl = cl->next) {
             ngx_buf_t *b = cl->buf;

@@ -24,6 +24,14 @@ inline constexpr size_t kMaxHeld = 1024 * 1024;
 inline constexpr size_t kBufOverhead = sizeof(ngx_buf_t) + sizeof(ngx_chain_t);
 
 // Request mode: buffers handed to nginx's output filters, a batch at a time.
+// HTTP/2 copies: malloc'd blocks, each freed once sent (or kept for reuse), the rest when
+// the request's pool goes, after nginx's HTTP/2 layer let go of them. (Pool allocations of
+// this size are "large" ones, whose records a long stream would pile up in its pool.)
+struct CopyBlock;
+struct CopyOwner {
+    CopyBlock *head;
+};
+
 class FilterOutput {
 public:
     void init(ngx_http_request_t *r, bool copy);
@@ -42,6 +50,7 @@ public:
 
 private:
     bool copy_into(ngx_buf_t *b, Frame *f) noexcept;
+    u_char *alloc_copy(size_t size) noexcept;
     void reclaim() noexcept;
     void free_buffer(ngx_buf_t *b) noexcept;
 
@@ -53,6 +62,7 @@ private:
     size_t held_ = 0;
     size_t sent_ = 0;
     size_t free_buffers_ = 0;
+    CopyOwner *owner_ = nullptr;                   // HTTP/2 copies still allocated
 };
 
 // Detached: a ring of frames written to the socket with writev (or SSL_write).

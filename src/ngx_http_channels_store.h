@@ -78,6 +78,9 @@ struct Batch {
     MessageId all_lost;            // delivery: every channel may have lost messages up to here
     bool more = false;             // a limit cut the batch short
     size_t need_bytes = 0;         // the next message needs a batch this large
+    // Delivery's own: the pass that read it, and the next pass's batch (WorkerZone::passes).
+    uint64_t pass = 0;
+    Batch *next_pass = nullptr;
 };
 
 struct ChannelInfo {

@@ -68,6 +68,10 @@ note(sprintf('%d publishes to 1,000 other channels in %.1fs', $N, Time::HiRes::t
 is($st->{201}, $N, "$N messages published elsewhere");
 undef @msgs;
 
+# One publish elsewhere first: the test's own first request after freeing the flood's
+# data costs the client some 35 ms (measured with curl instead: 4 ms). It does not start a
+# delivery pass for "quiet" (nobody holds the channel), so the walk still comes with the next.
+$t->publish('elsewhere', 'warm-up');
 my $first = deliver('after the flood');
 my @after = grep { defined } map { deliver("again $_") } 1 .. 20;
 ok(defined $first, 'the quiet channel still gets its message');
