@@ -366,7 +366,7 @@ ZoneStats ShmStore::stats() {
     Shared *sh = lock.sh();
     st.size = shm_zone_->shm.size;
     st.used = st.size - std::min(st.size, size_t(pool_->pfree) * ngx_pagesize);
-    st.channels = sh->nchannels;
+    st.channels = sh->nchannels - sh->ndeleted;
     st.messages = sh->nmessages;
     st.subscribers = sh->connections;
     st.published = sh->published;
@@ -475,8 +475,11 @@ ZoneCheck ShmStore::check() {
         if (e->id > sh->last_id) problem("log entry newer than the last id");
         if (z.find(e->channel->name()) != e->channel) problem("log entry of a channel not in the tree");
     }
+    size_t deleted = 0;
     z.for_each_channel([&](Channel *ch) {
         channels++;
+        if (ch->has(kDeleted)) deleted++;
+        if (ch->has(kDeleted) && ch->has(kExists)) problem("channel both deleted and published", ch->name());
         uint32_t nmsg = 0;
         MessageId last;
         for (uint32_t seq = ch->head_seq; seq != ch->next_seq; seq++) {
@@ -504,6 +507,7 @@ ZoneCheck ShmStore::check() {
         }
     }
     if (channels != sh->nchannels) problem("channel count wrong");
+    if (deleted != sh->ndeleted) problem("deleted channel count wrong");
     if (messages != sh->nmessages) problem("message count wrong");
     if (idle != sh->idle_bytes) problem("idle bytes wrong");
     z.for_each_record([&](WorkerRecord *r) {

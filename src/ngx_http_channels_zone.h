@@ -53,6 +53,7 @@ enum ChannelFlags : uint8_t {
     kExists = 1,   // published and not deleted since
     kIdle = 2,     // holds no entry: its bytes count against the zone's idle cap (SPEC §9)
     kPinned = 4,   // an operation in progress holds it: not freed by an eviction it causes
+    kDeleted = 8,  // deleted, not published since: kept for its marker, not counted as a channel
 };
 
 // A channel. Its retained entries (messages and deletion markers) have consecutive
@@ -134,6 +135,7 @@ struct Shared {
     uint64_t          history;
     uint64_t          ttl_ms;
     uint64_t          nchannels;
+    uint64_t          ndeleted;         // channels kept only for their deletion marker (kDeleted)
     uint64_t          nmessages;
     uint64_t          connections;
     uint64_t          idle_bytes;       // slab bytes of channels without messages

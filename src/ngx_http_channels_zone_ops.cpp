@@ -162,7 +162,20 @@ void Zone::set_idle(Channel *ch, bool idle) {
     }
 }
 
-void Zone::set_exists(Channel *ch, bool exists) { ch->flags = exists ? ch->flags | kExists : ch->flags & ~kExists; }
+void Zone::set_exists(Channel *ch, bool exists) {
+    ch->flags = exists ? ch->flags | kExists : ch->flags & ~kExists;
+    set_deleted(ch, !exists);
+}
+
+void Zone::set_deleted(Channel *ch, bool deleted) {
+    if (ch->has(kDeleted) == deleted) return;
+    ch->flags ^= kDeleted;
+    if (deleted) {
+        sh_->ndeleted++;
+    } else {
+        sh_->ndeleted--;
+    }
+}
 
 void Zone::unpin(Channel *ch) {
     ch->flags &= ~kPinned;
@@ -196,6 +209,7 @@ void Zone::free_channel(Channel *ch) {
             }
         }
     });
+    set_deleted(ch, false);
     ngx_rbtree_delete(&sh_->tree, &ch->node);
     sh_->nchannels--;
     size_t size = slab_size(channel_size(ch->name()));
@@ -656,13 +670,13 @@ uint64_t Zone::record_bits() const {
 // from the others', so every channel's count restarts at zero and each live worker adds
 // its own back (ZoneSession::counted_epoch, Zone::sync()). Bits no live worker uses go.
 void Zone::reset_counts() {
+    sh_->count_epoch++;   // first: no count is settled until its worker adds it back
     uint64_t live = record_bits();
     for_each_channel([&](Channel *ch) {
         ch->subscribers = 0;
         ch->wake_bits &= live;
         free_if_unused(ch);
     });
-    sh_->count_epoch++;
 }
 
 }  // namespace channels::shm

@@ -66,6 +66,7 @@ public:
     Channel *create_for_subscriber(std::string_view id, Refusal *why);
     // Frees the channel when nothing holds it any more (no message, subscriber, log entry).
     void free_if_unused(Channel *ch);
+    // Published (or deleted: the channel stays as long as its marker, kDeleted).
     void set_exists(Channel *ch, bool exists);
     void pin(Channel *ch) { ch->flags |= kPinned; }
     void unpin(Channel *ch);
@@ -158,6 +159,7 @@ private:
     void remove_entry(Entry *e);
     bool unread(const Entry *e) const;
     void set_idle(Channel *ch, bool idle);
+    void set_deleted(Channel *ch, bool deleted);
     void free_channel(Channel *ch);
     MessageId next_id();
 

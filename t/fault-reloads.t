@@ -227,7 +227,10 @@ is($t->http(DELETE => '/pub/rl', port => 1)->{status}, 200, 'DELETE rl');
 # "other" was only ever waited on: it left the zone with its last subscriber (SPEC §2).
 is($t->http(GET => '/pub/other', port => 1)->{status}, 404, 'the channel only subscribers named is gone with them');
 my $used;
-ok($t->wait_for(sub { my $s = zstat(); $used = $s->{used}; $s->{channels} == 0 && $used <= $used0 + 2 * $PAGE }, timeout => 10),
-   "with the channels deleted, used returns to its value before the load ($used0 -> $used)");
+# The deleted channel stays as long as its marker would (README "Publishing": a client resuming
+# from before the deletion is told): its record, ring and marker, in three slab classes, may
+# keep a page each besides the two of the baseline's rounding.
+ok($t->wait_for(sub { my $s = zstat(); $used = $s->{used}; $s->{channels} == 0 && $used <= $used0 + 5 * $PAGE }, timeout => 10),
+   "with the channels deleted, used returns to its value before the load but for the marker ($used0 -> $used)");
 
 done_testing;

@@ -80,9 +80,14 @@ sub gone_ok {
     is($r->{status}, 200, 'it gets its next message');
     is($r->{json} && $r->{json}{messages}[0]{id}, $k3, '... the right one');
 
-    # the channel is gone; polling it again waits on a new empty channel
+    # the channel is gone; polling it again from before the deletion is told at once; from
+    # the 410's Last-Event-ID (the deletion's id) it waits on a new empty channel
     is($t->http(GET => '/pub/del', port => 1)->{status}, 404, 'after DELETE the channel info is 404');
-    my $p2 = $t->poll_start('/poll/del', cursor => $c);
+    my $again = $t->poll('/poll/del', cursor => $c, timeout => 5);
+    is($again->{status}, 410, 'polling again from the old cursor: 410 at once (the deletion came after it)');
+    my $gone_at = $again->{headers}{'last-event-id'};
+    cmp_ok(id_cmp($gone_at // '0-0', $c), '>', 0, '... with the deletion\'s id as Last-Event-ID');
+    my $p2 = $t->poll_start('/poll/del', cursor => $gone_at);
     ok($t->wait_for(sub { $t->subscribers('del') == 1 }, timeout => 10), 'polling it again waits (the channel exists again, empty)');
     my $id = $t->publish('del', 'reborn');
     $r = $p2->result(timeout => 10);
@@ -103,13 +108,16 @@ sub gone_ok {
     ok($t->wait_for(sub { $t->subscribers('ma') == 0 }, timeout => 10), 'no longer counted on the other channel');
 }
 
-# ---- DELETE of a channel nobody waits on, then a poll with an old cursor: no 410, it waits
+# ---- DELETE of a channel nobody waits on, then a poll with an old cursor: told at once (410),
+# as a client between two polls must be; without a cursor it just waits
 {
     my $c = $t->publish('dd', 'x');
     $t->publish('dd', 'y');
     is($t->http(DELETE => '/pub/dd', port => 1)->{status}, 200, 'DELETE dd (no waiter)');
     my $r = $t->poll('/short/dd', cursor => $c);
-    is($r->{status}, 204, 'a later poll with an old cursor: the deleted messages are gone, 204 at the timeout');
+    is($r->{status}, 410, 'a later poll with an old cursor: 410, the channel was deleted after it');
+    $r = $t->poll('/short/dd');
+    is($r->{status}, 204, 'a poll without a cursor: nothing to tell, 204 at the timeout');
 }
 
 # ---- gap: history 5, a cursor whose successors were evicted

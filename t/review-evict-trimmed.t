@@ -35,6 +35,7 @@ my $t = ChannelsTest->new(workers => 2, conf => <<'CONF');
         listen 127.0.0.1:%%PORT_1%%;
         location ~ ^/pub/(?<ch>[\w.-]+)$    { publish_channel $ch; }
         location = /stats                   { channel_stats; }
+        location = /pid                     { return 200 $pid; }
     }
 CONF
 
@@ -51,6 +52,17 @@ ok($holder, "its worker is $holder");
 
 my $payload = 'p' x 900;
 
+# A keep-alive connection the other worker accepted: publishes on it never wait for the
+# stopped one (a new connection may be queued for it).
+my $pub;
+for (1 .. 50) {
+    my $c = $t->client(port => 1);
+    my $r = $t->http(GET => '/pid', client => $c);
+    if ($r->{status} == 200 && $r->{body} ne $holder) { $pub = $c; last }
+    $c->close;
+}
+ok($pub, 'a publishing connection served by the other worker');
+
 # The subscriber's worker is stopped while $LIVE messages are published to "live" by the
 # other worker, then resumed; returns the messages and gap notices the subscriber gets.
 sub lagging_round {
@@ -58,7 +70,7 @@ sub lagging_round {
     kill 'STOP', $holder;
     my @ids;
     my $ok = eval {
-        push @ids, $t->publish('live', sprintf("%s-%02d:%s", $tag, $_, $payload)) for 1 .. $LIVE;
+        push @ids, $t->publish('live', sprintf("%s-%02d:%s", $tag, $_, $payload), client => $pub) for 1 .. $LIVE;
         1;
     };
     kill 'CONT', $holder;

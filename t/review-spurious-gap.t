@@ -27,6 +27,7 @@ my $t = ChannelsTest->new(workers => 2, conf => <<'CONF');
         listen 127.0.0.1:%%PORT_1%%;
         location ~ ^/pub/(?<ch>[\w.-]+)$ { publish_channel $ch; }
         location = /stats                { channel_stats; }
+        location = /pid                  { return 200 $pid; }
     }
 CONF
 sub zone { $t->zone_stats('/stats', 'small', port => 1) }
@@ -40,9 +41,19 @@ $t->wait_for(sub { my ($w) = grep { $_->{subscribers} > 0 } @{ zone()->{workers}
 my $payload = 'p' x 900;
 my $i = 0;
 $i++ while $t->publish(sprintf('old%04d', $i), "old $payload") && (zone()->{evicted} == 0 || $i % 50) && $i < 5000;
+# A keep-alive connection the other worker accepted: publishes on it never wait for the
+# stopped one (a new connection may be queued for it).
+my $pub;
+for (1 .. 50) {
+    my $c = $t->client(port => 1);
+    my $r = $t->http(GET => '/pid', client => $c);
+    if ($r->{status} == 200 && $r->{body} ne $holder) { $pub = $c; last }
+    $c->close;
+}
+die "no connection to the other worker\n" unless $pub;
 kill 'STOP', $holder;
 # More than the zone holds, so that the busy messages the stopped worker has not read go too.
-eval { for my $round (1 .. 80) { $t->publish($_, "$_ $round $payload", timeout => 5) for @busy } };
+eval { for my $round (1 .. 80) { $t->publish($_, "$_ $round $payload", client => $pub) for @busy } };
 kill 'CONT', $holder;
 my %gap;
 while (my $e = $s->next_event(timeout => 3)) {

@@ -90,7 +90,7 @@ first) — and nothing at all in a zone that never has to evict.
            exactly when not UTF-8), event, content type; ≤ 100 and ≤ 1 MiB unless one
     L2 §5  nothing missing within an answer (or "gap":true); 204 keeps the cursor and hides
            nothing retained
-    L3 §5  410 only for a DELETE while it waited; "gap":true only for a real loss
+    L3 §5  410 only for a DELETE while it waited or after its cursor; "gap":true only for a real loss
     V1 §4  a barrier: every client reading at full speed has it all within 5 s
     V2 §4  the END of every channel reaches every client within 15 s
     R0-R6  the zone at the end (read back): R1 suffix per channel, R2 ≤ history, R3 oldest
@@ -671,8 +671,15 @@ sub check_poll_client {
         my @chans = @{ $p->{channels} };
         my %mine = map { $_ => 1 } @chans;
         if ($st == 410) {
-            my ($d) = grep { $mine{ $_->{channel} } && $_->{t_send} < $p->{t_end} && ($_->{t_ack} // inf()) > $p->{t_req} - 0.01 } @{ $tr->{deletes} };
-            $self->diverge('L3', '§5', $where, '410 though no channel of it was deleted while it waited') unless $d;
+            # A deletion while it waited, or (a cursor) after its cursor: a deleted channel keeps
+            # its marker, and a client coming back from before it is told (README "Long polling").
+            my $since = $p->{t_req} - 0.01;
+            if (defined $cursor) {
+                my $m = $self->{by_id}{$cursor};
+                $since = $m ? $m->{t_send} : -inf();
+            }
+            my ($d) = grep { $mine{ $_->{channel} } && $_->{t_send} < $p->{t_end} && ($_->{t_ack} // inf()) > $since } @{ $tr->{deletes} };
+            $self->diverge('L3', '§5', $where, '410 though no channel of it was deleted after its cursor or while it waited') unless $d;
             next;
         }
         if ($st == 204) {

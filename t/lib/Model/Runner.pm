@@ -460,6 +460,12 @@ sub read_back {
                                    headers => [ 'Last-Event-ID' => $cursor ]);
             $self->pump(sub { $h->done }, 10);
             last if $h->{status} == 204;   # nothing (more) retained: it waited for the timeout
+            if ($h->{status} == 410) {     # a deletion after the cursor: read on after it
+                my $next = $h->{headers}{'last-event-id'};
+                if (!defined $next || $next eq $cursor) { $err = "read-back answered 410 without a new cursor"; last }
+                $cursor = $next;
+                next;
+            }
             if ($h->{status} != 200) { $err = "read-back answered $h->{status} ($h->{end})"; last }
             my $j = eval { $JSON->decode($h->{body}) };
             if (!$j || ref $j->{messages} ne 'ARRAY') { $err = 'read-back answer not JSON'; last }
