@@ -32,6 +32,7 @@ constexpr size_t kBatchSlack = kMaxChannels * 256;
 WorkerZone **runtime;                         // this worker's zones, by ZoneConf::index
 size_t       nruntime;
 ngx_event_t  collect_timer;                   // housekeeping in worker 0 only
+ngx_event_t  sweep_event;                     // its long work, in rounds between other events
 bool         shutting_down;
 uint64_t     gone_since_trim;                 // subscribers detached since the heap was trimmed
 ngx_event_t  trim_timer;
@@ -168,6 +169,9 @@ void run_delivery(WorkerZone *wz) {
         wz->passes_last = &b->next_pass;
         for (const MessageCopy &m : b->items) delivered += fan_out(wz, m);
     }
+    ngx_log_debug4(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                   "channels: delivery pass of zone \"%V\": %uz entries, %uL deliveries, more: %d",
+                   &wz->conf->name, b->items.size(), delivered, int(more));
     flush_touched(wz);
     if (delivered > 0) wz->store->count_delivered(delivered);
     // A page limit stopped the pass: the rest after other events had their turn.
@@ -197,8 +201,25 @@ void trim_handler(ngx_event_t *) noexcept {
 #endif
 }
 
+// Rounds of a large expiry or release, one per zone between the worker's other events.
+void sweep_handler(ngx_event_t *ev) noexcept {
+    bool more = false;
+    for (size_t i = 0; i < nruntime; i++) {
+        if (runtime[i] != nullptr && runtime[i]->store->sweep()) more = true;
+    }
+    if (more && !ev->posted) {
+        ngx_post_event(ev, &ngx_posted_next_events);
+    }
+}
+
 void collect_handler(ngx_event_t *ev) noexcept {
-    delivery_collect();
+    bool more = false;
+    for (size_t i = 0; i < nruntime; i++) {
+        if (runtime[i] != nullptr && runtime[i]->store->collect(&runtime[i]->session)) more = true;
+    }
+    if (more && !sweep_event.posted) {
+        ngx_post_event(&sweep_event, &ngx_posted_next_events);
+    }
     if (!ngx_exiting && !ngx_terminate) ngx_add_timer(ev, kCollectInterval);
 }
 
@@ -310,6 +331,8 @@ ngx_int_t delivery_init_worker(ngx_cycle_t *cycle, MainConf *mcf) {
         collect_timer.handler = collect_handler;
         collect_timer.log = cycle->log;
         collect_timer.cancelable = 1;
+        sweep_event.handler = sweep_handler;
+        sweep_event.log = cycle->log;
         ngx_add_timer(&collect_timer, kCollectInterval);
     }
     return NGX_OK;
@@ -317,6 +340,9 @@ ngx_int_t delivery_init_worker(ngx_cycle_t *cycle, MainConf *mcf) {
 
 void delivery_exit_worker() {
     if (collect_timer.timer_set) ngx_del_timer(&collect_timer);
+    if (sweep_event.posted) {
+        ngx_delete_posted_event(&sweep_event);
+    }
     if (trim_timer.timer_set) ngx_del_timer(&trim_timer);
     for (size_t i = 0; i < nruntime; i++) {
         if (runtime[i] != nullptr) stop_zone(runtime[i]);
@@ -337,12 +363,6 @@ WorkerZone *worker_zone(const ZoneConf *zone) {
 void delivery_woken(WorkerZone *wz) {
     wz->woken = true;
     run_delivery(wz);
-}
-
-void delivery_collect() {
-    for (size_t i = 0; i < nruntime; i++) {
-        if (runtime[i] != nullptr) runtime[i]->store->collect(&runtime[i]->session);
-    }
 }
 
 void delivery_shutdown() {
@@ -410,6 +430,7 @@ void delivery_attach(Subscriber *sub, LocalChannel **locals, size_t n) {
     sub->attached = true;
     sub->in_zone.owner = sub;
     ngx_queue_insert_tail(&wz->subscribers, &sub->in_zone.queue);
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0, "channels: subscriber %p attached to %uz channels", sub, n);
 }
 
 namespace {
@@ -449,6 +470,7 @@ void delivery_detach(Subscriber *sub) {
     for (size_t i = 0; i < sub->nlinks; i++) {
         if (LocalChannel *lc = unlink(sub, i)) lcs[n++] = lc;
     }
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0, "channels: subscriber %p detached from %uz channels", sub, n);
     wz->store->unsubscribe(wz->session, lcs, n, true);
     forget_unused(wz, lcs, n);
     if (sub->touched) {

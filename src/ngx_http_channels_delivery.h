@@ -107,7 +107,6 @@ WorkerZone *worker_zone(const ZoneConf *zone);
 // A wake-up for the zone arrived from another worker.
 void delivery_woken(WorkerZone *wz);
 // Runs every zone's housekeeping (worker 0, every second).
-void delivery_collect();
 // Every stream ends and every waiting request is answered: the worker is going away.
 void delivery_shutdown();
 

@@ -221,7 +221,7 @@ ngx_int_t channel_info(ngx_http_request_t *r, bool remove) {
     return send_json(r, NGX_HTTP_OK, [&](auto &sink) { put_info(sink, channel, info); });
 }
 
-ngx_int_t handle(ngx_http_request_t *r) {
+ngx_int_t serve_publish(ngx_http_request_t *r) {
     if (r->method & (NGX_HTTP_POST | NGX_HTTP_PUT)) {
         ngx_int_t rc = ngx_http_read_client_request_body(r, ngx_http_channels_body_read);
         if (rc >= NGX_HTTP_SPECIAL_RESPONSE) return rc;
@@ -237,7 +237,7 @@ ngx_int_t handle(ngx_http_request_t *r) {
 }  // namespace
 
 ngx_int_t ngx_http_channels_publish_handler(ngx_http_request_t *r) noexcept {
-    return guarded(r->connection->log, ngx_int_t(NGX_HTTP_INTERNAL_SERVER_ERROR), [r] { return handle(r); });
+    return guarded(r->connection->log, ngx_int_t(NGX_HTTP_INTERNAL_SERVER_ERROR), [r] { return serve_publish(r); });
 }
 
 }  // namespace channels

@@ -36,7 +36,8 @@ public:
     MessageId position() override { return local_->position(); }
     ngx_int_t start_worker(ngx_cycle_t *cycle, ZoneSession *session, StoreListener *listener) override;
     void stop_worker(ZoneSession *session) override;
-    void collect(ZoneSession *session) override { local_->collect(session); }
+    bool collect(ZoneSession *session) override { return local_->collect(session); }
+    bool sweep() override { return local_->sweep(); }
     SubscribeResult subscribe(ZoneSession &s, const SubscribeQuery &q, ReadPosition *positions, Batch &page) override {
         return local_->subscribe(s, q, positions, page);
     }

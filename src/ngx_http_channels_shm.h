@@ -37,7 +37,8 @@ public:
     MessageId position() override { return last_id(); }
     ngx_int_t start_worker(ngx_cycle_t *cycle, ZoneSession *session, StoreListener *listener) override;
     void stop_worker(ZoneSession *session) override;
-    void collect(ZoneSession *session) override;
+    bool collect(ZoneSession *session) override;
+    bool sweep() override;
     SubscribeResult subscribe(ZoneSession &s, const SubscribeQuery &q, ReadPosition *positions,
                               Batch &first_page) override;
     void unsubscribe(ZoneSession &s, LocalChannel *const *channels, size_t n, bool count_connection) override;

@@ -343,18 +343,21 @@ void ShmStore::drop_dead_records(const ZoneSession *self) {
     notify(wake);
 }
 
-void ShmStore::collect(ZoneSession *session) {
-    constexpr size_t kChunk = 1024;
-    bool more = true;
-    for (int rounds = 0; more && rounds < 256; rounds++) {   // short lock holds; a backlog takes many
-        ZoneLock lock(*this);
-        Zone z(*this, lock.sh(), now_ms());
-        size_t expired = z.expire(kChunk);
-        size_t released = z.release_read(kReleaseBudget);
-        more = expired == kChunk || released == kReleaseBudget;
-    }
+bool ShmStore::collect(ZoneSession *session) {
     drop_dead_records(session);
     persist_mark();
+    return sweep();
+}
+
+// One lock hold of bounded work (about half a millisecond): a large expiry or release takes
+// many rounds, and the worker serves its other events between them.
+bool ShmStore::sweep() {
+    constexpr size_t kChunk = 1024;
+    ZoneLock lock(*this);
+    Zone z(*this, lock.sh(), now_ms());
+    size_t expired = z.expire(kChunk);
+    size_t released = z.release_read(kReleaseBudget);
+    return expired == kChunk || released == kReleaseBudget;
 }
 
 // ---- statistics, listings, checks ----

@@ -89,7 +89,7 @@ ngx_int_t subscribe(ngx_http_request_t *r, SseStream *sub, const ChannelArgs &ar
     return NGX_DONE;
 }
 
-ngx_int_t handle(ngx_http_request_t *r) {
+ngx_int_t serve_sse(ngx_http_request_t *r) {
     ChannelArgs args;
     ngx_int_t rc = NGX_OK;
     if (!subscriber_prelude(r, args, &rc)) return rc;
@@ -116,7 +116,7 @@ ngx_int_t handle(ngx_http_request_t *r) {
 }  // namespace
 
 ngx_int_t ngx_http_channels_sse_handler(ngx_http_request_t *r) noexcept {
-    return guarded(r->connection->log, ngx_int_t(NGX_HTTP_INTERNAL_SERVER_ERROR), [r] { return handle(r); });
+    return guarded(r->connection->log, ngx_int_t(NGX_HTTP_INTERNAL_SERVER_ERROR), [r] { return serve_sse(r); });
 }
 
 }  // namespace channels

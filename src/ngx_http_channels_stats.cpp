@@ -122,7 +122,7 @@ ngx_int_t check_zones(ngx_http_request_t *r, ZoneConf **zones, size_t n) {
     return send_body(r, NGX_HTTP_OK, "application/json", out);
 }
 
-ngx_int_t handle(ngx_http_request_t *r) {
+ngx_int_t serve_stats(ngx_http_request_t *r) {
     if (!(r->method & (NGX_HTTP_GET | NGX_HTTP_HEAD))) {
         if (add_header(r, "Allow", "GET, HEAD") != NGX_OK) return NGX_HTTP_INTERNAL_SERVER_ERROR;
         return send_text(r, NGX_HTTP_NOT_ALLOWED, "method not allowed");
@@ -167,7 +167,7 @@ ngx_int_t handle(ngx_http_request_t *r) {
 }  // namespace
 
 ngx_int_t ngx_http_channels_stats_handler(ngx_http_request_t *r) noexcept {
-    return guarded(r->connection->log, ngx_int_t(NGX_HTTP_INTERNAL_SERVER_ERROR), [r] { return handle(r); });
+    return guarded(r->connection->log, ngx_int_t(NGX_HTTP_INTERNAL_SERVER_ERROR), [r] { return serve_stats(r); });
 }
 
 }  // namespace channels

@@ -220,7 +220,10 @@ public:
     // ---- worker life ----
     virtual ngx_int_t start_worker(ngx_cycle_t *cycle, ZoneSession *session, StoreListener *listener) = 0;
     virtual void stop_worker(ZoneSession *session) = 0;
-    virtual void collect(ZoneSession *session) = 0;   // housekeeping (one worker, every second)
+    // Housekeeping (one worker, every second); true: expired or released entries are left,
+    // to be taken by sweep() rounds between other events.
+    virtual bool collect(ZoneSession *session) = 0;
+    virtual bool sweep() = 0;   // one more short round of that; true: more is left
 
     // ---- subscriber side ----
     virtual SubscribeResult subscribe(ZoneSession &s, const SubscribeQuery &q, ReadPosition *positions,

@@ -434,6 +434,8 @@ bool Zone::evict_one() {
     if (ngx_queue_empty(&sh_->log)) return false;
     Entry *e = ngx_queue_data(ngx_queue_head(&sh_->log), Entry, in_log);
     if (e->kind == EntryKind::message && (e->state == EntryState::retained || unread(e))) sh_->evicted++;
+    ngx_log_debug2(NGX_LOG_DEBUG_CORE, ngx_cycle->log, 0, "channels: evicting an entry of \"%*s\"",
+                   e->channel->name().size(), e->channel->name().data());
     if (e->state == EntryState::retained) pop_head(e->channel);
     remove_entry(e);
     return true;
