@@ -85,8 +85,7 @@ sub expiry_ok {
 
 {
     my ($tok, $exp) = token_for(2);
-    my $s = ChannelsTest::SSE->open(port => $t->port(0), path => '/events/b', version => '1.0',
-                                    headers => { %{ bearer($tok) }, Connection => 'close' });
+    my $s = $t->sse_open('/events/b', version => '1.0', headers => { %{ bearer($tok) }, Connection => 'close' });
     is($s->status, 200, 'HTTP/1.0 stream: 200');
     my ($ev, $when) = until_expired($s);
     ok($ev, 'HTTP/1.0 stream: token-expired arrives');

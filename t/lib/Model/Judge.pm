@@ -112,7 +112,7 @@ use Exporter 'import';
 use JSON::PP ();
 use MIME::Base64 ();
 use Encode ();
-use SseParser;
+use ChannelsTest::SseParser;
 
 our @EXPORT_OK = qw(valid_id key id_gt cursor_of);
 
@@ -511,9 +511,9 @@ sub check_sse_conn {
         if (($e->{event} // "\0") ne ($want_event // "\0")) {
             $self->diverge('S3', '§4', $where, "$what with event '" . ($e->{event} // '(none)') . "', expected '" . ($want_event // '(none)') . "'");
         }
-        if (!defined $e->{data} || $e->{data} ne SseParser::client_data($m->{data})) {
+        if (!defined $e->{data} || $e->{data} ne ChannelsTest::SseParser::client_data($m->{data})) {
             $self->diverge('S3', '§4', $where, "$what with other data: " . (defined $e->{data} ? length($e->{data}) . ' B' : 'no data line')
-                           . ', expected ' . length(SseParser::client_data($m->{data})) . ' B');
+                           . ', expected ' . length(ChannelsTest::SseParser::client_data($m->{data})) . ' B');
         }
         if (my $why = $self->impossible($m, $conn->{t_req}, $cursor, $c->{mode})) {
             $self->diverge('S4', '§4', $where, "$what, which it could not have had: $why");

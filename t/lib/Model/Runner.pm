@@ -37,7 +37,7 @@ use IO::Select;
 use POSIX ();
 use JSON::PP ();
 use ChannelsTest qw(id_parse);
-use SseParser;
+use ChannelsTest::SseParser;
 use CurlStream;
 use Model::Http;
 use Model::Schedule;
@@ -538,7 +538,7 @@ sub open {
                  events => [], paused => [], slow => $spec->{reading} eq 'slow' && !$s->{hurry} ? 1 : 0, status => 0,
                  channels => [ @{ $s->{chs} } ] };
     push @{ $s->{rec}{conns} }, $conn;
-    $s->{parser} = SseParser->new;
+    $s->{parser} = ChannelsTest::SseParser->new;
     $s->{reconnect_at} = undef;
     my %h = (Accept => 'text/event-stream', defined $hdr ? ('Last-Event-ID' => $hdr) : ());
     if ($spec->{proto} eq 'h2' || $spec->{proto} eq 'curl1.1') {
