@@ -17,63 +17,41 @@ my $redis = RedisServer->new;
 my $A = $redis->host(prefix => 'rm:', http => 'longpoll_timeout 2s;');
 my $B = $redis->host(prefix => 'rm:', http => 'longpoll_timeout 2s;');
 
-sub publish {
-    my ($t, $ch, $body) = @_;
-    my $r = $t->http(POST => "/pub/$ch", body => $body, port => 1);
-    return $r->{status} == 201 ? [ $r->{json}{id}, $body ] : undef;
-}
-
-sub events_until {
-    my ($s, $marker, %o) = @_;
-    my @ev;
-    while (my $e = $s->next_event(timeout => $o{timeout} // 5)) {
-        push @ev, $e;
-        last if defined $e->{data} && $e->{data} eq $marker;
-    }
-    return @ev;
-}
+# Publishes (dying unless 201); returns [id, data] as pairs() gives them back.
+sub sent { my ($t, $ch, $body) = @_; [ $t->publish($ch, $body), $body ] }
 
 sub pairs { [ map { [ $_->{id}, $_->{data} ] } @_ ] }
-
-sub wait_subscribers {
-    my ($t, $ch, $n) = @_;
-    return $t->wait_for(sub {
-        my $r = $t->http(GET => "/pub/$ch", port => 1);
-        $r->{status} == 200 && $r->{json}{subscribers} == $n;
-    }, timeout => 5);
-}
 
 # ---- SSE: read part on A, move to B with Last-Event-ID ----
 {
     my $s = $A->sse_open('/events/mv');
-    ok(wait_subscribers($A, 'mv', 1), 'SSE subscriber on A');
-    my @sent = map { publish($_ % 2 ? $A : $B, 'mv', "mv $_") } 1 .. 8;
-    is(scalar(grep { defined } @sent), 8, '8 messages published, alternating A and B');
+    ok($A->wait_subscribers('mv', 1), 'SSE subscriber on A');
+    my @sent = map { sent($_ % 2 ? $A : $B, 'mv', "mv $_") } 1 .. 8;    # alternating A and B
     my @first = map { $s->next_event(timeout => 5) } 1 .. 4;
     is_deeply(pairs(@first), [ @sent[0 .. 3] ], 'A delivered the first four');
     $s->close;
     my $cursor = $first[-1]{id};
-    push @sent, publish($B, 'mv', 'mv 9'), publish($A, 'mv', 'mv 10');   # published while away
+    push @sent, sent($B, 'mv', 'mv 9'), sent($A, 'mv', 'mv 10');   # published while away
 
     my $s2 = $B->sse_open('/events/mv', headers => { 'Last-Event-ID' => $cursor });
     is($s2->status, 200, 'reconnected to B with Last-Event-ID');
-    my @rest = events_until($s2, 'mv 10');
+    my @rest = $s2->events_until('mv 10');
     is_deeply(pairs(@rest), [ @sent[4 .. $#sent] ], 'B replays exactly what followed the cursor');
-    my $live = publish($A, 'mv', 'mv live');
+    my $live = sent($A, 'mv', 'mv live');
     my $e = $s2->next_event(timeout => 5);
     is_deeply(pairs($e // {}), [ $live ], 'and then delivers live what A publishes, once');
     $s2->close;
 
     # The same with the cursor in the query argument, back on A from B's last id.
     my $s3 = $A->sse_open("/events/mv?last_event_id=$rest[1]{id}");
-    my @again = events_until($s3, 'mv live');
+    my @again = $s3->events_until('mv live');
     is_deeply(pairs(@again), [ @sent[6 .. $#sent], $live ], 'last_event_id argument: resumes exactly on A');
     $s3->close;
 }
 
 # ---- long-poll: follow the cursor from A to B ----
 {
-    my @sent = map { publish($A, 'lpmv', "lp $_") } 1 .. 5;
+    my @sent = map { sent($A, 'lpmv', "lp $_") } 1 .. 5;
     my $first = $A->poll('/poll/lpmv', cursor => '0-0', timeout => 5);
     is($first->{status}, 200, 'long-poll on A');
     is_deeply([ map { [ $_->{id}, $_->{data} ] } @{ $first->{json}{messages} || [] } ], \@sent,
@@ -81,8 +59,8 @@ sub wait_subscribers {
     my $cursor = $first->{headers}{'last-event-id'};
     is($cursor, $sent[-1][0], 'Last-Event-ID: the last message');
     my $wait = $B->poll_start('/poll/lpmv', cursor => $cursor);
-    ok(wait_subscribers($B, 'lpmv', 1), 'next poll waits on B');
-    my $m = publish($A, 'lpmv', 'lp 6');
+    ok($B->wait_subscribers('lpmv', 1), 'next poll waits on B');
+    my $m = sent($A, 'lpmv', 'lp 6');
     my $r = $wait->result(timeout => 5);
     is_deeply([ $r->{status}, map { [ $_->{id}, $_->{data} ] } @{ $r->{json}{messages} || [] } ], [ 200, $m ],
               'B answers with only the message published after the cursor');
@@ -92,22 +70,21 @@ sub wait_subscribers {
 }
 
 # ---- a host started after the messages were published replays them ----
-my @hist = map { publish($_ % 2 ? $A : $B, 'hist', "hist $_") } 1 .. 12;
-is(scalar(grep { defined } @hist), 12, '12 messages published before host C exists');
+my @hist = map { sent($_ % 2 ? $A : $B, 'hist', "hist $_") } 1 .. 12;    # before host C exists
 {
     my $C = $redis->host(prefix => 'rm:', http => 'longpoll_timeout 2s; channel_first_message oldest;');
     my $info = $C->http(GET => '/pub/hist', port => 1);
     ok($C->wait_for(sub { ($C->http(GET => '/pub/hist', port => 1)->{json}{messages} // 0) == 12 }),
        'C: GET shows the 12 messages published before it started');
     my $s = $C->sse_open('/events/hist', headers => { 'Last-Event-ID' => $hist[4][0] });
-    my @ev = events_until($s, 'hist 12');
+    my @ev = $s->events_until('hist 12');
     is_deeply(pairs(@ev), [ @hist[5 .. 11] ], 'C: SSE with a cursor replays exactly the later history');
-    my $live = publish($B, 'hist', 'hist live');
+    my $live = sent($B, 'hist', 'hist live');
     my $e = $s->next_event(timeout => 5);
     is_deeply(pairs($e // {}), [ $live ], 'C: then live messages from B');
     $s->close;
     my $all = $C->sse_open('/events/hist');
-    my @everything = events_until($all, 'hist live');
+    my @everything = $all->events_until('hist live');
     is_deeply(pairs(@everything), [ @hist, $live ], 'C: channel_first_message oldest gives the whole history');
     $all->close;
     my $p = $C->poll('/poll/hist', cursor => $hist[9][0], timeout => 5);
@@ -121,7 +98,7 @@ is(scalar(grep { defined } @hist), 12, '12 messages published before host C exis
 # arrives with a cursor taken from A; Redis goes on (SIGCONT) once D holds the client. When D
 # catches up, the client must get only what follows its cursor.
 {
-    my @lag = map { publish($A, 'lag', "lag $_") } 1 .. 6;
+    my @lag = map { sent($A, 'lag', "lag $_") } 1 .. 6;
     my $cursor = $lag[3][0];
     ok(kill('STOP', $redis->pid), 'Redis stopped');
     my $D = $redis->host(prefix => 'rm:', http => 'longpoll_timeout 10s;', wait => 0);
@@ -132,7 +109,7 @@ is(scalar(grep { defined } @hist), 12, '12 messages published before host C exis
        'D holds the SSE and the long-poll client');
     is($info->{json}{messages}, 0, 'D has not mirrored the channel yet when the clients arrive');
     ok(kill('CONT', $redis->pid), 'Redis goes on');
-    my @ev = events_until($s, 'lag 6', timeout => 10);
+    my @ev = $s->events_until('lag 6', timeout => 10);
     is_deeply(pairs(@ev), [ @lag[4, 5] ],
               'SSE on D: after catching up, only the messages after the cursor (no duplicates)');
     diag("SSE on D got: " . join(", ", map { $_->{data} // "?" } @ev)) if @ev != 2;

@@ -14,6 +14,7 @@ use Test::More;
 use Time::HiRes ();
 use POSIX ();
 use ChannelsTest qw(id_cmp);
+use Attack ();
 
 # SSE_FANOUT_SUBSCRIBERS / SSE_FANOUT_WORKERS override the sizes for a quick benchmark run
 # (e.g. 10000 and 2; run with `prove -v` to see the figures).
@@ -36,16 +37,7 @@ CONF
 
 sub zone { $t->zone_stats('/stats', 'events', port => 1) || {} }
 
-sub rss_anon_kb {
-    my $pid = shift;
-    open my $fh, '<', "/proc/$pid/status" or return 0;
-    while (<$fh>) { return $1 if /^RssAnon:\s+(\d+) kB/ }
-    return 0;
-}
-
-sub workers_rss { my $s = 0; $s += rss_anon_kb($_) for $t->worker_pids; $s }
-
-my $rss0 = workers_rss();
+my $rss0 = Attack::anon_kb($t->worker_pids);
 
 # ---- 1000 subscribers
 my @subs;
@@ -69,7 +61,7 @@ my $min = (sort { $a <=> $b } values %per)[0] // 0;
 cmp_ok($min, '>=', int($N / $W / 2), "spread over the workers: " . join(' / ', map { $per{$_} } sort keys %per));
 my $sum = 0; $sum += $_ for values %per;
 is($sum, $N, 'the workers\' subscribers add up to the zone\'s');
-my $rss1 = workers_rss();
+my $rss1 = Attack::anon_kb($t->worker_pids);
 note(sprintf('figure: %d idle subscribers opened in %.1fs; worker anonymous RSS %d KiB -> %d KiB, %.2f KiB per subscriber',
              $N, Time::HiRes::time() - $t0, $rss0, $rss1, ($rss1 - $rss0) / $N));
 

@@ -12,7 +12,7 @@ use lib "$FindBin::Bin/lib";
 use Test::More;
 use Time::HiRes ();
 use POSIX ();
-use ChannelsTest qw(id_cmp json_decode);
+use ChannelsTest qw(id_cmp json_decode slurp);
 
 my $curl_v = `curl -V 2>&1`;
 plan skip_all => 'curl not found' unless $? == 0;
@@ -54,8 +54,6 @@ $t->start;
 my $base = 'https://127.0.0.1:' . $t->port(0);
 
 sub zone_subscribers { ($t->zone_stats('/stats', 'events', port => 1) || {})->{subscribers} // -1 }
-
-sub slurp { my $f = shift; open my $fh, '<:raw', $f or return ''; local $/; my $c = <$fh>; $c // '' }
 
 # Starts curl in the background; returns its pid. @pairs: [url, output file] ...
 my $n = 0;

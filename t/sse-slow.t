@@ -18,6 +18,7 @@ use lib "$FindBin::Bin/lib";
 use Test::More;
 use Time::HiRes ();
 use ChannelsTest qw(id_cmp);
+use Attack ();
 
 my $GOOD = 100;
 my $M = 100;               # messages
@@ -54,13 +55,6 @@ sub rss_bound {
     }
 }
 
-sub rss_anon_kb {
-    my $pid = shift;
-    open my $fh, '<', "/proc/$pid/status" or return 0;
-    while (<$fh>) { return $1 if /^RssAnon:\s+(\d+) kB/ }
-    return 0;
-}
-
 my ($worker) = $t->worker_pids;
 my $slow = $t->sse_start('/events/slow', rcvbuf => 4096);
 my @good = map { $t->sse_start('/events/slow') } 1 .. $GOOD;
@@ -71,7 +65,7 @@ ok(pump(sub { !grep { !$_->started } @good }, 10), "$GOOD readers connected");
 ok($t->wait_for(sub { (zone()->{subscribers} // 0) == $GOOD + 1 }, timeout => 5), 'stats: ' . ($GOOD + 1) . ' subscribers');
 is(zone()->{dropped_slow}, 0, 'dropped_slow 0 at the start');
 
-my $rss0 = rss_anon_kb($worker);
+my $rss0 = Attack::anon_kb($worker);
 my $rss_max = $rss0;
 my @ids;
 my $c = $t->client(port => 1);
@@ -83,7 +77,7 @@ for my $i (1 .. $M) {
     if ($r->{status} != 201) { fail("publish $i: $r->{status}"); last }
     push @ids, $r->{json}{id};
     pump(sub { $min_got->() >= $i - $LAG }, 20) or do { fail("readers fell behind at message $i"); last };
-    my $rss = rss_anon_kb($worker);
+    my $rss = Attack::anon_kb($worker);
     $rss_max = $rss if $rss > $rss_max;
     $dropped_after //= $i if $r->{json}{subscribers} == $GOOD;
 }
@@ -159,13 +153,13 @@ ok($t->wait_for(sub { (zone()->{subscribers} // -1) == 0 }, timeout => 5), 'clos
     is($old->status . ' ' . $held->status, '200 200', 'stalled HTTP/1.0 and limit_conn streams');
     ok($t->wait_for(sub { (zone()->{subscribers} // 0) == 2 }, timeout => 5), 'subscribed');
     my $dropped0 = zone()->{dropped_slow};
-    my $r0 = rss_anon_kb($worker);
+    my $r0 = Attack::anon_kb($worker);
     my $c = $t->client(port => 1);
     $c->request(POST => '/pub/modes', body => 'm' x $SIZE) for 1 .. 100;
     $c->close;
     ok($t->wait_for(sub { (zone()->{subscribers} // -1) == 0 }, timeout => 5), 'both cut off after 2.4 MB');
     is(zone()->{dropped_slow} - $dropped0, 2, 'stats: dropped_slow + 2');
-    my $growth = rss_anon_kb($worker) - $r0;
+    my $growth = Attack::anon_kb($worker) - $r0;
     rss_bound($growth, 4 * 1024, "worker anonymous RSS grew by $growth KiB (< 4 MiB)");
     $_->close for $old, $held;
 }
@@ -184,11 +178,11 @@ ok($t->wait_for(sub { (zone()->{subscribers} // -1) == 0 }, timeout => 5), 'clos
     is($t->http(GET => '/pub/replay', port => 1)->{json}{messages}, 24, '24 x 512 KiB retained');
     ok($t->wait_for(sub { (zone()->{subscribers} // -1) == 0 }, timeout => 5), 'no subscribers before');
     my $dropped0 = zone()->{dropped_slow};
-    my $r0 = rss_anon_kb($worker);
+    my $r0 = Attack::anon_kb($worker);
     my @stalled = map { $t->sse_start('/events/replay', rcvbuf => 4096, headers => { 'Last-Event-ID' => $first }) } 1 .. 8;
     my $peak = $r0;
     my $cut = $t->wait_for(sub {
-        my $r = rss_anon_kb($worker);
+        my $r = Attack::anon_kb($worker);
         $peak = $r if $r > $peak;
         (zone()->{dropped_slow} // 0) - $dropped0 == 8;
     }, timeout => 10);

@@ -182,10 +182,13 @@ C<< $t->zone_stats($path, $zone_name, port => $n) >> returns that zone's hash.
 POST to C</LOCATION/CHANNEL> (on the publish port, 1, by default); returns the new id and
 dies (with status and body) unless the answer is C<201> with JSON. With C<client> it goes
 over that keep-alive connection.
-C<< $t->publish_request(...) >> (same arguments) sends the same request and returns its
-C<http> answer whatever the status, for tests that expect a refusal or count failures.
+C<< $t->publish_request(...) >> (same arguments, and any other option of C<http>, e.g.
+C<chunked>) sends the same request and returns its C<http> answer whatever the status,
+for tests that expect a refusal or count failures.
 C<< $t->subscribers($channel, location => 'pub', port => 1) >> is the channel's
-C<subscribers> count from a C<GET> there, 0 when the channel does not exist.
+C<subscribers> count from a C<GET> there, 0 when the channel does not exist;
+C<< $t->wait_subscribers($channel, $n, timeout => 5, location => 'pub', port => 1) >> waits
+until it is C<$n> (true) or the timeout passes (undef).
 
 =item C<< $t->wait_for(sub { ... }, timeout => 5, interval => 0.02) >>
 
@@ -231,9 +234,12 @@ All decoded body bytes so far (exact wire framing); the last C<id:> and C<retry:
 values seen by C<next_event>/C<next_block>; every comment line so far; close the
 connection; the underlying socket.
 
-=item C<< $s->events_for(timeout => 1) >>
+=item C<< $s->events_for(timeout => 1) >>, C<< $s->events_until($until, timeout => 5) >>
 
-Every event arriving within the time (or until the end of the stream), as a list.
+C<events_for>: every event arriving within the time (or until the end of the stream), as
+a list. C<events_until>: the events up to the first one C<$until> matches (a string: its
+C<data> is that; a code ref: it returns true for the event), that one included, or those
+that came before the timeout or the end of the stream.
 
 =item C<< my $s = $t->sse_start($path, headers => {...}, port => $n, rcvbuf => $bytes) >>
 
@@ -258,7 +264,8 @@ do, and returns them (for a loop of one's own, e.g. one that reconnects ended st
 
 C<id_parse($id)> gives C<(ms, counter)> or an empty list if the id is not of the
 form README.md gives for message ids (section "Publishing"); C<id_cmp($a, $b)> compares
-two ids (-1, 0, 1). Both exportable, as is C<json_decode($bytes)> (undef if not JSON).
+two ids (-1, 0, 1). Both exportable, as are C<json_decode($bytes)> (undef if not JSON) and
+C<slurp($file)> (its bytes; '' if it cannot be read).
 
 =head2 Files
 
@@ -291,7 +298,7 @@ use ChannelsTest::Conn;
 use ChannelsTest::Pending;
 use ChannelsTest::SSE;
 
-our @EXPORT_OK = qw(id_parse id_cmp json_decode);
+our @EXPORT_OK = qw(id_parse id_cmp json_decode slurp);
 
 $SIG{PIPE} = 'IGNORE';
 
@@ -383,7 +390,7 @@ sub prefix    { $_[0]{prefix} }
 sub port      { my ($self, $n) = @_; $n //= 0;
                 die "ChannelsTest: no port $n allocated\n" unless defined $self->{ports}[$n];
                 $self->{ports}[$n] }
-sub conf_text { my $self = shift; _slurp("$self->{prefix}/conf/nginx.conf") }
+sub conf_text { my $self = shift; slurp("$self->{prefix}/conf/nginx.conf") }
 sub master_pid { $_[0]{running} ? $_[0]{master} : undef }
 
 sub _ports_needed {
@@ -474,7 +481,7 @@ sub _run {
     }
     waitpid $pid, 0;
     my $rc = $?;
-    return ($rc, _slurp($out));
+    return ($rc, slurp($out));
 }
 
 sub test_config {
@@ -505,7 +512,7 @@ sub try_start {
         my $ok = $self->_spawn_and_wait;
         return 1 if $ok;
         my $why = $self->{startup_error};
-        my $new = substr(_slurp($log), $log_off) . substr(_slurp($err), $err_off);
+        my $new = substr(slurp($log), $log_off) . substr(slurp($err), $err_off);
         $self->{startup_error} = "$why\n$new";
         last if $self->{started_once} || $new !~ /Address already in use/;
         # Someone took one of our ports between allocation and bind: new ports, forget the noise.
@@ -547,7 +554,7 @@ sub _spawn_and_wait {
             return 0;
         }
         if ($stage eq 'pid file') {
-            my $pf = _slurp("$p/logs/nginx.pid");
+            my $pf = slurp("$p/logs/nginx.pid");
             $stage = 'ports' if $pf =~ /^(\d+)/ && $1 == $pid;
         }
         if ($stage eq 'ports') {
@@ -679,20 +686,20 @@ sub reload {
 
 sub _alive {
     my $pid = shift;
-    my $stat = _slurp("/proc/$pid/stat");
+    my $stat = slurp("/proc/$pid/stat");
     return 0 unless length $stat;
     return $stat !~ /^\d+ \(.*\) Z /s;
 }
 
 sub _children {
     my $pid = shift;
-    my $text = _slurp("/proc/$pid/task/$pid/children");
+    my $text = slurp("/proc/$pid/task/$pid/children");
     return split ' ', $text if -e "/proc/$pid/task/$pid/children";
     my @kids;
     opendir my $d, '/proc' or return;
     for my $e (readdir $d) {
         next unless $e =~ /^\d+$/;
-        my $st = _slurp("/proc/$e/stat");
+        my $st = slurp("/proc/$e/stat");
         push @kids, $e if $st =~ /^\d+ \(.*\) \S+ (\d+) /s && $1 == $pid;
     }
     return @kids;
@@ -700,7 +707,7 @@ sub _children {
 
 sub _cmdline {
     my $pid = shift;
-    my $c = _slurp("/proc/$pid/cmdline");
+    my $c = slurp("/proc/$pid/cmdline");
     $c =~ s/\0+$//;
     $c =~ tr/\0/ /;
     return $c;
@@ -723,7 +730,7 @@ sub all_worker_pids {
 
 # ---------------------------------------------------------------- logs
 
-sub error_log { _slurp("$_[0]{prefix}/logs/error.log") }
+sub error_log { slurp("$_[0]{prefix}/logs/error.log") }
 sub log_mark  { -s "$_[0]{prefix}/logs/error.log" // 0 }
 sub log_since { my ($self, $mark) = @_; my $l = $self->error_log; length($l) > $mark ? substr($l, $mark) : '' }
 
@@ -746,7 +753,7 @@ sub log_problems {
     my $self = shift;
     my @bad = @{ $self->{problems} };
     for my $f ('error.log', 'stderr.log') {
-        for my $line (split /\n/, _slurp("$self->{prefix}/logs/$f")) {
+        for my $line (split /\n/, slurp("$self->{prefix}/logs/$f")) {
             next unless grep { $line =~ $_ } @LOG_BAD;
             next if grep { $line =~ $_ } @{ $self->{allowed} };
             push @bad, "$f: $line";
@@ -890,9 +897,9 @@ sub _publish_path {
 
 sub publish_request {
     my ($self, $ch, $data, %o) = @_;
-    my %req = (body => $data, port => $o{port} // 1, headers => $o{headers} // {});
-    $req{$_} = $o{$_} for grep { defined $o{$_} } qw(client timeout);
-    return $self->http(POST => _publish_path($ch, %o), %req);
+    my $path = _publish_path($ch, %o);
+    delete @o{qw(location query)};
+    return $self->http(POST => $path, %o, body => $data, port => $o{port} // 1, headers => $o{headers} // {});
 }
 
 sub publish {
@@ -907,6 +914,12 @@ sub subscribers {
     my ($self, $ch, %o) = @_;
     my $r = $self->http(GET => _publish_path($ch, location => $o{location}), port => $o{port} // 1);
     return $r->{status} == 200 && $r->{json} ? $r->{json}{subscribers} : 0;
+}
+
+sub wait_subscribers {
+    my ($self, $ch, $n, %o) = @_;
+    my %where = map { $_ => $o{$_} } grep { defined $o{$_} } qw(location port);
+    return $self->wait_for(sub { $self->subscribers($ch, %where) == $n }, timeout => $o{timeout} // 5);
 }
 
 sub zone_stats {
@@ -951,7 +964,7 @@ sub id_cmp {
 
 sub json_decode { ChannelsTest::Conn::json_decode(@_) }
 
-sub _slurp {
+sub slurp {
     my $f = shift;
     open my $fh, '<:raw', $f or return '';
     local $/;

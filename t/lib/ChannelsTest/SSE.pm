@@ -193,6 +193,21 @@ sub events_for {
     return @ev;
 }
 
+sub events_until {
+    my ($self, $until, %o) = @_;
+    my $match = ref $until eq 'CODE' ? $until : sub { defined $_[0]{data} && $_[0]{data} eq $until };
+    my $deadline = Time::HiRes::time() + ($o{timeout} // 5);
+    my @ev;
+    while (1) {
+        my $left = $deadline - Time::HiRes::time();
+        last if $left <= 0;
+        my $e = $self->next_event(timeout => $left) or last;
+        push @ev, $e;
+        last if $match->($e);
+    }
+    return @ev;
+}
+
 sub wait_eof {
     my ($self, %o) = @_;
     my $deadline = Time::HiRes::time() + ($o{timeout} // 5);
