@@ -1,9 +1,9 @@
 #!/usr/bin/perl
-# Connection churn (SPEC §5, §7): many subscribe/close cycles of every kind -- SSE (single,
-# multi-channel, with replay), waiting long-polls, long-polls answered at once, requests aborted
-# before their answer, HEAD -- closed with FIN or RST, while messages are being delivered to them.
-# Afterwards the subscriber counts are back to 0, the zone's `used` is back to its baseline, and
-# the workers' RSS has not grown beyond a small tolerance.
+# Connection churn (README "Long polling", "Errors and failures"): many subscribe/close cycles of
+# every kind -- SSE (single, multi-channel, with replay), waiting long-polls, long-polls answered at
+# once, requests aborted before their answer, HEAD -- closed with FIN or RST, while messages are
+# being delivered to them. Afterwards the subscriber counts are back to 0, the zone's `used` is back
+# to its baseline, and the workers' RSS has not grown beyond a small tolerance.
 #
 # Default 5,000 cycles (about 10 s); CHANNELS_SLOW=1 runs 50,000.
 #
@@ -182,8 +182,8 @@ ok($t->wait_for(sub { zone('churn')->{subscribers} == 0 && zone('gc')->{subscrib
    'warm-up done: no subscribers');
 ok($t->wait_for(sub { zone('gc')->{channels} == 0 }, timeout => 10), 'warm-up: the gc zone collected its channels');
 
-# ---- requests aborted right after they were sent are forgotten at once (SPEC §5), never left
-# counted until a message or the long-poll timeout comes. One channel per case.
+# ---- requests aborted right after they were sent are forgotten at once (README "Long polling"),
+# never left counted until a message or the long-poll timeout comes. One channel per case.
 for my $case (['/poll/q1', 'q1'], ['/events/q2', 'q2'], ['/poll/q3?last_event_id=1-0', 'q3'],
               ['/multi?ch=q4,q5', 'q4']) {
     my ($path, $ch) = @$case;

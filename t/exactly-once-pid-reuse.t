@@ -1,6 +1,6 @@
 #!/usr/bin/perl
-# Issue 12, finding 7 (last part): a dead worker whose pid was reused must not keep its
-# record: the stats' subscriber count returns to the true number (SPEC §6, §7).
+# Issue 12, finding 7 (last part): a dead worker whose pid was reused must not keep its record: the
+# stats' subscriber count returns to the true number (README "Statistics", "Errors and failures").
 #
 # nginx runs in its own pid namespace (`unshare --pid --fork`, util-linux), so that a pid can
 # be handed out again on purpose: with the master stopped (SIGSTOP), a worker holding

@@ -1,5 +1,5 @@
 #!/usr/bin/perl
-# kill -9 of a worker during a publish storm across 4 workers (SPEC §4, §7):
+# kill -9 of a worker during a publish storm across 4 workers (README "SSE", "Errors and failures"):
 # - the master starts a replacement; the zone's lock is not left held (a publish succeeds within
 #   1 s of the kill);
 # - subscribers held by the surviving workers are not disconnected and lose nothing;

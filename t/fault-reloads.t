@@ -1,5 +1,6 @@
 #!/usr/bin/perl
-# 20 reloads in a row under steady publish + subscribe load (SPEC §2, §4, §5, §7):
+# 20 reloads in a row under steady publish + subscribe load (README "channel_zone", "SSE", "Long
+# polling", "Errors and failures"):
 # - each reload completes: new workers up, every old worker gone (streams ended, long-polls
 #   answered, no connection or timer keeps an old worker alive);
 # - SSE streams end cleanly on reload and the clients resume with Last-Event-ID; long-polls get
@@ -222,7 +223,8 @@ note("zone used: $used0 before, max $max_used during, $z->{used} now with $n mes
 cmp_ok($max_used, '<=', $used0 + $n * 256 + 64 * 1024,
        "zone used never exceeded the baseline + 256 bytes per retained message + 64 KiB");
 is($t->http(DELETE => '/pub/rl', port => 1)->{status}, 200, 'DELETE rl');
-# "other" was only ever waited on: it left the zone with its last subscriber (SPEC §2).
+# "other" was only ever waited on: it left the zone with its last subscriber (README
+# "channel_zone").
 is($t->http(GET => '/pub/other', port => 1)->{status}, 404, 'the channel only subscribers named is gone with them');
 my $used;
 ok($t->wait_for(sub { my $s = zstat(); $used = $s->{used}; $s->{channels} == 0 && $used <= $used0 + 2 * $PAGE }, timeout => 10),

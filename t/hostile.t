@@ -1,9 +1,10 @@
 #!/usr/bin/perl
-# Hostile clients (SPEC §4, §7): slowloris on subscribe, never-reading subscribers, half-closed
-# sockets, 64-channel subscriptions of random ids, 10 KB cursors, header floods, publish bodies at
-# exactly client_max_body_size and one byte over, random bytes on the publish and subscriber ports.
-# Each is answered as SPEC (or nginx) says; meanwhile a witness subscriber keeps getting every
-# message promptly, no worker dies, and the subscriber counts return to the witness alone.
+# Hostile clients (README "SSE", "Errors and failures"): slowloris on subscribe, never-reading
+# subscribers, half-closed sockets, 64-channel subscriptions of random ids, 10 KB cursors, header
+# floods, publish bodies at exactly client_max_body_size and one byte over, random bytes on the
+# publish and subscriber ports. Each is answered as README (or nginx) says; meanwhile a witness
+# subscriber keeps getting every message promptly, no worker dies, and the subscriber counts return
+# to the witness alone.
 use strict;
 use warnings;
 use FindBin;

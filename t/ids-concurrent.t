@@ -1,6 +1,7 @@
 #!/usr/bin/perl
-# 4 workers, 4 publisher processes at once (SPEC §2): every id unique, each publisher's ids strictly
-# increasing, the retained history is exactly the newest `history` messages, nothing lost.
+# 4 workers, 4 publisher processes at once (README "Publishing"): every id unique, each publisher's
+# ids strictly increasing, the retained history is exactly the newest `history` messages, nothing
+# lost.
 use strict;
 use warnings;
 use FindBin;

@@ -1,6 +1,7 @@
 #!/usr/bin/perl
-# Message ids (SPEC §2): "<ms>-<counter>", strictly increasing in publish order across all channels of a
-# zone, never backwards across `nginx -s reload` (the zone is reused intact) or a full stop/start.
+# Message ids (README "Publishing"): "<ms>-<counter>", strictly increasing in publish order across
+# all channels of a zone, never backwards across `nginx -s reload` (the zone is reused intact) or a
+# full stop/start.
 use strict;
 use warnings;
 use FindBin;

@@ -1,7 +1,7 @@
 #!/usr/bin/perl
-# Waiting long-poll requests whose clients go away (SPEC §5 "forgotten at once (no leak, no late
-# write)", §7, issue 4 "Done means"): rounds of 2,000 waiters (json, raw and multi-channel) that
-# disconnect.
+# Waiting long-poll requests whose clients go away (README "Long polling": a client that closes is
+# forgotten at once; "Errors and failures"; issue 4 "Done means"): rounds of 2,000 waiters (json,
+# raw and multi-channel) that disconnect.
 # Instance A, 2 workers (reuseport: both hold waiters): after each round the zone's subscriber
 # count (stats, per worker, per channel) is back to 0 and the zone's used memory is back to its
 # baseline; every FIN close leaves nginx's "client prematurely closed connection" line at info.

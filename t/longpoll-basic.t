@@ -1,11 +1,12 @@
 #!/usr/bin/perl
-# Long-poll basics (SPEC §1, §2, §5, issue 4): an immediate answer when messages after the
-# cursor are retained; a waiting request woken by a publish, from either worker; the headers
-# every answer carries (Last-Event-ID, Cache-Control: no-cache); the json fields (id, channel,
-# event only when typed, data, content_type as published), JSON escaping and base64 for data
-# that is not UTF-8; at most 100 messages per answer; the timeout (204, cursor unchanged; without
-# a cursor, a cursor that misses nothing published after it); HEAD; 405; 400 for bad channel
-# ids (logged at info); a malformed cursor taken as absent; channel_first_message policies.
+# Long-poll basics (README "Directives", "Publishing": ids, "Long polling", issue 4): an immediate
+# answer when messages after the cursor are retained; a waiting request woken by a publish, from
+# either worker; the headers every answer carries (Last-Event-ID, Cache-Control: no-cache); the json
+# fields (id, channel, event only when typed, data, content_type as published), JSON escaping and
+# base64 for data that is not UTF-8; at most 100 messages per answer; the timeout (204, cursor
+# unchanged; without a cursor, a cursor that misses nothing published after it); HEAD; 405; 400 for
+# bad channel ids (logged at info); a malformed cursor taken as absent; channel_first_message
+# policies.
 use strict;
 use warnings;
 use FindBin;

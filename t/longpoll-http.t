@@ -1,6 +1,6 @@
 #!/usr/bin/perl
-# Long-poll over HTTP/1.1 keep-alive and over HTTP/2 (SPEC §1 "TLS, HTTP/2 ... keep working",
-# §5, issue 4).
+# Long-poll over HTTP/1.1 keep-alive and over HTTP/2 (README "Deployment and security": HTTP/2;
+# "Long polling"; issue 4).
 # HTTP/1.1: several polls on one connection (an immediate answer, a waiting one woken by a
 # publish, a 204 timeout, a HEAD, a 410, then more), all on the same connection by the access
 # log's $connection/$connection_requests; two pipelined polls (the second waits until a publish);

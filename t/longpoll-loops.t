@@ -1,11 +1,11 @@
 #!/usr/bin/perl
-# Long-poll loops under load (SPEC §2, §5, issue 4 "Done means"): 4 workers (reuseport, so every
-# worker holds loops and most wake-ups cross workers), 1000 long-poll loops (each re-polls on its
-# keep-alive connection with the Last-Event-ID it was answered) driven by 4 forked client
-# processes with non-blocking sockets and IO::Select, while messages are published at a steady
-# rate: every loop sees every message once, in order. Then, while every loop is between polls
-# (none waiting: zone subscribers 0), a burst of 500 messages: each loop gets them in batches
-# of at most 100 (the first one full), nothing lost, nothing twice.
+# Long-poll loops under load (README "Publishing": ids; "Long polling"; issue 4 "Done means"): 4
+# workers (reuseport, so every worker holds loops and most wake-ups cross workers), 1000 long-poll
+# loops (each re-polls on its keep-alive connection with the Last-Event-ID it was answered) driven
+# by 4 forked client processes with non-blocking sockets and IO::Select, while messages are
+# published at a steady rate: every loop sees every message once, in order. Then, while every loop
+# is between polls (none waiting: zone subscribers 0), a burst of 500 messages: each loop gets them
+# in batches of at most 100 (the first one full), nothing lost, nothing twice.
 use strict;
 use warnings;
 use FindBin;

@@ -1,7 +1,8 @@
 #!/usr/bin/perl
-# What a publish stores, seen by a long-poll subscriber (SPEC §2, §3, §5): data bytes (including bodies
-# buffered to a temp file), event type from the header and from ?event= (percent-decoded), the content
-# type (default text/plain), JSON escaping, base64 for non-UTF-8 data.
+# What a publish stores, seen by a long-poll subscriber (README "Publishing", "Long polling"): data
+# bytes (including bodies buffered to a temp file), event type from the header and from ?event=
+# (percent-decoded), the content type (default text/plain), JSON escaping, base64 for non-UTF-8
+# data.
 use strict;
 use warnings;
 use FindBin;

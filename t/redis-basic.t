@@ -1,7 +1,8 @@
 #!/usr/bin/perl
-# channel_redis (SPEC §8): two nginx "hosts" share one Redis. What one host publishes reaches the
-# other's SSE and long-poll subscribers in order, exactly once; GET and DELETE act on the shared
-# state; ids form one sequence across hosts; a multi-channel cursor resumes on the other host.
+# channel_redis (README "channel_redis"): two nginx "hosts" share one Redis. What one host publishes
+# reaches the other's SSE and long-poll subscribers in order, exactly once; GET and DELETE act on
+# the shared state; ids form one sequence across hosts; a multi-channel cursor resumes on the other
+# host.
 use strict;
 use warnings;
 use FindBin;

@@ -1,6 +1,6 @@
 #!/usr/bin/perl
-# channel_redis faults (SPEC §8). Redis is killed (kill -9) with publishes in flight and SSE
-# subscribers connected on two hosts, then restarted empty (no persistence):
+# channel_redis faults (README "channel_redis"). Redis is killed (kill -9) with publishes in flight
+# and SSE subscribers connected on two hosts, then restarted empty (no persistence):
 # - while it is down, publishing answers 503, never 201; streams stay open and keep pinging;
 #   a waiting long-poll keeps waiting;
 # - when it is back, publishing works again and every subscriber gets the new messages;

@@ -1,8 +1,9 @@
 #!/usr/bin/perl
-# channel_redis ids (SPEC §2, §8): ids handed out through Redis never go backwards, even when the
-# publishing host's clock is behind the newest id (another host's clock ran ahead, or the clock
-# was set back), and even after Redis restarted empty; a message answered 201 is delivered.
-# A host whose clock runs 60 s ahead is simulated by setting Redis' PREFIX#last (README: keys).
+# channel_redis ids (README "Publishing": ids; "channel_redis"): ids handed out through Redis never
+# go backwards, even when the publishing host's clock is behind the newest id (another host's clock
+# ran ahead, or the clock was set back), and even after Redis restarted empty; a message answered
+# 201 is delivered. A host whose clock runs 60 s ahead is simulated by setting Redis' PREFIX#last
+# (README: keys).
 use strict;
 use warnings;
 use FindBin;

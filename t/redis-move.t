@@ -1,8 +1,8 @@
 #!/usr/bin/perl
-# channel_redis (SPEC §8): a client resumes on any host with its cursor. It reads from A, leaves,
-# and resumes on B exactly (no gap, no duplicate), by SSE and by long-poll; a host started after
-# the messages were published replays them for a cursor; a host that has not caught up with the
-# shared log yet when the client arrives must still not repeat what the client already has.
+# channel_redis (README "channel_redis"): a client resumes on any host with its cursor. It reads
+# from A, leaves, and resumes on B exactly (no gap, no duplicate), by SSE and by long-poll; a host
+# started after the messages were published replays them for a cursor; a host that has not caught up
+# with the shared log yet when the client arrives must still not repeat what the client already has.
 use strict;
 use warnings;
 use FindBin;

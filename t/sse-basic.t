@@ -1,10 +1,10 @@
 #!/usr/bin/perl
-# SSE subscriber basics (SPEC §1, §4, issue 3): the response header (sent at once, before any
-# message), event framing (id, event type, one data line per line split on LF/CRLF/CR, empty
-# data, leading spaces, UTF-8), sse_retry, sse_ping, HEAD, 405 for other methods, 400 with an
+# SSE subscriber basics (README "Directives", "SSE", issue 3): the response header (sent at once,
+# before any message), event framing (id, event type, one data line per line split on LF/CRLF/CR,
+# empty data, leading spaces, UTF-8), sse_retry, sse_ping, HEAD, 405 for other methods, 400 with an
 # info log line for each class of bad channel id, client close ("client prematurely closed
-# connection", count back to 0), odd requests (a body on the GET, pipelined bytes, a stream after
-# a HEAD on the same connection), HTTP/1.0 (no chunking), and the access log.
+# connection", count back to 0), odd requests (a body on the GET, pipelined bytes, a stream after a
+# HEAD on the same connection), HTTP/1.0 (no chunking), and the access log.
 use strict;
 use warnings;
 use FindBin;

@@ -1,11 +1,11 @@
 #!/usr/bin/perl
-# SSE cursors (SPEC §4, issue 3): Last-Event-ID header and ?last_event_id= replay what is retained
-# after the cursor, then go on live without a gap or a duplicate; a malformed cursor is treated
-# as absent; channel_first_message newest/oldest/-N; channel-gap when the cursor is older than
-# what is retained (history, zone memory, ttl; per channel in a multi-channel stream, none when
-# nothing after the cursor was lost); pipelined bursts longer than history leave no silent
-# hole; and a race: subscribers connecting with cursors while a forked publisher publishes all
-# the time each see a contiguous, duplicate-free sequence.
+# SSE cursors (README "SSE", issue 3): Last-Event-ID header and ?last_event_id= replay what is
+# retained after the cursor, then go on live without a gap or a duplicate; a malformed cursor is
+# treated as absent; channel_first_message newest/oldest/-N; channel-gap when the cursor is older
+# than what is retained (history, zone memory, ttl; per channel in a multi-channel stream, none when
+# nothing after the cursor was lost); pipelined bursts longer than history leave no silent hole; and
+# a race: subscribers connecting with cursors while a forked publisher publishes all the time each
+# see a contiguous, duplicate-free sequence.
 use strict;
 use warnings;
 use FindBin;
@@ -233,7 +233,8 @@ for my $how ('header', 'arg', 'arg, percent-encoded') {
 # ---- channel-gap after expiry (ttl=1s): nothing retained, oldest_event_id null
 {
     my @x = map { $t->publish('exp', "x$_", location => 'bpub') } 1 .. 3;
-    # With its messages expired and nobody subscribed, the channel may go altogether (SPEC §2).
+    # With its messages expired and nobody subscribed, the channel may go altogether (README
+    # "channel_zone").
     ok($t->wait_for(sub { my $r = $t->http(GET => '/bpub/exp', port => 1);
                           $r->{status} == 404 || ($r->{status} == 200 && $r->{json}{messages} == 0) },
                     timeout => 5), 'messages expired after ttl=1s');

@@ -1,5 +1,5 @@
 #!/usr/bin/perl
-# DELETE and SSE subscribers (SPEC §3, §4, issue 3): a single-channel stream gets
+# DELETE and SSE subscribers (README "Publishing", "SSE", issue 3): a single-channel stream gets
 # `event: channel-deleted` with `data: {"channel":…}` and then ends; a multi-channel stream
 # gets the event and goes on with its other channels (and no longer with the deleted one);
 # subscriber counts in channel info and stats go back to 0. Subscribers sit on both workers.

@@ -1,5 +1,5 @@
 #!/usr/bin/perl
-# Fan-out (SPEC §4, issue 3): 4 workers, 1000 SSE subscribers spread over them (reuseport; the
+# Fan-out (README "SSE", issue 3): 4 workers, 1000 SSE subscribers spread over them (reuseport; the
 # stats' workers[] show the spread), 100 messages published from fresh connections, over a
 # keep-alive connection, and concurrently from three forked publishers: every subscriber gets
 # all 100, in id order, once. The 1000 streams are read by one process, as bytes come

@@ -1,10 +1,11 @@
 #!/usr/bin/perl
-# SSE over TLS + HTTP/2 (SPEC §1, §4, issue 3), read with `curl --http2 -k -N` against a
-# `listen ... ssl` + `http2 on` server with a self-signed certificate made here with openssl:
-# the header, events (multi-line, UTF-8, typed), a client that goes away (subscriber count back
-# to 0), DELETE ending one stream (END_STREAM) while another stream multiplexed on the same
-# connection goes on, one stream of a connection reset (RST_STREAM) while the other goes on, a
-# slow HTTP/2 reader cut off after 1 MiB, and a reload ending the streams cleanly.
+# SSE over TLS + HTTP/2 (README "Deployment and security": HTTP/2; "SSE"; issue 3), read with `curl
+# --http2 -k -N` against a `listen ... ssl` + `http2 on` server with a self-signed certificate made
+# here with openssl: the header, events (multi-line, UTF-8, typed), a client that goes away
+# (subscriber count back to 0), DELETE ending one stream (END_STREAM) while another stream
+# multiplexed on the same connection goes on, one stream of a connection reset (RST_STREAM) while
+# the other goes on, a slow HTTP/2 reader cut off after 1 MiB, and a reload ending the streams
+# cleanly.
 use strict;
 use warnings;
 use FindBin;

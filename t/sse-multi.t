@@ -1,7 +1,7 @@
 #!/usr/bin/perl
-# Multi-channel SSE streams (SPEC §1, §4, issue 3): comma lists, several sse_channel arguments,
-# a percent-encoded comma, duplicates merged, 64 channels allowed and 65 refused, untyped events
-# named after their channel, ids in order across channels (published through both workers),
+# Multi-channel SSE streams (README "Directives", "SSE", issue 3): comma lists, several sse_channel
+# arguments, a percent-encoded comma, duplicates merged, 64 channels allowed and 65 refused, untyped
+# events named after their channel, ids in order across channels (published through both workers),
 # one cursor resuming every channel of the stream, channel_first_message -N / oldest per channel.
 use strict;
 use warnings;

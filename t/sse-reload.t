@@ -1,9 +1,9 @@
 #!/usr/bin/perl
-# `nginx -s reload` in the middle of a publish stream (SPEC §4, issue 3): the old workers end their
-# SSE streams cleanly (last chunk), the subscribers reconnect with Last-Event-ID to the new
+# `nginx -s reload` in the middle of a publish stream (README "SSE", issue 3): the old workers end
+# their SSE streams cleanly (last chunk), the subscribers reconnect with Last-Event-ID to the new
 # workers and end up with every message exactly once, in order; the zone's messages survive the
-# reload; the old workers exit at once (no "open socket left"), also when a client has stalled
-# with unsent data; `nginx -s quit` ends every stream with the last chunk, at once.
+# reload; the old workers exit at once (no "open socket left"), also when a client has stalled with
+# unsent data; `nginx -s quit` ends every stream with the last chunk, at once.
 use strict;
 use warnings;
 use FindBin;

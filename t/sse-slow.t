@@ -1,16 +1,15 @@
 #!/usr/bin/perl
-# Slow consumers (SPEC §4, §6, issue 3): a subscriber that never reads (small SO_RCVBUF, and the
-# stream port's send buffer is small, so nginx must hold what the kernel will not take) is closed
-# once it has more than 1 MiB unsent, while 100 readers on the same worker receive everything;
-# stats dropped_slow counts it; it reconnects with its last id and gets the rest once (a replay
-# over 1 MiB to a client that reads is no reason to cut it). Also: one 2 MiB message reaches
+# Slow consumers (README "SSE", "Statistics", issue 3): a subscriber that never reads (small
+# SO_RCVBUF, and the stream port's send buffer is small, so nginx must hold what the kernel will not
+# take) is closed once it has more than 1 MiB unsent, while 100 readers on the same worker receive
+# everything; stats dropped_slow counts it; it reconnects with its last id and gets the rest once (a
+# replay over 1 MiB to a client that reads is no reason to cut it). Also: one 2 MiB message reaches
 # readers; streams that stay requests (HTTP/1.0, limit_conn) are cut off the same way; clients
-# reconnecting with an old cursor that never read do not pile their replay up in the worker.
-# Memory bound stated here: during the run the worker's anonymous RSS (private heap, not the
-# shared zone) grows by less than $RSS_BOUND_KB = 8 MiB: the 1 MiB a slow subscriber may hold,
-# plus the messages in flight shared by every stream (a per-subscriber copy of what is in
-# flight alone would be 100 streams x ~5 x 24 KiB = 12 MiB; never freeing delivered frames,
-# 240 MB).
+# reconnecting with an old cursor that never read do not pile their replay up in the worker. Memory
+# bound stated here: during the run the worker's anonymous RSS (private heap, not the shared zone)
+# grows by less than $RSS_BOUND_KB = 8 MiB: the 1 MiB a slow subscriber may hold, plus the messages
+# in flight shared by every stream (a per-subscriber copy of what is in flight alone would be 100
+# streams x ~5 x 24 KiB = 12 MiB; never freeing delivered frames, 240 MB).
 use strict;
 use warnings;
 use FindBin;

@@ -78,16 +78,19 @@ sub send_raw {
     return 1;
 }
 
-# Reads what is available within the deadline: >0 bytes appended, 0 at EOF, undef on timeout.
+# Reads what is available within the deadline (past it, what is there already): >0 bytes
+# appended, 0 at EOF, undef on timeout.
 sub fill {
     my ($self, $deadline) = @_;
     return 0 if $self->{eof};
     my $sel = IO::Select->new($self->{sock});
     while (1) {
         my $left = $deadline - Time::HiRes::time();
-        return undef if $left <= 0;
-        next unless $sel->can_read($left);
-        my $n = sysread($self->{sock}, $self->{buf}, 65536, length $self->{buf});
+        if (!$sel->can_read($left > 0 ? $left : 0)) {
+            return undef if Time::HiRes::time() >= $deadline;
+            next;
+        }
+        my $n = sysread($self->{sock}, $self->{buf}, 262144, length $self->{buf});
         if (!defined $n) {
             next if $!{EAGAIN} || $!{EWOULDBLOCK} || $!{EINTR};
             $self->{read_error} = "$!";

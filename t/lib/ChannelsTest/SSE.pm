@@ -180,18 +180,7 @@ sub next_event { my $self = shift; $self->_next(1, @_) }
 sub next_block { my $self = shift; $self->_next(0, @_) }
 
 # Collects every event that arrives within the timeout (or until EOF).
-sub events_for {
-    my ($self, %o) = @_;
-    my $deadline = Time::HiRes::time() + ($o{timeout} // 1);
-    my @ev;
-    while (1) {
-        my $left = $deadline - Time::HiRes::time();
-        last if $left <= 0;
-        my $e = $self->next_event(timeout => $left) or last;
-        push @ev, $e;
-    }
-    return @ev;
-}
+sub events_for { my ($self, %o) = @_; $self->events_until(sub { 0 }, timeout => $o{timeout} // 1) }
 
 sub events_until {
     my ($self, $until, %o) = @_;

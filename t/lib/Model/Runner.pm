@@ -399,8 +399,8 @@ sub act {
 }
 
 # Every client reading at full speed must have (or be told it lost) every message published
-# to its channels, within 5 s, with nothing more published meanwhile (SPEC §4: "whichever
-# worker published it").
+# to its channels, within 5 s, with nothing more published meanwhile (README "SSE": whichever
+# worker published it).
 sub barrier {
     my ($self, $final) = @_;
     my $tr = $self->{trace};
