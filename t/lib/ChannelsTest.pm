@@ -230,7 +230,7 @@ true if it ended in time.
 
 =item C<< $s->raw >>, C<< $s->last_id >>, C<< $s->retry >>, C<< $s->comments >>, C<< $s->close >>, C<< $s->socket >>
 
-All decoded body bytes so far (exact wire framing); the last C<id:> and C<retry:>
+All decoded body bytes so far (exact wire framing; C<sse_open> streams only); the last C<id:> and C<retry:>
 values seen by C<next_event>/C<next_block>; every comment line so far; close the
 connection; the underlying socket.
 
