@@ -1,5 +1,5 @@
 #!/usr/bin/perl
-# Issue 11, finding 6, the two new directives (SPEC §1):
+# Issue 11, finding 6, the two new directives (README "Directives"):
 #   channel_max_per_request N (1-64, default 64): a subscriber naming more channels gets 400
 #     (duplicates count once);
 #   channel_existing_only on: a subscriber naming a channel that does not exist (never

@@ -1,6 +1,6 @@
 #!/usr/bin/perl
-# Issue 11, findings 8 and 9 (SPEC §9 "Failures stay local"): a failure on one request ends
-# that request, never the worker.
+# Issue 11, findings 8 and 9 (README "What one client can cost": failures stay local): a failure on
+# one request ends that request, never the worker.
 #
 # Faults are injected (the contract: environment variable CHANNELS_FAULTS, passed to the
 # workers with `env CHANNELS_FAULTS;`, value `site=N[,site=N]`: every N-th hit of that site

@@ -1,5 +1,6 @@
 #!/usr/bin/perl
-# Issue 11, finding 1 (SPEC §2, §9 "The zone"): a channel flood from subscribers.
+# Issue 11, finding 1 (README "channel_zone", "What one client can cost": the zone): a channel flood
+# from subscribers.
 #
 # A 1m zone holds 100 messages on `news`. Anonymous subscribers name 64 random channels each
 # (channels that do not exist). Subscribers never evict or trim a published message and never

@@ -1,5 +1,6 @@
 #!/usr/bin/perl
-# Issue 11, finding 2 (SPEC §9 "Worker memory"): HTTP/2 readers that never read.
+# Issue 11, finding 2 (README "What one client can cost": worker memory): HTTP/2 readers that never
+# read.
 #
 # An h2c client (t/lib/H2.pm) advertises SETTINGS_INITIAL_WINDOW_SIZE=0 and opens 10 SSE
 # streams on one channel, then never grants a window: nginx can send none of their DATA.

@@ -1,5 +1,6 @@
 #!/usr/bin/perl
-# Issue 11, finding 4 (SPEC §5, §9 "Worker memory"): long-poll answers are bounded.
+# Issue 11, finding 4 (README "Long polling", "What one client can cost": worker memory): long-poll
+# answers are bounded.
 #
 # A format=json answer holds at most 100 messages and no more than 1 MiB of data, but always
 # at least one message; the next request gets the rest at once. Five 2 MB messages of control

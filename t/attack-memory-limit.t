@@ -1,15 +1,14 @@
 #!/usr/bin/perl
-# Issue 11, finding 8, without fault injection (SPEC §9 "Failures stay local"): a worker whose
-# address space is limited (as in a container, `ulimit -v`) and runs out while answering a
-# request does not die.
+# Issue 11, finding 8, without fault injection (README "What one client can cost": failures stay
+# local): a worker whose address space is limited (as in a container, `ulimit -v`) and runs out
+# while answering a request does not die.
 #
-# nginx runs under `ulimit -v` = the VmSize its worker has after warming up + 64 MiB. A
-# long-poll waits on a channel; its worker is stopped (SIGSTOP) while 100 messages of
-# 300,000 control bytes are published from the other worker, then continued: its delivery
-# pass hands all of them to the waiting request at once. The answer must respect SPEC §5
-# (about 1 MiB of data, at least one message) and fit; whatever fails for lack of memory
-# ends that request at most. The worker survives (same pid, no "exited on signal") and the
-# client gets an answer.
+# nginx runs under `ulimit -v` = the VmSize its worker has after warming up + 64 MiB. A long-poll
+# waits on a channel; its worker is stopped (SIGSTOP) while 100 messages of 300,000 control bytes
+# are published from the other worker, then continued: its delivery pass hands all of them to the
+# waiting request at once. The answer must respect README "Long polling" (about 1 MiB of data, at
+# least one message) and fit; whatever fails for lack of memory ends that request at most. The
+# worker survives (same pid, no "exited on signal") and the client gets an answer.
 #
 # Before the fix: the answer was built from all 100 messages: 180 MB of escaped JSON in a
 # std::string, whose std::bad_alloc was thrown inside on_flush(), called from a noexcept
@@ -79,12 +78,7 @@ my @workers = $t->worker_pids;
 is(scalar @workers, 2, 'nginx runs under the address-space limit');
 
 my $poll = $t->poll_start('/poll/big');
-my $holder;
-$t->wait_for(sub {
-    my $z = $t->zone_stats('/stats', 'events', port => 1) or return 0;
-    ($holder) = map { $_->{pid} } grep { $_->{subscribers} == 1 } @{ $z->{workers} || [] };
-    $holder;
-}, timeout => 5);
+my $holder = Attack::holder_pid($t);
 ok($holder, 'a long-poll waits on "big"') or BAIL_OUT('no worker holds the long-poll');
 
 kill 'STOP', $holder;

@@ -1,6 +1,6 @@
 #!/usr/bin/perl
-# Issue 11, finding 10 (SPEC §9 "The lock and the CPU"): a client that keeps sending bytes on
-# its SSE connection does not hold the worker.
+# Issue 11, finding 10 (README "What one client can cost": the lock and the CPU): a client that
+# keeps sending bytes on its SSE connection does not hold the worker.
 #
 # One worker. Four SSE subscribers, once their streams are established, send garbage as fast
 # as they can. Other requests on the same worker (stats, publishes, a witness subscriber)

@@ -1,5 +1,6 @@
 #!/usr/bin/perl
-# Issue 11, finding 13 (SPEC §8 last paragraph): what a host reads from Redis is untrusted.
+# Issue 11, finding 13 (README "channel_redis": what a host reads from Redis): what a host reads
+# from Redis is untrusted.
 #
 # Two nginx hosts share one Redis (prefix `atk:`). Entries are written straight into the
 # shared log stream (`atk:#log`, fields c, e, t, d; see ARCHITECTURE.md "Redis"), as a hostile

@@ -1,5 +1,6 @@
 #!/usr/bin/perl
-# Issue 11, finding 3 (SPEC §9 "The lock and the CPU", "Replays finish"): replays do not hold
+# Issue 11, finding 3 (README "What one client can cost": the lock and the CPU;
+# replays finish): replays do not hold
 # the zone lock.
 #
 # 64 channels keep 1,000 messages each (history=1000). 20 anonymous clients open a 64-channel

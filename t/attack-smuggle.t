@@ -1,5 +1,5 @@
 #!/usr/bin/perl
-# Issue 11, finding 6 (SPEC §1): channel smuggling through composed values.
+# Issue 11, finding 6 (README "Directives": sse_channel): channel smuggling through composed values.
 #
 # `sse_channel private.$arg_user.$arg_topic` composes text and variables: its value is exactly
 # one channel id, so `?topic=x,other.secret` (or `%2C`) is a bad id: 400 with a one-line

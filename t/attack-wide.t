@@ -1,5 +1,6 @@
 #!/usr/bin/perl
-# Issue 11, finding 7 (SPEC §9 "Worker memory"): wide subscribers are cheap.
+# Issue 11, finding 7 (README "What one client can cost": worker memory): wide subscribers are
+# cheap.
 #
 # A subscriber naming 64 channels (16-byte ids, channels that do not exist yet: what an
 # anonymous client can ask for) costs at most 8 KiB of worker memory and 8 KiB of zone,

@@ -1,6 +1,6 @@
 #!/usr/bin/perl
-# Issue 11, finding 11 (SPEC §9 "Failures stay local"): more worker processes than the zone
-# had records for.
+# Issue 11, finding 11 (README "What one client can cost": failures stay local): more worker
+# processes than the zone had records for.
 #
 # Every worker process serves subscribers, however many there are: with
 # `worker_processes 70`, and after a reload while the old workers are still alive (held by

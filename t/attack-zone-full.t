@@ -1,6 +1,6 @@
 #!/usr/bin/perl
-# Issue 11, finding 5 (SPEC §9 "The zone", "Failures stay local"): the subscriber path when
-# the zone refuses new channels.
+# Issue 11, finding 5 (README "What one client can cost": the zone; failures stay local): the
+# subscriber path when the zone refuses new channels.
 #
 # Held subscribers of many new channels fill what the zone gives channels without messages;
 # then SSE and long-poll subscribers naming new channels are refused with 503 and

@@ -1,9 +1,9 @@
 #!/usr/bin/perl
-# Connection churn (SPEC §5, §7): many subscribe/close cycles of every kind -- SSE (single,
-# multi-channel, with replay), waiting long-polls, long-polls answered at once, requests aborted
-# before their answer, HEAD -- closed with FIN or RST, while messages are being delivered to them.
-# Afterwards the subscriber counts are back to 0, the zone's `used` is back to its baseline, and
-# the workers' RSS has not grown beyond a small tolerance.
+# Connection churn (README "Long polling", "Errors and failures"): many subscribe/close cycles of
+# every kind -- SSE (single, multi-channel, with replay), waiting long-polls, long-polls answered at
+# once, requests aborted before their answer, HEAD -- closed with FIN or RST, while messages are
+# being delivered to them. Afterwards the subscriber counts are back to 0, the zone's `used` is back
+# to its baseline, and the workers' RSS has not grown beyond a small tolerance.
 #
 # Default 5,000 cycles (about 10 s); CHANNELS_SLOW=1 runs 50,000.
 #
@@ -24,6 +24,7 @@ use IO::Select;
 use Socket qw(SOL_SOCKET SO_LINGER);
 use Time::HiRes qw(time);
 use ChannelsTest;
+use Attack ();
 
 my $CYCLES = $ENV{CHANNELS_SLOW} ? 50_000 : 5_000;
 my $PER_BATCH = 100;
@@ -56,14 +57,6 @@ sub churn_channels {
     my $r = $t->http(GET => '/stats?channels&prefix=c&limit=1000&zone=churn', port => 1);
     die "channel listing: $r->{status}\n" unless $r->{status} == 200;
     return [ map { $_->{id} } @{ $r->{json}{channels} } ];
-}
-sub rss_kb {
-    my $sum = 0;
-    for my $pid ($t->worker_pids) {
-        open my $fh, '<', "/proc/$pid/status" or next;
-        while (<$fh>) { $sum += $1 if /^VmRSS:\s+(\d+)/ }
-    }
-    return $sum;
 }
 my $payload = 'p' x 100;    # every message the same size: retained memory stays constant
 sub publish_all {
@@ -189,8 +182,8 @@ ok($t->wait_for(sub { zone('churn')->{subscribers} == 0 && zone('gc')->{subscrib
    'warm-up done: no subscribers');
 ok($t->wait_for(sub { zone('gc')->{channels} == 0 }, timeout => 10), 'warm-up: the gc zone collected its channels');
 
-# ---- requests aborted right after they were sent are forgotten at once (SPEC §5), never left
-# counted until a message or the long-poll timeout comes. One channel per case.
+# ---- requests aborted right after they were sent are forgotten at once (README "Long polling"),
+# never left counted until a message or the long-poll timeout comes. One channel per case.
 for my $case (['/poll/q1', 'q1'], ['/events/q2', 'q2'], ['/poll/q3?last_event_id=1-0', 'q3'],
               ['/multi?ch=q4,q5', 'q4']) {
     my ($path, $ch) = @$case;
@@ -200,7 +193,7 @@ for my $case (['/poll/q1', 'q1'], ['/events/q2', 'q2'], ['/poll/q3?last_event_id
         close_socks($s);
     }
     my $left;
-    ok($t->wait_for(sub { $left = $t->http(GET => "/pub/$ch", port => 1)->{json}{subscribers}; $left == 0 }, timeout => 5),
+    ok($t->wait_for(sub { $left = $t->subscribers($ch); $left == 0 }, timeout => 5),
        "50 requests $path closed by the client right away: forgotten (channel $ch: 0 subscribers)")
         or diag "$left of them still counted as subscribers of $ch 5 s later";
 }
@@ -211,7 +204,7 @@ ok($t->wait_for(sub { zone('churn')->{subscribers} == 0 }, timeout => 5), 'no su
 my ($a0, $g0) = (zone('churn'), zone('gc'));
 my $channels0 = churn_channels();
 cmp_ok(scalar @$channels0, '>=', 4, "the churn's channels are listed (@$channels0)");
-my $rss0 = rss_kb();
+my $rss0 = Attack::rss_kb($t->worker_pids);
 my @workers0 = $t->worker_pids;
 note("baseline: churn used $a0->{used}, gc used $g0->{used}, worker RSS ${rss0} KiB");
 
@@ -219,7 +212,7 @@ my $t0 = time;
 my $rss_mid;
 for my $b (1 .. $BATCHES) {
     batch($b);
-    $rss_mid = rss_kb() if $b == int($BATCHES / 2);
+    $rss_mid = Attack::rss_kb($t->worker_pids) if $b == int($BATCHES / 2);
 }
 my $elapsed = time - $t0;
 note(sprintf('%d subscribe/close cycles in %.1f s', $cycles, $elapsed));
@@ -240,7 +233,7 @@ cmp_ok(abs($a1->{used} - $a0->{used}), '<=', 4 * $PAGE,
 ok($t->wait_for(sub { my $g = zone('gc'); $g->{channels} == 0 && abs($g->{used} - $g0->{used}) <= 4 * $PAGE }, timeout => 10),
    'gc zone: the random channels were collected, used back to baseline')
     or diag explain zone('gc');
-my $rss1 = rss_kb();
+my $rss1 = Attack::rss_kb($t->worker_pids);
 note("worker RSS: ${rss0} KiB after warm-up, ${rss_mid} KiB half-way, ${rss1} KiB at the end");
 SKIP: {
     skip 'RSS says nothing under a sanitizer (freed memory is held in quarantine)', 1

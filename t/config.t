@@ -1,7 +1,8 @@
 #!/usr/bin/perl
-# Configuration (SPEC §1): channel_zone / publish_channel / channel_stats parameters that nginx -t must
-# refuse (with an [emerg] naming the offending line where the parser can), ones it must accept, and
-# configuration changes on reload (zone resized, history changed) keeping ids increasing.
+# Configuration (README "Directives"): channel_zone / publish_channel / channel_stats parameters
+# that nginx -t must refuse (with an [emerg] naming the offending line where the parser can), ones
+# it must accept, and configuration changes on reload (zone resized, history changed) keeping ids
+# increasing.
 use strict;
 use warnings;
 use FindBin;

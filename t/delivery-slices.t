@@ -11,12 +11,8 @@ use warnings;
 use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
-use IO::Poll qw(POLLIN);
-use IO::Socket::INET;
-use Socket ();
 use Time::HiRes ();
-use ChannelsTest qw(id_cmp json_decode);
-use Stream;
+use ChannelsTest qw(id_cmp);
 
 my $SSE  = 2500;
 my $POLL = 1500;
@@ -36,87 +32,34 @@ my $t = ChannelsTest->new(workers => 1, worker_connections => $SSE + 2 * $POLL +
     }
 CONF
 
-# A long-poll request whose answer is read to the end (Connection: close).
-sub poll_open {
-    my ($cursor) = @_;
-    my $sock = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $t->port(0), Proto => 'tcp')
-        or die "connect: $!\n";
-    syswrite($sock, "GET /poll/wide HTTP/1.1\r\nHost: localhost\r\nLast-Event-ID: $cursor\r\n"
-                  . "Connection: close\r\n\r\n") or die "write: $!\n";
-    $sock->blocking(0);
-    return { sock => $sock, in => '', eof => 0 };
-}
-
-sub poll_read {
-    my ($p) = @_;
-    while (1) {
-        my $n = sysread($p->{sock}, $p->{in}, 65536, length $p->{in});
-        if (!defined $n) { return if $!{EAGAIN} || $!{EWOULDBLOCK}; next if $!{EINTR}; }
-        if (!$n) { $p->{eof} = 1; close $p->{sock}; return }
-    }
-}
-
-# Reads every handle until done->() holds for all, or the deadline.
-sub pump_all {
-    my ($items, $read, $done, $timeout) = @_;
-    my $deadline = Time::HiRes::time() + $timeout;
-    while (Time::HiRes::time() < $deadline) {
-        my @open = grep { !$done->($_) } @$items;
-        return 1 unless @open;
-        my $poll = IO::Poll->new;
-        $poll->mask($_->{sock} => POLLIN) for grep { !$_->{eof} } @open;
-        $poll->poll(0.5);
-        $read->($_) for grep { !$_->{eof} && ($poll->events($_->{sock}) // 0) } @open;
-        return 0 if grep { $_->{eof} && !$done->($_) } @open;
-    }
-    return 0;
-}
-
-sub poll_answer {
-    my ($p) = @_;
-    my ($head, $body) = split /\r\n\r\n/, $p->{in}, 2;
-    my ($status) = ($head // '') =~ m{^HTTP/1\.1 (\d{3})};
-    my ($lei) = ($head // '') =~ /^Last-Event-ID: (\S+)/mi;
-    my $chunked = ($head // '') =~ /^Transfer-Encoding: chunked/mi;
-    if ($chunked) {
-        my $plain = '';
-        while ($body =~ s/^([0-9a-fA-F]+)\r\n//) {
-            my $len = hex $1;
-            last if $len == 0;
-            $plain .= substr($body, 0, $len, '');
-            $body =~ s/^\r\n//;
-        }
-        $body = $plain;
-    }
-    return ($status // 0, $lei, $body // '');
-}
-
 # The channel exists with one message, so every waiter's cursor is its id.
 my $pub = $t->client(port => 1);
 my $start = $t->publish('wide', 'start', client => $pub);
 
-my @streams = map { Stream->new($t->port(0), '/sse/wide', headers => { 'Last-Event-ID' => $start }) } 1 .. $SSE;
-my @polls = map { poll_open($start) } 1 .. $POLL;
+my @streams = map { $t->sse_start('/sse/wide', headers => { 'Last-Event-ID' => $start }) } 1 .. $SSE;
+my @polls = map { $t->poll_start('/poll/wide', cursor => $start) } 1 .. $POLL;
 ok($t->wait_for(sub { $t->subscribers('wide') == $SSE + $POLL }, timeout => 30),
    "one worker holds $SSE streams and $POLL waiting long-polls") or diag('subscribers: ' . $t->subscribers('wide'));
 
 my @sent = map { my $d = "m$_-" . ('x' x ($_ * 7)); { id => $t->publish('wide', $d, client => $pub), data => $d } } 1 .. $MSGS;
 ok((grep { id_cmp($sent[$_ - 1]{id}, $sent[$_]{id}) < 0 } 1 .. $#sent) == $#sent, 'ids increase');
 
-ok(pump_all(\@streams, sub { $_[0]->read }, sub { $_[0]{eof} || @{ $_[0]{events} } >= $MSGS }, 60),
+ok(ChannelsTest::SSE::pump(\@streams, sub { !grep { !$_->eof && @{ $_->received } < $MSGS } @streams }, 60),
    "every stream received $MSGS events");
 my @want = map { "$_->{id} $_->{data}" } @sent;
 my $bad_streams = grep {
-    my @got = map { ($_->{id} // '') . ' ' . ($_->{data} // '') } @{ $_->{events} };
+    my @got = map { ($_->{id} // '') . ' ' . ($_->{data} // '') } @{ $_->received };
     "@got" ne "@want"
 } @streams;
 is($bad_streams, 0, 'every stream: all messages, in order, once, with their ids');
 
-ok(pump_all(\@polls, \&poll_read, sub { $_[0]{eof} }, 60), 'every long-poll answered');
+my $deadline = Time::HiRes::time() + 60;
+my @answers = map { my $left = $deadline - Time::HiRes::time(); $_->result(timeout => $left > 0.01 ? $left : 0.01) } @polls;
+is(scalar(grep { !$_->{status} } @answers), 0, 'every long-poll answered');
 my (%sizes, $bad, @second);
-for my $p (@polls) {
-    my ($status, $lei, $body) = poll_answer($p);
-    my $j = $status == 200 ? eval { json_decode($body) } : undef;
+for my $r (@answers) {
+    my ($status, $lei, $body) = ($r->{status}, $r->{headers}{'last-event-id'}, $r->{body} // '');
+    my $j = $status == 200 ? $r->{json} : undef;
     my @got = $j && ref $j->{messages} eq 'ARRAY' ? @{ $j->{messages} } : ();
     my $n = @got;
     my $ok = $n >= 1 && $n <= $MSGS && defined $lei && $lei eq $sent[$n - 1]{id}
@@ -141,5 +84,5 @@ for my $n (@sample) {
 }
 is($rest_ok, scalar @sample, 'a poll from an answer\'s cursor gets the rest (' . scalar(@sample) . ' tried)');
 
-$_->{sock}->close for @streams;
+$_->close for @streams;
 done_testing;

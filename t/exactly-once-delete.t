@@ -1,6 +1,6 @@
 #!/usr/bin/perl
-# Issue 12, finding 3: `channel-deleted` never overtakes a replay (SPEC §3 DELETE, §4 "every
-# message of its channels once, in id order").
+# Issue 12, finding 3: `channel-deleted` never overtakes a replay (README "Publishing": DELETE;
+# "SSE": every message of its channels once, in id order).
 #
 # A multi-channel SSE stream resumes a large backlog and does not read for a moment, so the
 # server is still catching up when a DELETE comes. The deletion marker carries the newest id:

@@ -1,14 +1,15 @@
 #!/usr/bin/perl
-# Issue 12, finding 2: a subscriber's arrival never evicts or trims a message (SPEC §2, §9
-# "subscribers never evict or trim a published message and never make a publish fail").
+# Issue 12, finding 2: a subscriber's arrival never evicts or trims a message (README
+# "channel_zone", "What one client can cost": subscribers never evict or trim a published message
+# nor make a publish fail).
 #
-# A small zone is filled by publishes to four channels until it evicts; what it retains is
-# read back (long-poll with a cursor answers at once and attaches nothing) and must be a
-# suffix of the zone's publish order. Then subscribers arrive: SSE and long-poll on the
-# existing channels, SSE on hundreds of new channels (64 per request). Those of new channels
-# may be refused with 503 (the cap of SPEC §9), those of existing channels never. Afterwards
-# the zone's `evicted` and `messages`, every channel's info and the read-back retained set
-# are exactly as before, and a publish still succeeds.
+# A small zone is filled by publishes to four channels until it evicts; what it retains is read back
+# (long-poll with a cursor answers at once and attaches nothing) and must be a suffix of the zone's
+# publish order. Then subscribers arrive: SSE and long-poll on the existing channels, SSE on
+# hundreds of new channels (64 per request). Those of new channels may be refused with 503 (the cap
+# of README "What one client can cost"), those of existing channels never. Afterwards the zone's
+# `evicted` and `messages`, every channel's info and the read-back retained set are exactly as
+# before, and a publish still succeeds.
 use strict;
 use warnings;
 use FindBin;

@@ -1,7 +1,7 @@
 #!/usr/bin/perl
 # Issue 12, finding 5: `channel_first_message -N` on a stream of several channels gives the
 # last N messages of each channel, in id order, and never a message older than a channel's
-# last-N window, on any replay page (SPEC §1 channel_first_message, §4).
+# last-N window, on any replay page (README "channel_first_message", "SSE").
 #
 # The windows are chosen so that the replay needs more than one page (by bytes: 100 KB
 # messages, by count: more than 64 messages) while another channel holds messages older than

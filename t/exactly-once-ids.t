@@ -1,6 +1,6 @@
 #!/usr/bin/perl
-# Issue 12, finding 6: ids never go backwards (SPEC §2: "never go backwards across
-# `nginx -s reload` or a restart ... nor when the system clock is set back").
+# Issue 12, finding 6: ids never go backwards (README "Publishing": ids "never go
+# backwards (not across reloads, restarts or a clock set back)").
 #
 # The clock of the test's nginx only is moved with libfaketime (Debian package `faketime`):
 # LD_PRELOAD in nginx's environment, the offset read from a file this test rewrites

@@ -1,8 +1,8 @@
 #!/usr/bin/perl
-# Issue 12, finding 7: a worker killed at any moment, even holding the zone lock in the middle
-# of an update, leaves a consistent zone (SPEC §7 "the zone stays consistent"), and
-# subscribers still get every message once, in order, with `channel-gap` where something
-# was lost (SPEC §4).
+# Issue 12, finding 7: a worker killed at any moment, even holding the zone lock in the middle of an
+# update, leaves a consistent zone (README "Errors and failures": the zone stays consistent), and
+# subscribers still get every message once, in order, with `channel-gap` where something was lost
+# (README "SSE").
 #
 #   A. kill -9 storm: hundreds of SIGKILLs to random workers while publishers, resuming SSE
 #      and long-poll subscribers and a subscribe/unsubscribe churn load a small zone that

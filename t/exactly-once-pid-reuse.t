@@ -1,6 +1,6 @@
 #!/usr/bin/perl
-# Issue 12, finding 7 (last part): a dead worker whose pid was reused must not keep its
-# record: the stats' subscriber count returns to the true number (SPEC §6, §7).
+# Issue 12, finding 7 (last part): a dead worker whose pid was reused must not keep its record: the
+# stats' subscriber count returns to the true number (README "Statistics", "Errors and failures").
 #
 # nginx runs in its own pid namespace (`unshare --pid --fork`, util-linux), so that a pid can
 # be handed out again on purpose: with the master stopped (SIGSTOP), a worker holding
@@ -16,7 +16,7 @@ use lib "$FindBin::Bin/lib";
 use Test::More;
 use POSIX ();
 use Time::HiRes qw(time);
-use ChannelsTest qw(json_decode);
+use ChannelsTest qw(json_decode slurp);
 
 plan skip_all => 'needs root' if $> != 0;
 plan skip_all => 'unshare/nsenter (util-linux) cannot make a pid namespace here'
@@ -37,7 +37,6 @@ my $t = ChannelsTest->new(workers => 2, start => 0, conf => <<'CONF');
 CONF
 my $P = $t->prefix;
 
-sub slurp { my $f = shift; open my $fh, '<', $f or return ''; local $/; my $c = <$fh>; $c // '' }
 sub children { my $p = shift; split ' ', slurp("/proc/$p/task/$p/children") }
 sub inner_pid { slurp("/proc/$_[0]/status") =~ /^NSpid:\s+\d+\s+(\d+)/m ? $1 : undef }
 sub state { slurp("/proc/$_[0]/stat") =~ /^\d+ \(.*\) (\S)/s ? $1 : '' }

@@ -1,6 +1,7 @@
 #!/usr/bin/perl
 # Issue 12, finding 4: a publish that an old worker finishes after `nginx -s reload` reaches
-# the new workers' subscribers at once (SPEC §4 "whichever worker published it", §2).
+# the new workers' subscribers at once (README "SSE": whichever worker published
+# it; "Publishing": ids).
 #
 # A publish request is started before the reload and its body is only half sent, so the old
 # worker is still serving it when the new workers start. Subscribers (SSE and long-poll)

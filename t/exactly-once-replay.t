@@ -1,6 +1,7 @@
 #!/usr/bin/perl
 # Issue 12, finding 1: a resumed SSE stream receives its whole retained backlog, then goes
-# live (SPEC §4 "replays every retained message after the cursor", §9 "Replays finish").
+# live (README "SSE": the replay of what was
+# retained after the cursor; "What one client can cost": replays finish).
 #
 # 128 × 64 KiB retained, resume from the id of #47: the client must get #48..#128 in order,
 # then a message published afterwards; HTTP/1.1 (chunked, detached) and HTTP/1.0 (a request

@@ -119,14 +119,6 @@ sub full_file_test {
     unlike($out, qr/\[(?:warn|alert|emerg|crit)\]/, "$name: nginx -t prints no warning") or diag($out);
 }
 
-# $t->sse_open with port => an index (works around the harness passing %o after its own
-# port => number; harmless once that is fixed).
-sub sse_open {
-    my ($t, $path, %o) = @_;
-    my $i = delete $o{port} // 0;
-    return ChannelsTest::SSE->open(%o, port => $t->port($i), path => $path);
-}
-
 # The next event that carries data (skips a block holding only retry:).
 sub next_data_event {
     my ($s, $timeout) = @_;
@@ -143,7 +135,7 @@ sub pidx    { my ($ex, $p) = @_; $ex->{ports}{$p} // die "example has no port $p
 sub publish_reaches_both {
     my ($t, $name, %o) = @_;
     my $ch = $o{channel} // 'smoke';
-    my $s = sse_open($t, "$o{events}/$ch", port => $o{sub_port}, headers => $o{headers} // {});
+    my $s = $t->sse_open("$o{events}/$ch", port => $o{sub_port}, headers => $o{headers} // {});
     is($s->status, 200, "$name: SSE subscriber answered 200");
     like($s->header('content-type') // '', qr{^text/event-stream}, "$name: SSE content type");
     my $p = $t->poll_start("$o{poll}/$ch", port => $o{sub_port}, headers => $o{headers} // {});
@@ -216,7 +208,7 @@ example 'multi-channel.conf' => sub {
         my $r = $t->http(POST => '/pub/disk', body => "disk $i", port => $pub);
         push @disk, (json_decode($r->{body}) // {})->{id};
     }
-    my $ops = sse_open($t, '/events/ops', port => $sub);
+    my $ops = $t->sse_open('/events/ops', port => $sub);
     is($ops->status, 200, 'multi: /events/ops (fixed channel list) answers 200');
     my (@got, $retry);
     while (@got < 10) {
@@ -229,7 +221,7 @@ example 'multi-channel.conf' => sub {
     is_deeply([ map { $_->{event} } @got ], [ ('disk') x 10 ], 'multi: event type is the channel id');
     is($retry, 2000, 'multi: sse_retry 2s sent as retry: 2000');
 
-    my $s = sse_open($t, '/events?ch=cpu,memory', port => $sub);
+    my $s = $t->sse_open('/events?ch=cpu,memory', port => $sub);
     is($s->status, 200, 'multi: /events?ch=cpu,memory answers 200');
     ok(wait_subscribers($t, '/channels/stats', $pub, 2), 'multi: subscribers counted');
     $t->http(POST => '/pub/cpu', body => '{"load":0.42}', port => $pub,
@@ -268,7 +260,7 @@ example 'auth-request.conf' => sub {
     publish_reaches_both($t, 'auth', events => '/events', poll => '/poll', publish => '/pub',
         stats => '/channels/stats', sub_port => $sub, pub_port => $pub, headers => $cookie);
 
-    my $me = sse_open($t, '/events/me', port => $sub, headers => $cookie);
+    my $me = $t->sse_open('/events/me', port => $sub, headers => $cookie);
     is($me->status, 200, 'auth: /events/me with a session: 200');
     ok($t->wait_for(sub {
         my $j = $t->http(GET => '/pub/user.42', port => $pub);
@@ -337,7 +329,7 @@ example 'cors.conf' => sub {
     my $evil = $t->http(OPTIONS => '/events/news', port => $sub, headers => { Origin => 'https://evil.example' });
     ok(!exists $evil->{headers}{'access-control-allow-origin'}, 'cors: another origin gets no Allow-Origin');
 
-    my $s = sse_open($t, '/events/news', port => $sub, headers => { Origin => $app });
+    my $s = $t->sse_open('/events/news', port => $sub, headers => { Origin => $app });
     is($s->status, 200, 'cors: SSE with an Origin header: 200');
     is($s->header('access-control-allow-origin'), $app, 'cors: SSE answer allows the origin');
     like($s->header('vary') // '', qr/Origin/, 'cors: Vary: Origin');
@@ -364,7 +356,7 @@ example 'reverse-proxy-app.conf' => sub {
     my $home = $t->http(GET => '/', port => $sub);
     is($home->{status}, 200, 'app: / reaches the application');
     like($home->{body}, qr/order app/, 'app: the application answered');
-    my $s = sse_open($t, '/events/orders', port => $sub);
+    my $s = $t->sse_open('/events/orders', port => $sub);
     is($s->status, 200, 'app: /events/orders is held by nginx');
     ok(wait_subscribers($t, '/channels/stats', pidx($ex, 8081), 1), 'app: subscriber counted');
     my $r = $t->http(POST => '/orders', body => '{"order":7,"state":"paid"}', port => $sub,
@@ -391,7 +383,7 @@ example 'production.conf' => sub {
     publish_reaches_both($t, 'production via edge', events => '/events', poll => '/poll',
         publish => '/pub', stats => '/channels/stats', sub_port => $edge, pub_port => $pub,
         channel => 'edge');
-    my $s = sse_open($t, '/events/edge2', port => $edge);
+    my $s = $t->sse_open('/events/edge2', port => $edge);
     my $first = $s->next_block(timeout => 5);
     is($first && $first->{retry}, 3000, 'production: retry: 3000 passes the edge');
     ok(wait_subscribers($t, '/channels/stats', $pub, 1), 'production: edge subscriber counted');
@@ -405,7 +397,7 @@ example 'production.conf' => sub {
     $s->close;
 
     # limit_conn: 50 subscriptions per address, the 51st gets 429.
-    my @held = map { sse_open($t, "/events/many$_", port => $sub) } 1 .. 50;
+    my @held = map { $t->sse_open("/events/many$_", port => $sub) } 1 .. 50;
     is(scalar(grep { $_->status == 200 } @held), 50, 'production: 50 subscriptions from one address');
     my $over = $t->http(GET => '/events/one-too-many', port => $sub, timeout => 5);
     is($over->{status}, 429, 'production: the 51st is refused with 429');
@@ -439,7 +431,7 @@ example 'jwt.conf' => sub {
     my $none = $t->http(GET => '/events/user.42.inbox', port => $sub);
     is($none->{status}, 401, 'jwt: no token: 401');
     is($none->{headers}{'www-authenticate'}, 'Bearer realm="channels"', 'jwt: WWW-Authenticate');
-    my $s = sse_open($t, '/events/user.42.inbox,news', port => $sub, headers => { Cookie => "channels_jwt=$tok->{user42}" });
+    my $s = $t->sse_open('/events/user.42.inbox,news', port => $sub, headers => { Cookie => "channels_jwt=$tok->{user42}" });
     is($s->status, 200, 'jwt: the cookie opens a stream of two granted channels');
     ok(wait_subscribers($t, '/channels/stats', $pub, 1), 'jwt: subscriber counted');
     is($t->http(POST => '/pub/user.42.inbox', body => 'you have mail', port => $pub)->{status}, 201,

@@ -1,5 +1,6 @@
 #!/usr/bin/perl
-# 20 reloads in a row under steady publish + subscribe load (SPEC §2, §4, §5, §7):
+# 20 reloads in a row under steady publish + subscribe load (README "channel_zone", "SSE", "Long
+# polling", "Errors and failures"):
 # - each reload completes: new workers up, every old worker gone (streams ended, long-polls
 #   answered, no connection or timer keeps an old worker alive);
 # - SSE streams end cleanly on reload and the clients resume with Last-Event-ID; long-polls get
@@ -43,11 +44,9 @@ my $t = ChannelsTest->new(workers => 2, main_conf => 'worker_shutdown_timeout 10
 CONF
 
 sub zstat { $t->zone_stats('/stats', 'rel', port => 1) }
-sub publish { $t->http(POST => "/pub/$_[0]", port => 1, body => $_[1], timeout => $_[2] // 10) }
-
 my $z0 = zstat();
 my $used0 = $z0->{used};
-my $start = publish('rl', 'START');
+my $start = $t->publish_request('rl', 'START');
 is($start->{status}, 201, 'START published');
 my $start_id = $start->{json}{id};
 my $stop_file = $t->prefix . '/stop-publishing';
@@ -118,7 +117,7 @@ sub publisher {
         my $i = 0;
         until (-e $stop_file) {
             my $body = "p$k-" . ++$i;
-            my $r = publish('rl', $body, 5);
+            my $r = $t->publish_request('rl', $body, timeout => 5);
             print $wr "PUB $body " . ($r->{status} == 201 ? $r->{json}{id} : "FAIL:$r->{status}") . "\n";
             Time::HiRes::sleep(0.004);
         }
@@ -151,14 +150,14 @@ close $fh;
 ok(pump(sub { !grep { !has_line($_, qr/^DONE/) } @pubs }, 30), 'publishers stopped');
 waitpid($_->{pid}, 0) for @pubs;
 
-my $sync = publish('rl', 'SYNC');
+my $sync = $t->publish_request('rl', 'SYNC');
 is($sync->{status}, 201, 'SYNC published');
 ok(pump(sub { !grep { !has_line($_, qr/^(?:SYNC|ERROR)/) } @sse }, 30), 'every SSE client caught up (SYNC)');
 ok(pump(sub { !grep { !has_line($_, qr/^(?:DONE|ERROR)/) } @lp }, 30), 'every long-poll client caught up (SYNC)');
 waitpid($_->{pid}, 0) for @lp;
 ok($t->wait_for(sub { zstat()->{subscribers} == $SSE_SUBS }, timeout => 5), "stats: $SSE_SUBS subscribers after the reloads")
     or diag explain zstat();
-publish('rl', 'END');
+$t->publish_request('rl', 'END');
 ok(pump(sub { !grep { !has_line($_, qr/^(?:DONE|ERROR)/) } @sse }, 30), 'every SSE client got END');
 waitpid($_->{pid}, 0) for @sse;
 ok($t->wait_for(sub { zstat()->{subscribers} == 0 }, timeout => 5), 'subscribers back to 0');
@@ -224,7 +223,8 @@ note("zone used: $used0 before, max $max_used during, $z->{used} now with $n mes
 cmp_ok($max_used, '<=', $used0 + $n * 256 + 64 * 1024,
        "zone used never exceeded the baseline + 256 bytes per retained message + 64 KiB");
 is($t->http(DELETE => '/pub/rl', port => 1)->{status}, 200, 'DELETE rl');
-# "other" was only ever waited on: it left the zone with its last subscriber (SPEC §2).
+# "other" was only ever waited on: it left the zone with its last subscriber (README
+# "channel_zone").
 is($t->http(GET => '/pub/other', port => 1)->{status}, 404, 'the channel only subscribers named is gone with them');
 my $used;
 # The deleted channel stays as long as its marker would (README "Publishing": a client resuming

@@ -1,9 +1,10 @@
 #!/usr/bin/perl
-# Hostile clients (SPEC §4, §7): slowloris on subscribe, never-reading subscribers, half-closed
-# sockets, 64-channel subscriptions of random ids, 10 KB cursors, header floods, publish bodies at
-# exactly client_max_body_size and one byte over, random bytes on the publish and subscriber ports.
-# Each is answered as SPEC (or nginx) says; meanwhile a witness subscriber keeps getting every
-# message promptly, no worker dies, and the subscriber counts return to the witness alone.
+# Hostile clients (README "SSE", "Errors and failures"): slowloris on subscribe, never-reading
+# subscribers, half-closed sockets, 64-channel subscriptions of random ids, 10 KB cursors, header
+# floods, publish bodies at exactly client_max_body_size and one byte over, random bytes on the
+# publish and subscriber ports. Each is answered as README (or nginx) says; meanwhile a witness
+# subscriber keeps getting every message promptly, no worker dies, and the subscriber counts return
+# to the witness alone.
 use strict;
 use warnings;
 use FindBin;
@@ -14,6 +15,7 @@ use IO::Select;
 use Socket qw(SOL_SOCKET SO_RCVBUF SHUT_WR);
 use Time::HiRes qw(time);
 use ChannelsTest qw(id_cmp id_parse);
+use Attack ();
 
 my $BODY_MAX = 65536;
 my $SANITIZED = $ENV{CHANNELS_SANITIZE} || ($ENV{NGINX_BIN} // '') =~ /asan|san\b/;
@@ -51,19 +53,7 @@ my @workers0 = $t->worker_pids;
 my $st0 = $t->zone_stats('/stats', 'h', port => 1);
 
 sub zstat { $t->zone_stats('/stats', 'h', port => 1) }
-sub publish {
-    my ($ch, $body, %o) = @_;
-    return $t->http(POST => "/pub/$ch", port => 1, body => $body, %o);
-}
 sub rand_id { my $n = shift; join '', map { ('a' .. 'z', 'A' .. 'Z', 0 .. 9, qw(_ . : @ ~ -))[rand 68] } 1 .. $n }
-sub rss_kb {
-    my $sum = 0;
-    for my $pid (@_) {
-        open my $fh, '<', "/proc/$pid/status" or next;
-        while (<$fh>) { $sum += $1 if /^VmRSS:\s+(\d+)/ }
-    }
-    return $sum;
-}
 # A raw connection; rcvbuf is set before connect(), so the window it advertises stays small.
 sub raw_sock {
     my (%o) = @_;
@@ -95,7 +85,7 @@ my (@witness_ids, $witness_slow);
 sub witness_check {
     my $label = shift;
     my $t0 = time;
-    my $p = publish('witness', "w$label");
+    my $p = $t->publish_request('witness', "w$label");
     is($p->{status}, 201, "witness publish ($label)");
     push @witness_ids, $p->{json}{id};
     my $e = $witness->next_event(timeout => 5);
@@ -144,7 +134,7 @@ witness_check('start');
     my $reader = $t->sse_open('/events/flood');
     is($reader->status, 200, 'a reading subscriber of the flooded channel');
     ok($t->wait_for(sub { zstat()->{subscribers} == 6 }, timeout => 5), 'four never-reading subscribers attached');
-    my $rss0 = rss_kb($t->worker_pids);
+    my $rss0 = Attack::rss_kb($t->worker_pids);
     my $dropped0 = zstat()->{dropped_slow};
     my $chunk = 'F' x (32 * 1024 - 16);
     my ($bad, $sent, $got) = (undef, 0, 0);
@@ -159,7 +149,7 @@ witness_check('start');
     # Publish 32 KiB messages until the four are cut off: the kernel takes up to its socket
     # send buffer (4 MiB here) first, then more than 1 MiB waits in nginx. At most 16 MiB.
     while ($sent < 512) {
-        my $p = publish('flood', sprintf('%08d', ++$sent) . $chunk);
+        my $p = $t->publish_request('flood', sprintf('%08d', ++$sent) . $chunk);
         $bad //= "publish $sent: $p->{status}" if $p->{status} != 201;
         $read_reader->(0.001);
         last if $sent % 8 == 0 && zstat()->{dropped_slow} >= $dropped0 + 4;
@@ -183,7 +173,7 @@ witness_check('start');
         cmp_ok(length $bytes, '<', $sent * 32 * 1024, '... and was not sent the whole flood');
         close $s;
     }
-    my $rss1 = rss_kb($t->worker_pids);
+    my $rss1 = Attack::rss_kb($t->worker_pids);
     SKIP: {
         skip 'RSS says nothing under a sanitizer (freed memory is held in quarantine)', 1 if $SANITIZED;
         cmp_ok($rss1 - $rss0, '<', 24 * 1024, sprintf('worker RSS grew by %d KiB during the flood (< 24 MiB)', $rss1 - $rss0));
@@ -220,7 +210,7 @@ witness_check('start');
        'nginx logged the early close at info');
 
     # A long-poll with a message waiting, half-closed after the request: still answered.
-    my $p = publish('half', 'kept');
+    my $p = $t->publish_request('half', 'kept');
     $s = raw_sock();
     syswrite($s, "GET /raw/half HTTP/1.1\r\nHost: x\r\nLast-Event-ID: 1-0\r\nConnection: close\r\n\r\n");
     shutdown($s, SHUT_WR);
@@ -273,7 +263,7 @@ witness_check('start');
     for my $k (1 .. 48) {
         my $i = int rand @lists;
         my $ch = $lists[$i][ int rand 64 ];
-        my $p = publish($ch, "m$k");
+        my $p = $t->publish_request($ch, "m$k");
         is($p->{status}, 201, "publish to a random channel of subscriber $i") or next;
         for my $j (0 .. $#lists) {
             push @{ $want{$j} }, [ $p->{json}{id}, $ch, "m$k" ] if grep { $_ eq $ch } @{ $lists[$j] };
@@ -299,20 +289,20 @@ witness_check('start');
 
 # ================================================================ 10 KB cursors
 {
-    my $p = publish('cur', 'old');
+    my $p = $t->publish_request('cur', 'old');
     my @cursors = ('1' x 10240, '1732290000123-' . ('9' x 10226), ('9' x 5000) . '-' . ('9' x 5239),
                    join('', map { chr(33 + int rand 94) } 1 .. 10240));
     for my $i (0 .. $#cursors) {
         my $c = $cursors[$i];
         my $s = $t->sse_open('/events/cur', headers => { 'Last-Event-ID' => $c });
         is($s->status, 200, "SSE with a 10 KB cursor ($i): 200, the cursor treated as absent");
-        my $live = publish('cur', "live$i");
+        my $live = $t->publish_request('cur', "live$i");
         my $e = $s->next_event(timeout => 5);
         is($e && $e->{data}, "live$i", "cursor $i: no replay of older messages, live delivery works");
         $s->close;
         my $lp = $t->poll_start('/poll/cur', cursor => $c, cursor_in => 'arg');
         ok($t->wait_for(sub { zstat()->{subscribers} == 2 }, timeout => 5), "long-poll with a 10 KB cursor argument ($i) waits");
-        my $live2 = publish('cur', "lp$i");
+        my $live2 = $t->publish_request('cur', "lp$i");
         my $r = $lp->result(timeout => 10);
         is($r->{status}, 200, "long-poll, cursor $i: 200 when a message arrives");
         is_deeply([ map { $_->{data} } @{ $r->{json}{messages} || [] } ], ["lp$i"], "long-poll, cursor $i: only the new message");
@@ -346,7 +336,7 @@ witness_check('start');
     $r = $t->raw_request("GET /events/hdr HTTP/1.1\r\nHost: x\r\nX-Huge: " . ('h' x 100_000) . "\r\n\r\n");
     is($r->{status}, 400, 'one 100 KB header: nginx answers 400');
     my @evdup = map { ('Event-Type' => "e$_") } 1 .. 50;
-    $r = publish('hdr', 'dup events', headers => \@evdup);
+    $r = $t->publish_request('hdr', 'dup events', headers => \@evdup);
     ok($r->{status} == 201 || $r->{status} == 400, "publish with 50 Event-Type headers: $r->{status}");
     $r = $t->raw_request("POST /pub/hdr HTTP/1.1\r\nHost: x\r\nConnection: close\r\n$big\r\n", port => 1);
     is($r->{status}, 400, 'publish with a 200 KB header flood: 400');
@@ -356,19 +346,19 @@ witness_check('start');
 # ================================================================ bodies at the limit
 {
     my $exact = join '', map { chr(int rand 256) } 1 .. $BODY_MAX;
-    my $p = publish('limit', $exact, headers => { 'Content-Type' => 'application/octet-stream' });
+    my $p = $t->publish_request('limit', $exact, headers => { 'Content-Type' => 'application/octet-stream' });
     is($p->{status}, 201, "a body of exactly client_max_body_size ($BODY_MAX bytes): 201");
     my $r = $t->poll('/raw/limit', cursor => '1-0');
     ok($r->{body} eq $exact, 'it is stored whole (read back byte for byte through long-poll raw)')
         or diag 'got ' . length($r->{body}) . ' bytes';
-    $r = publish('limit', $exact . 'x');
+    $r = $t->publish_request('limit', $exact . 'x');
     is($r->{status}, 413, 'one byte over: 413');
     my $first = $p->{json}{id};
-    $p = publish('limit', $exact, chunked => 1, chunk_size => 7000);
+    $p = $t->publish_request('limit', $exact, chunked => 1, chunk_size => 7000);
     is($p->{status}, 201, 'exactly the limit, chunked: 201');
     $r = $t->poll('/raw/limit', cursor => $first);
     ok($r->{body} eq $exact, 'the chunked one is stored whole too') or diag 'got ' . length($r->{body}) . ' bytes';
-    $r = publish('limit', $exact . 'x', chunked => 1, chunk_size => 7000);
+    $r = $t->publish_request('limit', $exact . 'x', chunked => 1, chunk_size => 7000);
     is($r->{status}, 413, 'one byte over, chunked: 413');
     $r = $t->raw_request("POST /pub/limit HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999\r\n\r\n", port => 1);
     ok($r->{status} == 413 || $r->{status} == 400, "absurd Content-Length: $r->{status}");

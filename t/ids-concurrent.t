@@ -1,13 +1,14 @@
 #!/usr/bin/perl
-# 4 workers, 4 publisher processes at once (SPEC §2): every id unique, each publisher's ids strictly
-# increasing, the retained history is exactly the newest `history` messages, nothing lost.
+# 4 workers, 4 publisher processes at once (README "Publishing"): every id unique, each publisher's
+# ids strictly increasing, the retained history is exactly the newest `history` messages, nothing
+# lost.
 use strict;
 use warnings;
 use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
 use POSIX ();
-use ChannelsTest qw(id_cmp);
+use ChannelsTest qw(id_cmp slurp);
 
 my $PUBLISHERS = 4;
 my $PER_SHARED = 100;   # each publisher, to the shared channel
@@ -85,7 +86,7 @@ my @dups = grep { $seen{$_}++ } @all;
 is(scalar(@dups), 0, 'ids are unique across all publishers and workers') or diag "duplicates: @dups[0 .. ($#dups < 9 ? $#dups : 9)]";
 is(scalar(@all), $PUBLISHERS * ($PER_SHARED + $PER_OWN), 'all ids collected');
 
-my %pids = map { (split / /)[0] => 1 } split /\n/, ChannelsTest::_slurp($t->prefix . '/logs/publish.log');
+my %pids = map { (split / /)[0] => 1 } split /\n/, slurp($t->prefix . '/logs/publish.log');
 cmp_ok(scalar(keys %pids), '>=', 2, 'publishes were served by several workers (' . join(',', sort keys %pids) . ')');
 
 # ---- the retained history is the newest $HISTORY of the shared channel, in id order

@@ -1,6 +1,7 @@
 #!/usr/bin/perl
-# Message ids (SPEC §2): "<ms>-<counter>", strictly increasing in publish order across all channels of a
-# zone, never backwards across `nginx -s reload` (the zone is reused intact) or a full stop/start.
+# Message ids (README "Publishing"): "<ms>-<counter>", strictly increasing in publish order across
+# all channels of a zone, never backwards across `nginx -s reload` (the zone is reused intact) or a
+# full stop/start.
 use strict;
 use warnings;
 use FindBin;
@@ -19,15 +20,6 @@ my $conf = <<'CONF';
 CONF
 my $t = ChannelsTest->new(workers => 2, conf => $conf);
 
-# Publishes on the given keep-alive client; returns the id (undef and a diag on failure).
-sub publish {
-    my ($c, $ch, $body) = @_;
-    my $r = $c->request(POST => "/pub/$ch", body => $body // 'x');
-    return $r->{json}{id} if $r->{status} == 201;
-    diag "publish to $ch: $r->{status} " . ($r->{error} // $r->{body});
-    return undef;
-}
-
 # Strictly increasing? Returns the index of the first offending pair, or -1.
 sub first_disorder {
     my @ids = @_;
@@ -40,7 +32,7 @@ sub first_disorder {
 # ---- format: publish time in ms, a dash, a counter
 my $c = $t->client;
 my $before = int(Time::HiRes::time() * 1000);
-my $id = publish($c, 'fmt');
+my $id = $t->publish('fmt', 'x', client => $c);
 my $after = int(Time::HiRes::time() * 1000);
 like($id, qr/^\d+-\d+$/, "id format ($id)");
 my ($ms, $n) = id_parse($id);
@@ -49,8 +41,7 @@ ok($ms >= $before - 1000 && $ms <= $after + 1000, 'the ms part is the publish ti
 
 # ---- strictly increasing across channels, on one connection and on fresh ones
 my @ids;
-push @ids, publish($c, 'ch' . ($_ % 7), "m$_") for 1 .. 300;
-is(scalar(grep { defined } @ids), 300, '300 publishes answered 201');
+push @ids, $t->publish('ch' . ($_ % 7), "m$_", client => $c) for 1 .. 300;    # dies unless 201
 is(first_disorder(@ids), -1, 'ids strictly increase across 7 channels (keep-alive)');
 for my $i (1 .. 30) {
     my $r = $t->http(POST => '/pub/fresh' . ($i % 3), body => 'y');
@@ -109,7 +100,7 @@ $last = $around[-1];
 # ---- across a full stop/start (the zone is new; the clock must not go backwards)
 my @burst;
 $c = $t->client;
-push @burst, publish($c, 'restart', "b$_") for 1 .. 50;
+push @burst, $t->publish('restart', "b$_", client => $c) for 1 .. 50;
 $c->close;
 $last = $burst[-1];
 ok($t->restart, 'full stop and start');

@@ -1,9 +1,9 @@
 #!/usr/bin/perl
-# channel_auth jwt (SPEC §10) over real sockets, with tokens minted by the npm jose
-# package and by the openssl command line: every algorithm accepted, every rejection case
-# answered with the right status, WWW-Authenticate, one-line body and info log line;
-# token sources in order; grants on SSE, long-poll, publish and stats locations;
-# $channel_jwt_sub; satisfy any; the verified-token cache.
+# channel_auth jwt (README "Authorization (JWT)") over real sockets, with tokens minted by the npm
+# jose package and by the openssl command line: every algorithm accepted, every rejection case
+# answered with the right status, WWW-Authenticate, one-line body and info log line; token sources
+# in order; grants on SSE, long-poll, publish and stats locations; $channel_jwt_sub; satisfy any;
+# the verified-token cache.
 use strict;
 use warnings;
 use FindBin;

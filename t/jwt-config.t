@@ -1,10 +1,10 @@
 #!/usr/bin/perl
-# JWT configuration (SPEC §10): `nginx -t` names the key file and the reason for every bad
-# key; a reload with a bad key fails like any bad configuration and the running workers
-# keep their keys; a reload with new keys rotates them; keys and settings inherit from
-# http/server to locations (a level with its own channel_jwt_key replaces the keys); PEM
-# certificates and relative paths; both modules of the one .so are registered by one
-# load_module. Keys from the openssl command line, JWKS and tokens from npm jose.
+# JWT configuration (README "Authorization (JWT)"): `nginx -t` names the key file and the reason for
+# every bad key; a reload with a bad key fails like any bad configuration and the running workers
+# keep their keys; a reload with new keys rotates them; keys and settings inherit from http/server
+# to locations (a level with its own channel_jwt_key replaces the keys); PEM certificates and
+# relative paths; both modules of the one .so are registered by one load_module. Keys from the
+# openssl command line, JWKS and tokens from npm jose.
 use strict;
 use warnings;
 use FindBin;

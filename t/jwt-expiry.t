@@ -1,9 +1,9 @@
 #!/usr/bin/perl
-# Tokens that expire while a subscriber holds on (SPEC §10): an SSE stream ends at the
-# token's exp with `event: token-expired` / `data: {"exp":N}` and then the end of the
-# stream (HTTP/1.1 detached streams, HTTP/1.0 request-mode streams, HTTP/2); a long poll
-# waits no longer than exp and then answers 204 with its cursor; a cached token is refused
-# once its exp has passed. Tokens minted by the npm jose package.
+# Tokens that expire while a subscriber holds on (README "Authorization (JWT)"): an SSE stream ends
+# at the token's exp with `event: token-expired` / `data: {"exp":N}` and then the end of the stream
+# (HTTP/1.1 detached streams, HTTP/1.0 request-mode streams, HTTP/2); a long poll waits no longer
+# than exp and then answers 204 with its cursor; a cached token is refused once its exp has passed.
+# Tokens minted by the npm jose package.
 use strict;
 use warnings;
 use FindBin;
@@ -85,8 +85,7 @@ sub expiry_ok {
 
 {
     my ($tok, $exp) = token_for(2);
-    my $s = ChannelsTest::SSE->open(port => $t->port(0), path => '/events/b', version => '1.0',
-                                    headers => { %{ bearer($tok) }, Connection => 'close' });
+    my $s = $t->sse_open('/events/b', version => '1.0', headers => { %{ bearer($tok) }, Connection => 'close' });
     is($s->status, 200, 'HTTP/1.0 stream: 200');
     my ($ev, $when) = until_expired($s);
     ok($ev, 'HTTP/1.0 stream: token-expired arrives');

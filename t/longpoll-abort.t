@@ -1,7 +1,7 @@
 #!/usr/bin/perl
-# Waiting long-poll requests whose clients go away (SPEC §5 "forgotten at once (no leak, no late
-# write)", §7, issue 4 "Done means"): rounds of 2,000 waiters (json, raw and multi-channel) that
-# disconnect.
+# Waiting long-poll requests whose clients go away (README "Long polling": a client that closes is
+# forgotten at once; "Errors and failures"; issue 4 "Done means"): rounds of 2,000 waiters (json,
+# raw and multi-channel) that disconnect.
 # Instance A, 2 workers (reuseport: both hold waiters): after each round the zone's subscriber
 # count (stats, per worker, per channel) is back to 0 and the zone's used memory is back to its
 # baseline; every FIN close leaves nginx's "client prematurely closed connection" line at info.
@@ -21,6 +21,7 @@ use Time::HiRes ();
 use IO::Socket::INET;
 use Socket qw(SOL_SOCKET SO_LINGER);
 use ChannelsTest;
+use Attack ();
 
 our $N = 2000;
 my $RSS_BASELINE_KB = 1024;    # 2,000 waiters take ~19 MiB of one worker; plain nginx gives back all but ~0.2 MiB
@@ -46,25 +47,9 @@ CONF
 sub zone { $t->zone_stats('/stats', 'events', port => 1) || {} }
 sub chan_subs { my $r = $t->http(GET => "/pub/$_[0]", port => 1); $r->{json} ? $r->{json}{subscribers} : -1 }
 
-sub publish {
-    my ($ch, $data) = @_;
-    my $r = $t->http(POST => "/pub/$ch", body => $data, port => 1);
-    die "publish to $ch: $r->{status} $r->{body}\n" unless $r->{status} == 201 && $r->{json};
-    return $r->{json};
-}
-
-sub rss_kb {
-    my $sum = 0;
-    for my $pid ($t->worker_pids) {
-        open my $fh, '<', "/proc/$pid/status" or next;
-        while (<$fh>) { $sum += $1 if /^VmRSS:\s+(\d+)/ }
-    }
-    return $sum;
-}
-
-my $cursor = publish('ab', 'x')->{id};
-publish('ab2', 'y');
-$cursor = publish('ab', 'z')->{id};
+my $cursor = $t->publish('ab', 'x');
+$t->publish('ab2', 'y');
+$cursor = $t->publish('ab', 'z');
 my @paths = ('/poll/ab', '/raw/ab', '/m?ch=ab,ab2');
 
 # Opens $n waiting requests; returns the sockets once the zone counts all of them.
@@ -91,7 +76,7 @@ sub round {
     ok($t->wait_for(sub { $zw = zone(); ($zw->{subscribers} // 0) == $z0->{subscribers} + $N }, timeout => 20),
        "$name: $N waiters counted") or diag 'subscribers: ' . ($zw->{subscribers} // '?');
     my @per = map { $_->{subscribers} } @{ $zw->{workers} || [] };
-    note("$name: waiters per worker: @per; worker RSS while waiting: " . rss_kb() . ' KiB');
+    note("$name: waiters per worker: @per; worker RSS while waiting: " . Attack::rss_kb($t->worker_pids) . ' KiB');
     is(scalar(grep { $_ > 0 } @per), $o{one_worker} ? 1 : 2, "$name: " . ($o{one_worker} ? 'the worker holds them' : 'both workers hold waiters'));
     is(chan_subs('ab'), $N, "$name: channel ab counts $N");
     my $in_ab2 = grep { $_ % @paths == 2 } 1 .. $N;
@@ -105,7 +90,7 @@ sub round {
         }
         close $s[$i];
     }
-    my $pub = $o{publish_now} ? publish('ab', 'racing the closes') : undef;
+    my $pub = $o{publish_now} ? $t->publish('ab', 'racing the closes') : undef;
 
     my $z;
     ok($t->wait_for(sub { $z = zone(); ($z->{subscribers} // -1) == 0 }, timeout => 15),
@@ -121,10 +106,11 @@ sub round {
                               $lines >= $N - $rst }, timeout => 10),
            "$name: \"client prematurely closed connection\" at info for each closed waiter ($lines)");
     }
-    my $after = publish('ab', "after $name");
-    is($after->{subscribers}, 0, "$name: a publish afterwards finds 0 subscribers");
+    my $after = $t->publish_request('ab', "after $name");
+    is($after->{status}, 201, "$name: a publish afterwards");
+    is($after->{json}{subscribers}, 0, "$name: a publish afterwards finds 0 subscribers");
     unlike($t->log_since($mark), qr/\[(?:error|crit|alert|emerg)\]|exited on signal/, "$name: nothing above info logged");
-    $cursor = $after->{id};
+    $cursor = $after->{json}{id};
 }
 
 my @workers0 = $t->worker_pids;
@@ -151,19 +137,19 @@ $t = ChannelsTest->new(workers => 1, worker_connections => 4096, conf => <<'CONF
         location = /stats                  { channel_stats; }
     }
 CONF
-publish('ab2', 'y');
-$cursor = publish('ab', 'z')->{id};    # after every retained message: all requests wait
-my $rss_start = rss_kb();
+$t->publish('ab2', 'y');
+$cursor = $t->publish('ab', 'z');    # after every retained message: all requests wait
+my $rss_start = Attack::rss_kb($t->worker_pids);
 round('B warm-up, 30 waiters', one_worker => 1, n => 30);    # the module's one-time allocations
-my $rss0 = rss_kb();
+my $rss0 = Attack::rss_kb($t->worker_pids);
 round('B round 1', one_worker => 1);
 # The worker gives freed memory back a moment after its last subscriber left (a trim costs
 # page faults: it is not done on every departure).
 my $rss1;
-$t->wait_for(sub { $rss1 = rss_kb(); $rss1 - $rss0 <= $RSS_BASELINE_KB }, timeout => 5);
+$t->wait_for(sub { $rss1 = Attack::rss_kb($t->worker_pids); $rss1 - $rss0 <= $RSS_BASELINE_KB }, timeout => 5);
 round("B round $_", one_worker => 1) for 2 .. 4;
 my $rss2;
-$t->wait_for(sub { $rss2 = rss_kb(); $rss2 - $rss1 <= $RSS_GROWTH_KB }, timeout => 5);
+$t->wait_for(sub { $rss2 = Attack::rss_kb($t->worker_pids); $rss2 - $rss1 <= $RSS_GROWTH_KB }, timeout => 5);
 note("worker VmRSS: ${rss_start} KiB at start, ${rss0} KiB after 30 waiters, ${rss1} KiB after $N, "
    . "${rss2} KiB after 3 x $N more");
 SKIP: {

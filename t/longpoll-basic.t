@@ -1,11 +1,12 @@
 #!/usr/bin/perl
-# Long-poll basics (SPEC §1, §2, §5, issue 4): an immediate answer when messages after the
-# cursor are retained; a waiting request woken by a publish, from either worker; the headers
-# every answer carries (Last-Event-ID, Cache-Control: no-cache); the json fields (id, channel,
-# event only when typed, data, content_type as published), JSON escaping and base64 for data
-# that is not UTF-8; at most 100 messages per answer; the timeout (204, cursor unchanged; without
-# a cursor, a cursor that misses nothing published after it); HEAD; 405; 400 for bad channel
-# ids (logged at info); a malformed cursor taken as absent; channel_first_message policies.
+# Long-poll basics (README "Directives", "Publishing": ids, "Long polling", issue 4): an immediate
+# answer when messages after the cursor are retained; a waiting request woken by a publish, from
+# either worker; the headers every answer carries (Last-Event-ID, Cache-Control: no-cache); the json
+# fields (id, channel, event only when typed, data, content_type as published), JSON escaping and
+# base64 for data that is not UTF-8; at most 100 messages per answer; the timeout (204, cursor
+# unchanged; without a cursor, a cursor that misses nothing published after it); HEAD; 405; 400 for
+# bad channel ids (logged at info); a malformed cursor taken as absent; channel_first_message
+# policies.
 use strict;
 use warnings;
 use FindBin;
@@ -39,11 +40,6 @@ my $t = ChannelsTest->new(workers => 2, conf => <<'CONF');
 CONF
 
 # Publishes; returns the id. %o: headers, query (appended to the path).
-sub wait_subscribers {
-    my ($ch, $n) = @_;
-    return $t->wait_for(sub { $t->subscribers($ch) == $n }, timeout => 10);
-}
-
 # Checks what every long-poll answer carries; returns the Last-Event-ID.
 sub common_ok {
     my ($r, $label) = @_;
@@ -102,7 +98,7 @@ my $MARK = $t->log_mark;
 {
     my $c = $t->publish('wake', 'before');
     my $p = $t->poll_start('/long/wake', cursor => $c);
-    ok(wait_subscribers('wake', 1), 'the request waits: the channel has 1 subscriber');
+    ok($t->wait_subscribers('wake', 1, timeout => 10), 'the request waits: the channel has 1 subscriber');
     ok(!$p->ready, 'no answer while nothing was published');
     my $id = $t->publish('wake', 'after');
     my $r = $p->result(timeout => 10);
@@ -110,7 +106,7 @@ my $MARK = $t->log_mark;
     cmp_ok($r->{elapsed}, '<', 10, 'answered on the publish, not at the 20 s timeout');
     is_deeply(ids_of($m), [ $id ], 'woken: exactly the message published');
     is($m->[0]{data}, 'after', 'woken: its data');
-    ok(wait_subscribers('wake', 0), 'answered: the channel has no subscriber left');
+    ok($t->wait_subscribers('wake', 0, timeout => 10), 'answered: the channel has no subscriber left');
 }
 
 # ---- woken across workers: waiters on both workers, one publish reaches all of them
@@ -122,7 +118,7 @@ my $MARK = $t->log_mark;
     for my $try (1 .. 60) {
         push @p, $t->poll_start('/long/xw', cursor => $c);
         my $n = @p;
-        next unless wait_subscribers('xw', $n);
+        next unless $t->wait_subscribers('xw', $n, timeout => 10);
         my $z = $t->zone_stats('/stats', 'events', port => 1) or next;
         $workers = $z->{workers} || [];
         if (2 == grep { ($_->{subscribers} // 0) >= 1 } @$workers) { $both = 1; last }
@@ -303,7 +299,7 @@ my $MARK = $t->log_mark;
     is($r->{body}, '', 'HEAD: no body');
     like($r->{headers}{'content-type'} // '', qr{^application/json\b}, 'HEAD: the Content-Type a GET would have');
     common_ok($r, 'HEAD');
-    ok(wait_subscribers('head', 0), 'HEAD: no subscriber left behind');
+    ok($t->wait_subscribers('head', 0, timeout => 10), 'HEAD: no subscriber left behind');
     # HEAD on a keep-alive connection, then a GET on the same connection
     my $cl = $t->client;
     $r = $cl->request(HEAD => '/long/head');
@@ -365,7 +361,7 @@ is($t->subscribers('meth'), 0, 'a refused method made no subscriber');
                   "malformed cursor '$bad': first_message oldest applies (all retained)");
     }
     my $p = $t->poll_start('/newest/mal', cursor => 'nonsense');
-    ok(wait_subscribers('mal', 1), 'malformed cursor with first_message newest: waits');
+    ok($t->wait_subscribers('mal', 1, timeout => 10), 'malformed cursor with first_message newest: waits');
     my $id = $t->publish('mal', 'v3');
     my $r = $p->result(timeout => 10);
     is_deeply($r->{json} ? ids_of($r->{json}{messages}) : [], [ $id ], '... and gets only the new message');
@@ -386,14 +382,14 @@ is($t->subscribers('meth'), 0, 'a refused method made no subscriber');
     is_deeply(ids_of($m), [ @ids[3, 4] ], '-2: the last 2');
 
     my $p = $t->poll_start('/newest/fm');
-    ok(wait_subscribers('fm', 1), 'newest: waits');
+    ok($t->wait_subscribers('fm', 1, timeout => 10), 'newest: waits');
     my $id = $t->publish('fm', 'f6');
     $r = $p->result(timeout => 10);
     is_deeply(ids_of(json_ok($r, 'newest')), [ $id ], 'newest: only the message published while waiting');
 
     # default (no directive) is newest
     $p = $t->poll_start('/long/fm');
-    ok(wait_subscribers('fm', 1), 'default: waits');
+    ok($t->wait_subscribers('fm', 1, timeout => 10), 'default: waits');
     $id = $t->publish('fm', 'f7');
     $r = $p->result(timeout => 10);
     is_deeply(ids_of(json_ok($r, 'default')), [ $id ], 'default policy is newest');
@@ -406,7 +402,7 @@ is($t->subscribers('meth'), 0, 'a refused method made no subscriber');
     # oldest / -N on an empty channel: wait for the first message
     for my $loc ('oldest', 'last2') {
         my $p = $t->poll_start("/$loc/fm-empty-$loc");
-        ok(wait_subscribers("fm-empty-$loc", 1), "$loc on an empty channel: waits");
+        ok($t->wait_subscribers("fm-empty-$loc", 1, timeout => 10), "$loc on an empty channel: waits");
         my $id = $t->publish("fm-empty-$loc", 'first');
         my $r = $p->result(timeout => 10);
         is_deeply(ids_of(json_ok($r, "$loc, empty channel")), [ $id ], "$loc on an empty channel: gets the first message");
@@ -418,12 +414,12 @@ is($t->subscribers('meth'), 0, 'a refused method made no subscriber');
     my $c = $t->publish('cnt', 'x');
     my $z0 = $t->zone_stats('/stats', 'events', port => 1)->{subscribers};
     my @p = map { $t->poll_start('/long/cnt', cursor => $c) } 1 .. 3;
-    ok(wait_subscribers('cnt', 3), 'three waiting requests: channel info counts 3');
+    ok($t->wait_subscribers('cnt', 3, timeout => 10), 'three waiting requests: channel info counts 3');
     ok($t->wait_for(sub { $t->zone_stats('/stats', 'events', port => 1)->{subscribers} == $z0 + 3 }),
        'zone stats count them too');
     $t->publish('cnt', 'y');
     $_->result(timeout => 10) for @p;
-    ok(wait_subscribers('cnt', 0), 'answered: 0');
+    ok($t->wait_subscribers('cnt', 0, timeout => 10), 'answered: 0');
 }
 
 unlike($t->log_since($MARK), qr/\[(?:error|crit|alert|emerg)\]/, 'no error lines in the whole run');

@@ -1,10 +1,10 @@
 #!/usr/bin/perl
-# Long-poll and channel deletion / lost messages (SPEC §2, §3, §5, issue 4):
-# DELETE of a channel answers every request waiting on it 410 (`channel deleted`, with
-# Last-Event-ID and Cache-Control), on either worker, json and raw, single- and multi-channel;
-# requests on other channels keep waiting; the channel can be used again afterwards.
-# Gap: with a small history, resuming from a cursor whose successors were evicted answers
-# "gap":true with what is retained; a cursor with nothing lost after it answers no gap key.
+# Long-poll and channel deletion / lost messages (README "channel_zone", "Publishing", "Long
+# polling", issue 4): DELETE of a channel answers every request waiting on it 410 (`channel
+# deleted`, with Last-Event-ID and Cache-Control), on either worker, json and raw, single- and
+# multi-channel; requests on other channels keep waiting; the channel can be used again afterwards.
+# Gap: with a small history, resuming from a cursor whose successors were evicted answers "gap":true
+# with what is retained; a cursor with nothing lost after it answers no gap key.
 use strict;
 use warnings;
 use FindBin;
@@ -96,7 +96,8 @@ sub gone_ok {
     cmp_ok(id_cmp($id, $d->{json}{last_event_id} // $c), '>', 0, 'ids keep increasing after a DELETE');
 }
 
-# ---- a multi-channel waiter: DELETE of one of its channels answers 410 (SPEC §3: long-poll: 410)
+# ---- a multi-channel waiter: DELETE of one of its channels answers 410 (README "Long polling":
+# 410)
 {
     my $c = $t->publish('ma', 'x');
     $t->publish('mb', 'y');

@@ -1,6 +1,6 @@
 #!/usr/bin/perl
-# Long-poll over HTTP/1.1 keep-alive and over HTTP/2 (SPEC §1 "TLS, HTTP/2 ... keep working",
-# §5, issue 4).
+# Long-poll over HTTP/1.1 keep-alive and over HTTP/2 (README "Deployment and security": HTTP/2;
+# "Long polling"; issue 4).
 # HTTP/1.1: several polls on one connection (an immediate answer, a waiting one woken by a
 # publish, a 204 timeout, a HEAD, a 410, then more), all on the same connection by the access
 # log's $connection/$connection_requests; two pipelined polls (the second waits until a publish);
@@ -17,7 +17,7 @@ use lib "$FindBin::Bin/lib";
 use Test::More;
 use Time::HiRes ();
 use POSIX ();
-use ChannelsTest qw(id_cmp json_decode);
+use ChannelsTest qw(id_cmp json_decode slurp);
 
 my $curl_v = `curl -V 2>&1`;
 my $have_h2 = $? == 0 && $curl_v =~ /^Features:.*\bHTTP2\b/m;
@@ -60,10 +60,6 @@ SKIP: {
 }
 $t->start;
 
-sub wait_subscribers { my ($ch, $n) = @_; $t->wait_for(sub { $t->subscribers($ch) == $n }, timeout => 10) }
-
-sub slurp { my $f = shift; open my $fh, '<:raw', $f or return ''; local $/; my $c = <$fh>; $c // '' }
-
 sub msg_ids {
     my $j = json_decode($_[0]) || {};
     return [ map { $_->{id} } @{ $j->{messages} || [] } ];
@@ -83,7 +79,7 @@ sub msg_ids {
     push @expect, 'GET /poll/ka 200';
 
     $cl->send_request(GET => '/poll/ka', headers => { 'Last-Event-ID' => $m1 });
-    ok(wait_subscribers('ka', 1), 'keep-alive #2: waits');
+    ok($t->wait_subscribers('ka', 1, timeout => 10), 'keep-alive #2: waits');
     my $m2 = $t->publish('ka', 'two');
     $r = $cl->read_response(timeout => 10);
     is($r->{status}, 200, 'keep-alive #2: woken');
@@ -101,7 +97,7 @@ sub msg_ids {
     push @expect, 'HEAD /poll/ka 200';
 
     $cl->send_request(GET => '/poll/ka-del', headers => { 'Last-Event-ID' => $m2 });
-    ok(wait_subscribers('ka-del', 1), 'keep-alive #5: waits on a channel about to be deleted');
+    ok($t->wait_subscribers('ka-del', 1, timeout => 10), 'keep-alive #5: waits on a channel about to be deleted');
     is($t->http(DELETE => '/pub/ka-del', port => 1)->{status}, 200, 'DELETE');
     $r = $cl->read_response(timeout => 10);
     is($r->{status}, 410, 'keep-alive #5: 410');
@@ -120,7 +116,7 @@ sub msg_ids {
     $r = $cl->read_response(timeout => 10);
     is_deeply(msg_ids($r->{body}), [ $m3 ], 'pipelined #1: answered at once');
     push @expect, 'GET /poll/ka 200';
-    ok(wait_subscribers('ka', 1), 'pipelined #2: waits');
+    ok($t->wait_subscribers('ka', 1, timeout => 10), 'pipelined #2: waits');
     my $m4 = $t->publish('ka', 'four');
     $r = $cl->read_response(timeout => 10);
     is($r->{status}, 200, 'pipelined #2: woken');
@@ -131,9 +127,9 @@ sub msg_ids {
     # closing the keep-alive connection while waiting
     my $mark = $t->log_mark;
     $cl->send_request(GET => '/poll/ka', headers => { 'Last-Event-ID' => $m4 });
-    ok(wait_subscribers('ka', 1), 'one more poll waits on the same connection');
+    ok($t->wait_subscribers('ka', 1, timeout => 10), 'one more poll waits on the same connection');
     $cl->close;
-    ok(wait_subscribers('ka', 0), 'the client closes the connection: no subscriber left');
+    ok($t->wait_subscribers('ka', 0, timeout => 10), 'the client closes the connection: no subscriber left');
     ok($t->wait_for_log(qr/\[info\].*client prematurely closed connection/, since => $mark),
        '"client prematurely closed connection" at info');
     push @expect, 'GET /poll/ka 499';
@@ -207,7 +203,7 @@ SKIP: {
 
     # waiting, then woken
     my ($pid) = $curl->('bg', [ "$base/poll/h2", "$P/h2b", [ '-H', "Last-Event-ID: $m1" ] ]);
-    ok(wait_subscribers('h2', 1), 'h2 waiting: subscribed');
+    ok($t->wait_subscribers('h2', 1, timeout => 10), 'h2 waiting: subscribed');
     my $m2 = $t->publish('h2', 'two');
     is($wait_pid->($pid), 0, 'h2 waiting: curl finished after the publish');
     is_deeply(msg_ids(slurp("$P/h2b")), [ $m2 ], 'h2 waiting: woken with the message');
@@ -234,12 +230,12 @@ SKIP: {
     ($rc, $out) = $curl->('fg', [ "$base/poll/h2", "$P/h2e", [ '-I' ] ]);
     like($out, qr/^2 200$/m, 'h2 HEAD: 200');
     is($head->("$P/h2e")->{'cache-control'}, 'no-cache', 'h2 HEAD: cache-control');
-    ok(wait_subscribers('h2', 0), 'h2 HEAD: no subscriber left');
+    ok($t->wait_subscribers('h2', 0, timeout => 10), 'h2 HEAD: no subscriber left');
 
     # 410 on DELETE
     my $d0 = $t->publish('h2del', 'x');
     ($pid) = $curl->('bg', [ "$base/poll/h2del", "$P/h2f", [ '-H', "Last-Event-ID: $d0" ] ]);
-    ok(wait_subscribers('h2del', 1), 'h2 delete: waiting');
+    ok($t->wait_subscribers('h2del', 1, timeout => 10), 'h2 delete: waiting');
     is($t->http(DELETE => '/pub/h2del', port => 1)->{status}, 200, 'h2 delete: DELETE');
     $wait_pid->($pid);
     like(slurp("$P/curl$n.out"), qr/^2 410$/m, 'h2 delete: 410');
@@ -251,7 +247,7 @@ SKIP: {
     my $mark = -s "$P/logs/h2.log" // 0;
     my ($pid2, $outf) = $curl->('bg', [ "$base/poll/h2x", "$P/h2g", [ '-H', "Last-Event-ID: $y0" ] ],
                                       [ "$base/poll/h2y", "$P/h2h", [ '-H', "Last-Event-ID: $y0" ] ]);
-    ok(wait_subscribers('h2x', 1) && wait_subscribers('h2y', 1), 'h2 multiplexed: both streams waiting');
+    ok($t->wait_subscribers('h2x', 1, timeout => 10) && $t->wait_subscribers('h2y', 1, timeout => 10), 'h2 multiplexed: both streams waiting');
     my $x1 = $t->publish('h2x', 'x1');
     ok($t->wait_for(sub { -s "$P/h2g" }, timeout => 10), 'h2 multiplexed: the first stream is answered');
     is($t->subscribers('h2y'), 1, 'h2 multiplexed: the other stream still waits');
@@ -269,10 +265,10 @@ SKIP: {
     my $z0 = $t->publish('h2gone', 'x');
     $mark = $t->log_mark;
     ($pid) = $curl->('bg', [ "$base/poll/h2gone", "$P/h2i", [ '-H', "Last-Event-ID: $z0" ] ]);
-    ok(wait_subscribers('h2gone', 1), 'h2 abort: waiting');
+    ok($t->wait_subscribers('h2gone', 1, timeout => 10), 'h2 abort: waiting');
     kill 'KILL', $pid;
     waitpid $pid, 0;
-    ok(wait_subscribers('h2gone', 0), 'h2 abort: curl killed, no subscriber left');
+    ok($t->wait_subscribers('h2gone', 0, timeout => 10), 'h2 abort: curl killed, no subscriber left');
     my $pr = $t->http(POST => '/pub/h2gone', port => 1, body => 'late');
     is($pr->{json} && $pr->{json}{subscribers}, 0, 'h2 abort: a publish finds no subscriber');
     unlike($t->log_since($mark), qr/\[(?:error|crit|alert)\]/, 'h2 abort: nothing above info logged');

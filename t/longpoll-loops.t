@@ -1,11 +1,11 @@
 #!/usr/bin/perl
-# Long-poll loops under load (SPEC §2, §5, issue 4 "Done means"): 4 workers (reuseport, so every
-# worker holds loops and most wake-ups cross workers), 1000 long-poll loops (each re-polls on its
-# keep-alive connection with the Last-Event-ID it was answered) driven by 4 forked client
-# processes with non-blocking sockets and IO::Select, while messages are published at a steady
-# rate: every loop sees every message once, in order. Then, while every loop is between polls
-# (none waiting: zone subscribers 0), a burst of 500 messages: each loop gets them in batches
-# of at most 100 (the first one full), nothing lost, nothing twice.
+# Long-poll loops under load (README "Publishing": ids; "Long polling"; issue 4 "Done means"): 4
+# workers (reuseport, so every worker holds loops and most wake-ups cross workers), 1000 long-poll
+# loops (each re-polls on its keep-alive connection with the Last-Event-ID it was answered) driven
+# by 4 forked client processes with non-blocking sockets and IO::Select, while messages are
+# published at a steady rate: every loop sees every message once, in order. Then, while every loop
+# is between polls (none waiting: zone subscribers 0), a burst of 500 messages: each loop gets them
+# in batches of at most 100 (the first one full), nothing lost, nothing twice.
 use strict;
 use warnings;
 use FindBin;
@@ -47,17 +47,7 @@ CONF
 my $PORT = $t->port(0);
 sub zone { $t->zone_stats('/stats', 'loops', port => 1) || {} }
 
-my $pub = $t->client(port => 1);
-sub publish {
-    my ($data) = @_;
-    my $r = $pub->request(POST => '/pub/loop', body => $data);
-    if ($r->{status} == 0 && $pub->closed) {    # keep-alive closed by the server: reconnect once
-        $pub = $t->client(port => 1);
-        $r = $pub->request(POST => '/pub/loop', body => $data);
-    }
-    die "publish: $r->{status} $r->{body}\n" unless $r->{status} == 201 && $r->{json};
-    return $r->{json}{id};
-}
+my $pub = $t->client(port => 1);    # keep-alive: keepalive_requests and keepalive_timeout above are ample
 
 # ------------------------------------------------------------------ client process
 # Runs loops [$first, $last]; reports "R\n" on $up when every loop has seen $STEADY messages and
@@ -223,7 +213,7 @@ sub client_main {
 # ------------------------------------------------------------------ the run
 
 my @workers0 = $t->worker_pids;
-my $start = publish('start');
+my $start = $t->publish('loop', 'start', client => $pub);
 my (@kids, @ups, @downs);
 my $per = $LOOPS / $PROCS;
 for my $k (0 .. $PROCS - 1) {
@@ -257,7 +247,7 @@ for my $i (1 .. $STEADY) {
     my $at = $t0 + $i / $RATE;
     my $now = Time::HiRes::time();
     Time::HiRes::sleep($at - $now) if $at > $now;
-    push @expected, publish("steady $i");
+    push @expected, $t->publish('loop', "steady $i", client => $pub);
 }
 my $pub_time = Time::HiRes::time() - $t0;
 note(sprintf('%d messages published in %.2f s (%.0f/s)', $STEADY, $pub_time, $STEADY / $pub_time));
@@ -279,7 +269,7 @@ ok($t->wait_for(sub { (zone()->{subscribers} // -1) == 0 }, timeout => 10),
 
 # the burst
 my $tb = Time::HiRes::time();
-push @expected, publish("burst $_") for 1 .. $BURST;
+push @expected, $t->publish('loop', "burst $_", client => $pub) for 1 .. $BURST;
 note(sprintf('burst of %d published in %.2f s', $BURST, Time::HiRes::time() - $tb));
 print {$_} "G\n" for @downs;
 

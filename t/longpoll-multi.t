@@ -1,10 +1,11 @@
 #!/usr/bin/perl
-# Multi-channel long-poll (SPEC §1, §2, §5, issue 4): one request on a list of channels
-# (`$arg_ch` with commas, percent-encoded commas, several CHANNEL arguments, duplicates merged)
-# gets the messages of all its channels after one cursor, in id order, each tagged with its
-# channel, none of other channels; the 100-message limit applies across channels; a waiting
-# request is woken by any of its channels; channel_first_message -N gives the last N of each
-# channel; a multi-channel waiter counts once in zone stats and once per channel in channel info.
+# Multi-channel long-poll (README "Directives", "Publishing": ids, "Long polling", issue 4): one
+# request on a list of channels (`$arg_ch` with commas, percent-encoded commas, several CHANNEL
+# arguments, duplicates merged) gets the messages of all its channels after one cursor, in id order,
+# each tagged with its channel, none of other channels; the 100-message limit applies across
+# channels; a waiting request is woken by any of its channels; channel_first_message -N gives the
+# last N of each channel; a multi-channel waiter counts once in zone stats and once per channel in
+# channel info.
 use strict;
 use warnings;
 use FindBin;

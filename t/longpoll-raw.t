@@ -1,10 +1,10 @@
 #!/usr/bin/perl
-# Long-poll format=raw (SPEC §5, issue 4): one message per answer, the body is exactly the
-# published bytes (binary with NUL and 0xFF, empty, large), Content-Type is the publisher's
+# Long-poll format=raw (README "Long polling", issue 4): one message per answer, the body is exactly
+# the published bytes (binary with NUL and 0xFF, empty, large), Content-Type is the publisher's
 # (text/plain when none was given), Event-Type carries the event type (absent when untyped),
-# Last-Event-ID is that message's id; following the cursor walks every message once, in order,
-# then waits (204 at the timeout with the cursor unchanged). A waiting raw request is woken with
-# one message even when several are published at once. HEAD answers 200 without a body.
+# Last-Event-ID is that message's id; following the cursor walks every message once, in order, then
+# waits (204 at the timeout with the cursor unchanged). A waiting raw request is woken with one
+# message even when several are published at once. HEAD answers 200 without a body.
 use strict;
 use warnings;
 use FindBin;

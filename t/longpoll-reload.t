@@ -1,11 +1,11 @@
 #!/usr/bin/perl
-# Long-poll across reload and shutdown (SPEC §2, §5, issue 4): on `nginx -s reload` every waiting
-# request (json, raw, multi-channel, with and without a cursor, on both workers) is answered 204
-# at once (not at the 30 s longpoll_timeout) with its cursor, and the old workers exit; re-polling
-# the new workers with that cursor gets what was published meanwhile, nothing lost or doubled;
-# messages kept in the zone survive the reload and ids keep increasing. A publish racing the
-# reload is received either in the old worker's answer or by the re-poll, exactly once.
-# On `nginx -s quit`, waiting requests get 204 at once and nginx exits promptly.
+# Long-poll across reload and shutdown (README "channel_zone", "Long polling", issue 4): on `nginx
+# -s reload` every waiting request (json, raw, multi-channel, with and without a cursor, on both
+# workers) is answered 204 at once (not at the 30 s longpoll_timeout) with its cursor, and the old
+# workers exit; re-polling the new workers with that cursor gets what was published meanwhile,
+# nothing lost or doubled; messages kept in the zone survive the reload and ids keep increasing. A
+# publish racing the reload is received either in the old worker's answer or by the re-poll, exactly
+# once. On `nginx -s quit`, waiting requests get 204 at once and nginx exits promptly.
 use strict;
 use warnings;
 use FindBin;

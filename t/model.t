@@ -1,9 +1,9 @@
 #!/usr/bin/perl
-# Issue 12's model-checked random test: random schedules of publishes, SSE and long-poll
-# subscribers (HTTP/1.0, 1.1, 2), cursors, DELETEs, reloads, killed workers, tiny and
-# expiring zones, run against nginx and checked against an executable model of SPEC §2,
-# §4 and §5 (t/lib/Model/Judge.pm; the schedules: t/lib/Model/Schedule.pm; the runner:
-# t/lib/Model/Runner.pm). A divergence fails with the seed and a diff.
+# Issue 12's model-checked random test: random schedules of publishes, SSE and long-poll subscribers
+# (HTTP/1.0, 1.1, 2), cursors, DELETEs, reloads, killed workers, tiny and expiring zones, run
+# against nginx and checked against an executable model of README "Publishing", "channel_zone",
+# "SSE" and "Long polling" (t/lib/Model/Judge.pm; the schedules: t/lib/Model/Schedule.pm; the
+# runner: t/lib/Model/Runner.pm). A divergence fails with the seed and a diff.
 #
 # MODEL_SEEDS="17 40-45" runs those seeds instead of the fixed set; MODEL_VERBOSE=1 prints
 # every schedule. `make stress SCHEDULES=N` runs many in parallel (tools/model-stress.pl).

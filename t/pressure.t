@@ -1,8 +1,9 @@
 #!/usr/bin/perl
-# Zone pressure (SPEC §2, §3, §7): a 1 MiB zone, history 100, publishes spread over 10,000
-# channels (plus a few hot ones that reach their history), payloads of 16 B to 16 KiB, text and
-# binary, each carrying its channel, its publisher's sequence number and an MD5 checksum.
-# While publishing, SSE subscribers and a long-poll reader verify every message they get.
+# Zone pressure (README "channel_zone", "Publishing", "Errors and failures"): a 1 MiB zone, history
+# 100, publishes spread over 10,000 channels (plus a few hot ones that reach their history),
+# payloads of 16 B to 16 KiB, text and binary, each carrying its channel, its publisher's sequence
+# number and an MD5 checksum. While publishing, SSE subscribers and a long-poll reader verify every
+# message they get.
 # - evictions happen; no answer is a 5xx except 507, and 507 only for a message larger than
 #   the whole zone (a 256 KiB one still fits once older messages are evicted);
 # - nothing retained or delivered is ever corrupted (checksum, channel, id all agree);

@@ -1,6 +1,7 @@
 #!/usr/bin/perl
-# Bad input on the publish endpoint (SPEC §1, §3, §7): 400 for each class of bad channel id and bad
-# event type, with a one-line reason, logged at info and never above; nothing gets created.
+# Bad input on the publish endpoint (README "Directives", "Publishing", "Errors and failures"): 400
+# for each class of bad channel id and bad event type, with a one-line reason, logged at info and
+# never above; nothing gets created.
 use strict;
 use warnings;
 use FindBin;

@@ -1,5 +1,5 @@
 #!/usr/bin/perl
-# Request bodies nginx buffered to a temporary file are published whole (SPEC §3): small
+# Request bodies nginx buffered to a temporary file are published whole (README "Publishing"): small
 # client_body_buffer_size, 100 KB bodies (Content-Length and chunked), client_body_in_file_only.
 # The bytes themselves are compared through a subscriber in publish-roundtrip.t.
 use strict;

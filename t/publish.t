@@ -1,6 +1,7 @@
 #!/usr/bin/perl
-# publish_channel: every row of SPEC §3 (POST/PUT 201, GET 200/404, HEAD, DELETE 200/404, 405 + Allow,
-# 413 from client_max_body_size, 507 for a message no zone can hold) and the JSON answers' shape.
+# publish_channel: every row of README "Publishing" (POST/PUT 201, GET 200/404, HEAD, DELETE
+# 200/404, 405 + Allow, 413 from client_max_body_size, 507 for a message no zone can hold) and the
+# JSON answers' shape.
 use strict;
 use warnings;
 use FindBin;

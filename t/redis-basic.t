@@ -1,7 +1,8 @@
 #!/usr/bin/perl
-# channel_redis (SPEC §8): two nginx "hosts" share one Redis. What one host publishes reaches the
-# other's SSE and long-poll subscribers in order, exactly once; GET and DELETE act on the shared
-# state; ids form one sequence across hosts; a multi-channel cursor resumes on the other host.
+# channel_redis (README "channel_redis"): two nginx "hosts" share one Redis. What one host publishes
+# reaches the other's SSE and long-poll subscribers in order, exactly once; GET and DELETE act on
+# the shared state; ids form one sequence across hosts; a multi-channel cursor resumes on the other
+# host.
 use strict;
 use warnings;
 use FindBin;
@@ -20,29 +21,7 @@ my $B = $redis->host(prefix => 'rb:', http => 'longpoll_timeout 2s;');
 
 sub is_id { my @p = id_parse($_[0] // ''); return @p == 2 }
 
-sub publish {
-    my ($t, $ch, $body, %o) = @_;
-    return $t->http(POST => "/pub/$ch", body => $body, port => 1, %o);
-}
-
-# Reads events until one whose data is $marker (included); undef entries never appear.
-sub events_until {
-    my ($s, $marker, %o) = @_;
-    my @ev;
-    while (my $e = $s->next_event(timeout => $o{timeout} // 5)) {
-        push @ev, $e;
-        last if defined $e->{data} && $e->{data} eq $marker;
-    }
-    return @ev;
-}
-
 sub info { my ($t, $ch) = @_; $t->http(GET => "/pub/$ch", port => 1) }
-
-sub wait_subscribers {
-    my ($t, $ch, $n) = @_;
-    return $t->wait_for(sub { my $r = info($t, $ch); $r->{status} == 200 && $r->{json}{subscribers} == $n },
-                        timeout => 5);
-}
 
 # ---- stats show the Redis link ----
 {
@@ -60,7 +39,7 @@ my @news;   # [id, data] in publish order
     my $s = $B->sse_open('/events/news');
     is($s->status, 200, 'SSE subscriber on B');
     my $lp = $B->poll_start('/poll/news');
-    ok(wait_subscribers($B, 'news', 2), 'B counts its SSE and long-poll subscribers');
+    ok($B->wait_subscribers('news', 2), 'B counts its SSE and long-poll subscribers');
 
     my $c = $A->client(port => 1);
     my @answers;
@@ -78,11 +57,11 @@ my @news;   # [id, data] in publish order
               "201 JSON: subscribers are the publishing host's own (A has none)");
     ok((grep { id_cmp($news[$_ - 1][0], $news[$_][0]) < 0 } 1 .. $#news) == $#news, 'ids strictly increase');
 
-    my $end = publish($A, 'news', 'news end');
+    my $end = $A->publish_request('news', 'news end');
     is($end->{status}, 201, 'marker published');
     push @news, [ $end->{json}{id}, 'news end' ];
 
-    my @ev = events_until($s, 'news end');
+    my @ev = $s->events_until('news end');
     is_deeply([ map { [ $_->{id}, $_->{data} ] } @ev ], \@news,
               "B's SSE subscriber got every message once, in order, with A's ids");
 
@@ -118,7 +97,7 @@ my @news;   # [id, data] in publish order
 {
     my $s = $B->sse_open('/events/typed');
     is($s->status, 200, 'SSE on B for the typed channel');
-    my $r = publish($A, 'typed', "line 1\nline 2\r\nline 3",
+    my $r = $A->publish_request('typed', "line 1\nline 2\r\nline 3",
                     headers => { 'Event-Type' => 'update', 'Content-Type' => 'application/json' });
     is($r->{status}, 201, 'typed publish on A');
     my $e = $s->next_event(timeout => 5);
@@ -129,7 +108,7 @@ my @news;   # [id, data] in publish order
     is_deeply($m && [ @$m{qw(id channel event data content_type)} ],
               [ $r->{json}{id}, 'typed', 'update', "line 1\nline 2\r\nline 3", 'application/json' ],
               'long-poll on B: event, exact data and content type');
-    my $raw = publish($B, 'typed', "\xff\x00bin");
+    my $raw = $B->publish_request('typed', "\xff\x00bin");
     is($raw->{status}, 201, 'binary publish on B');
     my $p2 = $A->poll('/poll/typed', cursor => $r->{json}{id}, timeout => 5);
     my ($m2) = @{ $p2->{json}{messages} || [] };
@@ -142,11 +121,11 @@ my @news;   # [id, data] in publish order
 {
     my $sa = $A->sse_open('/events/seq');
     my $sb = $B->sse_open('/events/seq');
-    ok(wait_subscribers($A, 'seq', 1) && wait_subscribers($B, 'seq', 1), 'SSE on A and on B for seq');
+    ok($A->wait_subscribers('seq', 1) && $B->wait_subscribers('seq', 1), 'SSE on A and on B for seq');
     my @ids;
     my $ok = 1;
     for my $i (1 .. 20) {
-        my $r = publish($i % 2 ? $A : $B, 'seq', "seq $i");
+        my $r = ($i % 2 ? $A : $B)->publish_request('seq', "seq $i");
         $ok = 0 unless $r->{status} == 201;
         push @ids, $r->{json}{id};
     }
@@ -162,10 +141,10 @@ my @news;   # [id, data] in publish order
     my %seen;
     is(scalar(grep { !$seen{$_}++ } @pids), 20, 'concurrent publishes got 20 distinct ids');
     my @all = sort { id_cmp($a, $b) } @ids, @pids;
-    my $last = publish($A, 'seq', 'seq end');
+    my $last = $A->publish_request('seq', 'seq end');
     push @all, $last->{json}{id};
     for my $pair ([ A => $sa ], [ B => $sb ]) {
-        my @ev = events_until($pair->[1], 'seq end');
+        my @ev = $pair->[1]->events_until('seq end');
         is_deeply([ map { $_->{id} } @ev ], \@all, "SSE on $pair->[0]: all 41 once, in id order");
     }
     $sa->close;
@@ -176,12 +155,12 @@ my @news;   # [id, data] in publish order
 {
     my $s = $B->sse_open('/multi?ch=ma,mb');
     is($s->status, 200, 'multi-channel SSE on B');
-    ok(wait_subscribers($B, 'ma', 1) && wait_subscribers($B, 'mb', 1), 'B counts it on both channels');
+    ok($B->wait_subscribers('ma', 1) && $B->wait_subscribers('mb', 1), 'B counts it on both channels');
     my @sent;
     my @plan = ([ $A, 'ma' ], [ $B, 'mb' ], [ $A, 'mb' ], [ $B, 'ma' ], [ $A, 'ma' ], [ $B, 'mb' ]);
     for my $i (0 .. $#plan) {
         my ($t, $ch) = @{ $plan[$i] };
-        my $r = publish($t, $ch, "multi $i");
+        my $r = $t->publish_request($ch, "multi $i");
         push @sent, [ $r->{json}{id}, $ch, "multi $i" ];
     }
     my @first = map { $s->next_event(timeout => 5) } 1 .. 3;
@@ -191,15 +170,15 @@ my @news;   # [id, data] in publish order
     my $cursor = $first[2]{id};
     for my $i (6, 7) {
         my $ch = $i == 6 ? 'mb' : 'ma';
-        my $r = publish($B, $ch, "multi $i");
+        my $r = $B->publish_request($ch, "multi $i");
         push @sent, [ $r->{json}{id}, $ch, "multi $i" ];
     }
     my $s2 = $A->sse_open('/multi?ch=ma,mb', headers => { 'Last-Event-ID' => $cursor });
     is($s2->status, 200, 'resumed on A with the cursor from B');
-    my @rest = events_until($s2, 'multi 7');
+    my @rest = $s2->events_until('multi 7');
     is_deeply([ map { [ @$_{qw(id event data)} ] } @rest ], [ @sent[3 .. $#sent] ],
               'A replays exactly what followed the cursor on both channels: no gap, no duplicate');
-    my $live = publish($B, 'ma', 'multi live');
+    my $live = $B->publish_request('ma', 'multi live');
     my $e = $s2->next_event(timeout => 5);
     is_deeply($e && [ @$e{qw(id event data)} ], [ $live->{json}{id}, 'ma', 'multi live' ],
               'then continues live with what B publishes');
@@ -217,7 +196,7 @@ my @news;   # [id, data] in publish order
     my $s = $B->sse_open('/events/news');
     my $sm = $B->sse_open('/multi?ch=news,other');
     my $lp = $B->poll_start('/poll/news', cursor => $news[-1][0]);
-    ok(wait_subscribers($B, 'news', 3), 'B: SSE, multi-channel SSE and a waiting long-poll on news');
+    ok($B->wait_subscribers('news', 3), 'B: SSE, multi-channel SSE and a waiting long-poll on news');
     my $before = info($A, 'news');
     my $d = $A->http(DELETE => '/pub/news', port => 1);
     is($d->{status}, 200, 'DELETE on A: 200');
@@ -231,7 +210,7 @@ my @news;   # [id, data] in publish order
     is($r->{status}, 410, "B's waiting long-poll: 410") or diag explain $r;
     my $em = $sm->next_event(timeout => 5);
     is($em && $em->{event}, 'channel-deleted', 'multi-channel stream on B: channel-deleted');
-    my $o = publish($A, 'other', 'still here');
+    my $o = $A->publish_request('other', 'still here');
     my $eo = $sm->next_event(timeout => 5);
     is_deeply($eo && [ @$eo{qw(event data)} ], [ 'other', 'still here' ], '... and continues with its other channel');
     ok(!$sm->eof, 'multi-channel stream still open');
@@ -241,7 +220,7 @@ my @news;   # [id, data] in publish order
     ok($A->wait_for(sub { info($A, 'news')->{status} == 404 }), 'GET on A: 404 after the delete');
     is($redis->command('EXISTS', 'rb:news'), 0, "the channel's stream is gone from Redis");
     is($B->http(DELETE => '/pub/news', port => 1)->{status}, 404, 'DELETE again (on B): 404');
-    my $again = publish($B, 'news', 'reborn');
+    my $again = $B->publish_request('news', 'reborn');
     is_deeply([ $again->{status}, $again->{json}{messages} ], [ 201, 1 ], 'publishing again starts afresh');
 }
 
@@ -251,19 +230,19 @@ my @news;   # [id, data] in publish order
     my $E = $redis->host(prefix => 'other:', workers => 1);
     my $sd = $D->sse_open('/events/iso');
     my $sb = $B->sse_open('/events/iso');
-    ok(wait_subscribers($D, 'iso', 1) && wait_subscribers($B, 'iso', 1), 'SSE on D (db 3) and on B (db 0) for iso');
-    my $d = publish($D, 'iso', 'from D');
-    my $e = publish($E, 'iso', 'from E');
+    ok($D->wait_subscribers('iso', 1) && $B->wait_subscribers('iso', 1), 'SSE on D (db 3) and on B (db 0) for iso');
+    my $d = $D->publish_request('iso', 'from D');
+    my $e = $E->publish_request('iso', 'from E');
     is_deeply([ $d->{status}, $e->{status} ], [ 201, 201 ], 'publishes on D (db 3) and E (prefix other:)');
     is($redis->command_in_db(3, 'XLEN', 'rb:iso'), 1, 'D wrote rb:iso in database 3');
     is($redis->command('XLEN', 'other:iso'), 1, 'E wrote other:iso in database 0');
     is($redis->command('EXISTS', 'rb:iso'), 0, 'nothing under rb:iso in database 0');
     my $ev = $sd->next_event(timeout => 5);
     is($ev && $ev->{data}, 'from D', "D's subscriber gets D's message");
-    my $m = publish($A, 'iso', 'from A');
+    my $m = $A->publish_request('iso', 'from A');
     my $eb = $sb->next_event(timeout => 5);
     is($eb && $eb->{data}, 'from A', "B's subscriber gets A's message and neither D's nor E's");
-    publish($D, 'iso', 'D again');
+    $D->publish_request('iso', 'D again');
     my $ed = $sd->next_event(timeout => 5);
     is($ed && $ed->{data}, 'D again', "D's subscriber: next is D's own, not A's message");
     $_->close for $sd, $sb;

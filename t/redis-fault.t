@@ -1,6 +1,6 @@
 #!/usr/bin/perl
-# channel_redis faults (SPEC §8). Redis is killed (kill -9) with publishes in flight and SSE
-# subscribers connected on two hosts, then restarted empty (no persistence):
+# channel_redis faults (README "channel_redis"). Redis is killed (kill -9) with publishes in flight
+# and SSE subscribers connected on two hosts, then restarted empty (no persistence):
 # - while it is down, publishing answers 503, never 201; streams stay open and keep pinging;
 #   a waiting long-poll keeps waiting;
 # - when it is back, publishing works again and every subscriber gets the new messages;
@@ -26,18 +26,6 @@ my $conf = 'sse_ping 1s; longpoll_timeout 60s;';
 my %host = (A => $redis->host(prefix => 'rf:', http => $conf), B => $redis->host(prefix => 'rf:', http => $conf));
 my ($A, $B) = @host{qw(A B)};
 
-sub publish {
-    my ($t, $ch, $body) = @_;
-    return $t->http(POST => "/pub/$ch", body => $body, port => 1);
-}
-
-sub wait_subscribers {
-    my ($t, $ch, $n) = @_;
-    return $t->wait_for(sub {
-        my $r = $t->http(GET => "/pub/$ch", port => 1);
-        $r->{status} == 200 && $r->{json}{subscribers} == $n;
-    }, timeout => 5);
-}
 
 sub redis_stats {
     my $t = shift;
@@ -83,7 +71,7 @@ my $seq = 0;
 sub publish_f {
     my ($h, $phase) = @_;
     my $data = 'f ' . ++$seq;
-    my $r = publish($host{$h}, 'f', $data);
+    my $r = $host{$h}->publish_request('f', $data);
     $pub{$data} = { host => $h, status => $r->{status}, id => $r->{json} && $r->{json}{id}, phase => $phase };
     return $r;
 }
@@ -94,7 +82,7 @@ my %subs = (
     'B sse 1' => [ B => $B->sse_open('/events/f') ],
     'B sse 2' => [ B => $B->sse_open('/events/f') ],
 );
-ok(wait_subscribers($A, 'f', 1) && wait_subscribers($B, 'f', 2), 'SSE subscribers on A (1) and B (2)');
+ok($A->wait_subscribers('f', 1) && $B->wait_subscribers('f', 2), 'SSE subscribers on A (1) and B (2)');
 my @up = map { publish_f($_ % 2 ? 'A' : 'B', 'up') } 1 .. 6;
 is_deeply([ map { $_->{status} } @up ], [ (201) x 6 ], 'Redis up: 6 publishes on A and B answered 201');
 for my $name (sort keys %subs) {
@@ -102,9 +90,9 @@ for my $name (sort keys %subs) {
     is_deeply([ map { $_ && $_->{data} } @ev ], [ map { "f $_" } 1 .. 6 ], "$name: the first six, in order");
 }
 my $old_cursor = $up[1]{json}{id};   # a client that read two messages, for the gap checks later
-my $g1 = publish($B, 'g', 'g 1');
+my $g1 = $B->publish_request('g', 'g 1');
 my $lp = $B->poll_start('/poll/g', cursor => $g1->{json}{id});
-ok(wait_subscribers($B, 'g', 1), 'a long-poll request waits on B (channel g)');
+ok($B->wait_subscribers('g', 1), 'a long-poll request waits on B (channel g)');
 
 # ---- a worker's log tail drops while Redis stays up ----
 # The other worker of the host keeps mirroring the shared log; the worker whose tail dropped
@@ -112,7 +100,7 @@ ok(wait_subscribers($B, 'g', 1), 'a long-poll request waits on B (channel g)');
 # another message.
 {
     my @subs = map { $B->sse_open('/events/blip') } 1 .. 12;
-    ok(wait_subscribers($B, 'blip', 12), 'twelve SSE subscribers of blip on B');
+    ok($B->wait_subscribers('blip', 12), 'twelve SSE subscribers of blip on B');
     my %by_worker;
     for my $s (@subs) {
         my $pid = worker_with_socket($B, $B->port(0), $s->socket->sockport);
@@ -129,13 +117,13 @@ ok(wait_subscribers($B, 'g', 1), 'a long-poll request waits on B (channel g)');
         skip 'could not map sockets to workers through /proc', 3 unless defined $pid && defined $tail;
         diag('subscribers per worker of B: ' . join(', ', map { "$_: " . scalar @{ $by_worker{$_} } } sort keys %by_worker));
         is($redis->command('CLIENT', 'KILL', 'ID', $tail), 1, "B worker $pid: its log tail connection is cut");
-        my $m = publish($A, 'blip', 'blip 1');
+        my $m = $A->publish_request('blip', 'blip 1');
         is($m->{status}, 201, 'a message published on A meanwhile');
         my @late = grep { my $e = $_->next_event(timeout => 3); !($e && $e->{data} eq 'blip 1') } @subs;
         is(scalar(@late), 0, 'every subscriber on B gets it, whichever worker holds it')
             or diag(scalar(@late) . ' of 12 did not get it within 3 s');
         if (@late) {
-            my $m2 = publish($A, 'blip', 'blip 2');
+            my $m2 = $A->publish_request('blip', 'blip 2');
             my $n = grep { my $s = $_; my @e = map { $s->next_event(timeout => 3) } 1 .. 2;
                            ($e[0] && $e[0]{data} eq 'blip 1') && ($e[1] && $e[1]{data} eq 'blip 2') } @late;
             diag("after another message (blip 2), $n of them got blip 1 and blip 2");
@@ -211,7 +199,7 @@ my $end = publish_f('A', 'back');
 is($end->{status}, 201, 'marker published');
 my $end_data = 'f ' . $seq;
 
-my $g2 = publish($A, 'g', 'g 2');
+my $g2 = $A->publish_request('g', 'g 2');
 my $r = $lp->result(timeout => 5);
 is_deeply([ $r->{status}, map { $_->{data} } @{ $r->{json}{messages} || [] } ], [ 200, 'g 2' ],
           'the long-poll that waited through the outage answers with the new message');

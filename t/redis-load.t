@@ -1,6 +1,6 @@
 #!/usr/bin/perl
-# channel_redis under load (SPEC §8): 1000 SSE subscribers on host B, 100 messages published on
-# host A through the shared Redis. Every subscriber gets every message once, in order.
+# channel_redis under load (README "channel_redis"): 1000 SSE subscribers on host B, 100 messages
+# published on host A through the shared Redis. Every subscriber gets every message once, in order.
 use strict;
 use warnings;
 use FindBin;

@@ -1,5 +1,6 @@
 #!/usr/bin/perl
-# The deployment model and injection safety (SPEC §1, §3, §4, §7).
+# The deployment model and injection safety (README "Deployment and security", "Publishing", "SSE",
+# "Errors and failures").
 # - publish and stats exist only on the internal listener: the public server has no such
 #   location (404), and its subscriber locations refuse to publish (405);
 # - where one listener serves both, allow/deny and auth_request guard publish and stats, and a

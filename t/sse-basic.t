@@ -1,10 +1,10 @@
 #!/usr/bin/perl
-# SSE subscriber basics (SPEC §1, §4, issue 3): the response header (sent at once, before any
-# message), event framing (id, event type, one data line per line split on LF/CRLF/CR, empty
-# data, leading spaces, UTF-8), sse_retry, sse_ping, HEAD, 405 for other methods, 400 with an
+# SSE subscriber basics (README "Directives", "SSE", issue 3): the response header (sent at once,
+# before any message), event framing (id, event type, one data line per line split on LF/CRLF/CR,
+# empty data, leading spaces, UTF-8), sse_retry, sse_ping, HEAD, 405 for other methods, 400 with an
 # info log line for each class of bad channel id, client close ("client prematurely closed
-# connection", count back to 0), odd requests (a body on the GET, pipelined bytes, a stream after
-# a HEAD on the same connection), HTTP/1.0 (no chunking), and the access log.
+# connection", count back to 0), odd requests (a body on the GET, pipelined bytes, a stream after a
+# HEAD on the same connection), HTTP/1.0 (no chunking), and the access log.
 use strict;
 use warnings;
 use FindBin;
@@ -33,22 +33,10 @@ my $t = ChannelsTest->new(workers => 2, conf => <<'CONF');
     }
 CONF
 
-sub publish {
-    my ($ch, $data, %h) = @_;
-    my $r = $t->http(POST => "/pub/$ch", body => $data, port => 1, %h);
-    is($r->{status}, 201, "publish to $ch: 201") or diag explain $r;
-    return $r->{json}{id};
-}
-
-sub subscribers {
-    my $r = $t->http(GET => "/pub/$_[0]", port => 1);
-    return $r->{status} == 200 ? $r->{json}{subscribers} : 0;
-}
-
 sub wait_subscribed {
     my ($ch, $n) = @_;
     $n //= 1;
-    ok($t->wait_for(sub { subscribers($ch) == $n }, timeout => 5), "$ch has $n subscriber(s)");
+    ok($t->wait_subscribers($ch, $n), "$ch has $n subscriber(s)");
 }
 
 sub enc {
@@ -70,7 +58,7 @@ sub whatwg { my $s = shift; $s =~ s/\r\n|\r|\n/\n/g; $s }
     ok(!defined $s->header('content-length'), 'no Content-Length on a stream');
     unlike($s->raw, qr/data:/, 'no event came with the header');
     wait_subscribed('hdr');
-    my $id = publish('hdr', 'first');
+    my $id = $t->publish('hdr', 'first');
     my $e = $s->next_event(timeout => 5);
     is($e && $e->{data}, 'first', 'then the message arrives on the open stream');
     is($e && $e->{id}, $id, 'with the publish id');
@@ -98,7 +86,7 @@ sub whatwg { my $s = shift; $s =~ s/\r\n|\r|\n/\n/g; $s }
         [ 'UTF-8'                  => "h\xc3\xa9llo \xe2\x9c\x93 \xf0\x9f\x98\x80 \xe4\xb8\xad\xe6\x96\x87" ],
         [ 'long line (40000)'      => 'L' x 40000 ],
     );
-    my @ids = map { publish('frame', $_->[1]) } @payloads;
+    my @ids = map { $t->publish('frame', $_->[1]) } @payloads;
     my $prev;
     for my $i (0 .. $#payloads) {
         my ($label, $data) = @{ $payloads[$i] };
@@ -122,7 +110,7 @@ sub whatwg { my $s = shift; $s =~ s/\r\n|\r|\n/\n/g; $s }
     like($s->raw, qr/^data: :not a comment\r?\n/m, 'data starting with ":" is not a comment line');
 
     # event types, from the header and from ?event=
-    my $id1 = publish('frame', '101.5', headers => { 'Event-Type' => 'price' });
+    my $id1 = $t->publish('frame', '101.5', headers => { 'Event-Type' => 'price' });
     my $r = $t->http(POST => '/pub/frame?event=news.flash', body => "multi\nline", port => 1);
     is($r->{status}, 201, 'publish with ?event=');
     my $e1 = $s->next_event(timeout => 5);
@@ -142,7 +130,7 @@ sub whatwg { my $s = shift; $s =~ s/\r\n|\r|\n/\n/g; $s }
     my $b = $s->next_block(timeout => 5);
     is_deeply($b && $b->{fields}, [ [ retry => '1500' ] ], 'sse_retry 1500ms: the stream starts with "retry: 1500"');
     wait_subscribed('r1');
-    my $id = publish('r1', 'after retry');
+    my $id = $t->publish('r1', 'after retry');
     my $e = $s->next_event(timeout => 5);
     is($e && $e->{id}, $id, 'then events');
     ok(!grep({ $_->[0] eq 'retry' } @{ $e ? $e->{fields} : [] }), 'retry only once, not per event');
@@ -155,7 +143,7 @@ sub whatwg { my $s = shift; $s =~ s/\r\n|\r|\n/\n/g; $s }
 
     my $s0 = $t->sse_open('/events/r0');
     wait_subscribed('r0');
-    publish('r0', 'x');
+    $t->publish('r0', 'x');
     my $e0 = $s0->next_event(timeout => 5);
     is($e0 && $e0->{data}, 'x', 'default location: event');
     unlike($s0->raw, qr/^retry:/m, 'no sse_retry (default 0): no retry field');
@@ -189,7 +177,7 @@ sub whatwg { my $s = shift; $s =~ s/\r\n|\r|\n/\n/g; $s }
     for my $case ([ $quiet, 'p2', 'sse_ping 0' ], [ $default, 'p3', 'default sse_ping (30s)' ]) {
         my ($s, $ch, $label) = @$case;
         wait_subscribed($ch);
-        my $id = publish($ch, 'm');
+        my $id = $t->publish($ch, 'm');
         my $e = $s->next_event(timeout => 5);
         is($e && $e->{data}, 'm', "$label: message arrives");
         like($s->raw, qr/\A(?::\r?\n\r?\n)?id: \Q$id\E\r?\n/, "$label: no ping before it (idle for over a second)")
@@ -197,7 +185,7 @@ sub whatwg { my $s = shift; $s =~ s/\r\n|\r|\n/\n/g; $s }
     }
     # A ping does not disturb the events around it.
     wait_subscribed('p1');
-    my $id = publish('p1', 'between pings');
+    my $id = $t->publish('p1', 'between pings');
     my $e = $p->next_event(timeout => 5);
     is($e && $e->{id}, $id, 'sse_ping stream: events still arrive whole');
     my $after = $p->next_block(timeout => 5);
@@ -218,7 +206,7 @@ sub whatwg { my $s = shift; $s =~ s/\r\n|\r|\n/\n/g; $s }
     is($r2->{status}, 200, 'HEAD answered at once, without a body (the connection takes another request)')
         or diag explain $r2;
     $c->close;
-    is(subscribers('headch'), 0, 'HEAD is not a subscriber');
+    is($t->subscribers('headch'), 0, 'HEAD is not a subscriber');
 }
 
 # ---- other methods
@@ -286,11 +274,11 @@ for my $m (qw(POST PUT DELETE PATCH)) {
 {
     my @s = map { $t->sse_open('/events/bye') } 1 .. 4;
     wait_subscribed('bye', 4);
-    publish('bye', 'x');
+    $t->publish('bye', 'x');
     ok(!grep({ !$_->next_event(timeout => 5) } @s), 'four streams got a message');
     my $mark = $t->log_mark;
     $_->close for @s;
-    ok($t->wait_for(sub { subscribers('bye') == 0 }, timeout => 5), 'clients closed: channel info 0 subscribers');
+    ok($t->wait_subscribers('bye', 0), 'clients closed: channel info 0 subscribers');
     ok($t->wait_for(sub { my @l = $t->log_since($mark) =~ /\[info\].*client prematurely closed connection/g; @l >= 4 },
                     timeout => 5), 'one "client prematurely closed connection" info line each')
         or diag $t->log_since($mark);
@@ -298,9 +286,9 @@ for my $m (qw(POST PUT DELETE PATCH)) {
     my $idle = $t->sse_open('/events/bye');
     wait_subscribed('bye', 1);
     $idle->close;
-    ok($t->wait_for(sub { subscribers('bye') == 0 }, timeout => 5), 'an idle stream closed: 0 subscribers');
+    ok($t->wait_subscribers('bye', 0), 'an idle stream closed: 0 subscribers');
     # Publishing to the closed streams' channel is harmless.
-    publish('bye', 'nobody');
+    $t->publish('bye', 'nobody');
 }
 
 # ---- odd but legal requests: a body on the GET, pipelined bytes after it, a stream after a
@@ -317,8 +305,8 @@ for my $m (qw(POST PUT DELETE PATCH)) {
         my $c = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $t->port(0), Proto => 'tcp')
             or die "connect: $!";
         syswrite($c, $req) == length $req or die "write: $!";
-        ok($t->wait_for(sub { subscribers($ch) == 1 }, timeout => 5), "$label: one subscriber");
-        publish($ch, "msg-$ch");
+        ok($t->wait_subscribers($ch, 1), "$label: one subscriber");
+        $t->publish($ch, "msg-$ch");
         my $buf = '';
         my $sel = IO::Select->new($c);
         my $got = $t->wait_for(sub {
@@ -327,7 +315,7 @@ for my $m (qw(POST PUT DELETE PATCH)) {
         }, timeout => 5);
         ok($got, "$label: the event arrives");
         close $c;
-        ok($t->wait_for(sub { subscribers($ch) == 0 }, timeout => 5), "$label: closing is noticed (0 subscribers)");
+        ok($t->wait_subscribers($ch, 0), "$label: closing is noticed (0 subscribers)");
     }
 }
 
@@ -337,7 +325,7 @@ for my $m (qw(POST PUT DELETE PATCH)) {
     is($s->status, 200, 'HTTP/1.0 client: 200');
     ok(($s->header('transfer-encoding') // '') !~ /chunked/i, 'HTTP/1.0: not chunked');
     wait_subscribed('old');
-    my $id = publish('old', "one\ntwo");
+    my $id = $t->publish('old', "one\ntwo");
     my $e = $s->next_event(timeout => 5);
     is($e && $e->{id}, $id, 'HTTP/1.0: event arrives');
     is($e && $e->{data}, "one\ntwo", 'HTTP/1.0: data');
@@ -351,7 +339,7 @@ for my $m (qw(POST PUT DELETE PATCH)) {
 {
     my $s = $t->sse_open('/events/logged');
     wait_subscribed('logged');
-    publish('logged', 'x');
+    $t->publish('logged', 'x');
     ok($s->next_event(timeout => 5), 'stream for the access log got its event');
     $s->close;
     my $acc = $t->prefix . '/logs/access.log';

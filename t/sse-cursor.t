@@ -1,11 +1,11 @@
 #!/usr/bin/perl
-# SSE cursors (SPEC §4, issue 3): Last-Event-ID header and ?last_event_id= replay what is retained
-# after the cursor, then go on live without a gap or a duplicate; a malformed cursor is treated
-# as absent; channel_first_message newest/oldest/-N; channel-gap when the cursor is older than
-# what is retained (history, zone memory, ttl; per channel in a multi-channel stream, none when
-# nothing after the cursor was lost); pipelined bursts longer than history leave no silent
-# hole; and a race: subscribers connecting with cursors while a forked publisher publishes all
-# the time each see a contiguous, duplicate-free sequence.
+# SSE cursors (README "SSE", issue 3): Last-Event-ID header and ?last_event_id= replay what is
+# retained after the cursor, then go on live without a gap or a duplicate; a malformed cursor is
+# treated as absent; channel_first_message newest/oldest/-N; channel-gap when the cursor is older
+# than what is retained (history, zone memory, ttl; per channel in a multi-channel stream, none when
+# nothing after the cursor was lost); pipelined bursts longer than history leave no silent hole; and
+# a race: subscribers connecting with cursors while a forked publisher publishes all the time each
+# see a contiguous, duplicate-free sequence.
 use strict;
 use warnings;
 use FindBin;
@@ -48,21 +48,6 @@ sub wait_subscribed {
     return $t->wait_for(sub { $t->subscribers($ch, location => $loc) >= $n }, timeout => 5);
 }
 
-# Reads events until one with data $last arrives (or the deadline); returns them.
-sub read_until {
-    my ($s, $last, $timeout) = @_;
-    my $deadline = Time::HiRes::time() + ($timeout // 5);
-    my @ev;
-    while (1) {
-        my $left = $deadline - Time::HiRes::time();
-        last if $left <= 0;
-        my $e = $s->next_event(timeout => $left) or last;
-        push @ev, $e;
-        last if defined $e->{data} && $e->{data} eq $last;
-    }
-    return @ev;
-}
-
 sub datas { join ',', map { $_->{data} // '(none)' } @_ }
 sub ids   { join ',', map { $_->{id} // '(none)' } @_ }
 
@@ -83,13 +68,13 @@ for my $how ('header', 'arg', 'arg, percent-encoded') {
         $s = $t->sse_open("/events/$cur?x=1&last_event_id=$enc");
     }
     is($s->status, 200, "cursor in $how: 200");
-    my @replay = read_until($s, 'm6');
+    my @replay = $s->events_until('m6');
     is(datas(@replay), 'm4,m5,m6', "cursor in $how: replays what came after it");
     is(ids(@replay), join(',', @ids[3 .. 5]), "cursor in $how: with their ids");
     ok(wait_subscribed($cur, 1), "cursor in $how: subscribed");
     my $id7 = $t->publish($cur, 'live7');
     my $id8 = $t->publish($cur, 'live8');
-    my @live = read_until($s, 'live8');
+    my @live = $s->events_until('live8');
     is(datas(@live), 'live7,live8', "cursor in $how: then live, nothing missed or repeated");
     is(ids(@live), "$id7,$id8", "cursor in $how: live ids");
     push @ids, $id7, $id8;
@@ -116,7 +101,7 @@ for my $how ('header', 'arg', 'arg, percent-encoded') {
     my $b1 = $t->publish('zw-b', 'b1');
     my $a2 = $t->publish('zw-a', 'a2');
     my $s = $t->sse_open('/events/zw-a', headers => { 'Last-Event-ID' => $b1 });
-    my @ev = read_until($s, 'a2');
+    my @ev = $s->events_until('a2');
     is(datas(@ev), 'a2', "a cursor from another channel: replay after it (zone-wide ids)");
     $s->close;
 }
@@ -159,19 +144,19 @@ for my $how ('header', 'arg', 'arg, percent-encoded') {
     $t->publish('fm', 'live');
     for my $loc (sort keys %cases) {
         my ($label, $want) = @{ $cases{$loc} };
-        my @ev = read_until($s{$loc}, 'live');
+        my @ev = $s{$loc}->events_until('live');
         is(datas(@ev), "${want}live", "channel_first_message $label");
     }
     $_->close for values %s;
     # A cursor beats channel_first_message.
     my $s = $t->sse_open('/oldest/fm', headers => { 'Last-Event-ID' => $fm[3] });
-    my @ev = read_until($s, 'live');
+    my @ev = $s->events_until('live');
     is(datas(@ev), 'f5,live', 'oldest with a cursor: the cursor decides');
     $s->close;
     # -N with fewer retained than N.
     $t->publish('fm2', 'only');
     $s = $t->sse_open('/last3/fm2');
-    @ev = read_until($s, 'only');
+    @ev = $s->events_until('only');
     is(datas(@ev), 'only', '-3 with one message retained: that one');
     $s->close;
 }
@@ -187,21 +172,21 @@ for my $how ('header', 'arg', 'arg, percent-encoded') {
     my $j = $first && json_decode($first->{data} // '');
     is_deeply($j, { channel => 'gap', last_event_id => $g[1], oldest_event_id => $g[15] },
               'gap data: channel, the client\'s cursor, the oldest retained id') or diag explain $first;
-    my @rest = read_until($s, 'g20');
+    my @rest = $s->events_until('g20');
     is(datas(@rest), join(',', map { "g$_" } 16 .. 20), 'gap: then the retained five, in order');
     ok(wait_subscribed('gap', 1, 'spub'), 'gap: subscribed');
     $t->publish('gap', 'g21', location => 'spub');
-    my @live = read_until($s, 'g21');
+    my @live = $s->events_until('g21');
     is(datas(@live), 'g21', 'gap: then live');
     $s->close;
 
     # g21 evicted g16: retained now g17..g21.
     my $s2 = $t->sse_open('/small/gap', headers => { 'Last-Event-ID' => $g[17] });
-    my @ev = read_until($s2, 'g21');
+    my @ev = $s2->events_until('g21');
     is(datas(@ev), 'g19,g20,g21', 'cursor inside the retained range: replay without channel-gap');
     $s2->close;
     my $s3 = $t->sse_open('/small/gap', headers => { 'Last-Event-ID' => $g[15] });
-    @ev = read_until($s3, 'g21');
+    @ev = $s3->events_until('g21');
     is(datas(@ev), 'g17,g18,g19,g20,g21',
        'cursor = the newest evicted id (g16): nothing after it was evicted, so no channel-gap');
     $s3->close;
@@ -218,7 +203,7 @@ for my $how ('header', 'arg', 'arg, percent-encoded') {
     my @a = map { $t->publish('mga', "a$_", location => 'spub') } 1 .. 8;     # history 5: a1..a3 evicted
     my @b = map { $t->publish('mgb', "b$_", location => 'spub') } 1 .. 3;     # nothing evicted
     my $s = $t->sse_open('/smallm?ch=mga,mgb', headers => { 'Last-Event-ID' => $a[0] });
-    my @ev = read_until($s, 'b3');
+    my @ev = $s->events_until('b3');
     my @gaps = grep { ($_->{event} // '') eq 'channel-gap' } @ev;
     is(scalar @gaps, 1, 'multi-channel: one channel-gap (only mga lost messages)');
     is_deeply(json_decode($gaps[0] ? $gaps[0]{data} : ''), { channel => 'mga', last_event_id => $a[0], oldest_event_id => $a[3] },
@@ -240,7 +225,7 @@ for my $how ('header', 'arg', 'arg, percent-encoded') {
     is($e && $e->{event}, 'channel-gap', 'evicted for memory: channel-gap');
     is_deeply($e && json_decode($e->{data}), { channel => 'mem', last_event_id => $z[0], oldest_event_id => $info->{oldest_event_id} },
               'its data: the cursor and the oldest retained');
-    my @ev = read_until($s, "20:$big");
+    my @ev = $s->events_until("20:$big");
     is(scalar @ev, $info->{messages}, 'then the retained messages');
     $s->close;
 }
@@ -248,7 +233,8 @@ for my $how ('header', 'arg', 'arg, percent-encoded') {
 # ---- channel-gap after expiry (ttl=1s): nothing retained, oldest_event_id null
 {
     my @x = map { $t->publish('exp', "x$_", location => 'bpub') } 1 .. 3;
-    # With its messages expired and nobody subscribed, the channel may go altogether (SPEC §2).
+    # With its messages expired and nobody subscribed, the channel may go altogether (README
+    # "channel_zone").
     ok($t->wait_for(sub { my $r = $t->http(GET => '/bpub/exp', port => 1);
                           $r->{status} == 404 || ($r->{status} == 200 && $r->{json}{messages} == 0) },
                     timeout => 5), 'messages expired after ttl=1s');
@@ -258,7 +244,7 @@ for my $how ('header', 'arg', 'arg, percent-encoded') {
     is_deeply($e && json_decode($e->{data}), { channel => 'exp', last_event_id => $x[0], oldest_event_id => undef },
               'its data: oldest_event_id null (nothing retained)');
     my $id = $t->publish('exp', 'fresh', location => 'bpub');
-    my @ev = read_until($s, 'fresh');
+    my @ev = $s->events_until('fresh');
     is(join(',', map { $_->{data} } @ev), 'fresh', 'then live');
     $s->close;
 }
@@ -278,7 +264,7 @@ for my $how ('header', 'arg', 'arg, percent-encoded') {
         $c->close;
         push @bad, "$ch: publish statuses @st" if grep { $_ != 201 } @st;
         for my $i (0 .. $#s) {
-            my @ev = read_until($s[$i], 'm20');
+            my @ev = $s[$i]->events_until('m20');
             my ($expect, $gap_pending, $ok) = (1, 0, 1);
             for my $e (@ev) {
                 if (($e->{event} // '') eq 'channel-gap') { $gap_pending = 1; next }
@@ -361,7 +347,7 @@ for my $how ('header', 'arg', 'arg, percent-encoded') {
     my @bad;
     for my $i (0 .. $#subs) {
         my ($s, $from, $how) = @{ $subs[$i] };
-        my @ev = read_until($s, "r$N", 10);
+        my @ev = $s->events_until("r$N", timeout => 10);
         my @seq = map { ($_->{data} // '') =~ /^r(\d+)$/ ? $1 : -1 } @ev;
         $from //= $seq[0] // 0;
         my $want = join ',', $from .. $N;

@@ -1,5 +1,5 @@
 #!/usr/bin/perl
-# DELETE and SSE subscribers (SPEC §3, §4, issue 3): a single-channel stream gets
+# DELETE and SSE subscribers (README "Publishing", "SSE", issue 3): a single-channel stream gets
 # `event: channel-deleted` with `data: {"channel":…}` and then ends; a multi-channel stream
 # gets the event and goes on with its other channels (and no longer with the deleted one);
 # subscriber counts in channel info and stats go back to 0. Subscribers sit on both workers.
@@ -29,28 +29,12 @@ CONF
 
 sub info { $t->http(GET => "/pub/$_[0]", port => 1) }
 
-sub subscribers { my $r = info($_[0]); $r->{status} == 200 ? $r->{json}{subscribers} : 0 }
-
 sub zone { $t->zone_stats('/stats', 'events', port => 1) || {} }
 
 sub worker_subscribers {
     my $sum = 0;
     $sum += $_->{subscribers} for @{ zone()->{workers} || [] };
     return $sum;
-}
-
-sub read_until {
-    my ($s, $pred, $timeout) = @_;
-    my $deadline = Time::HiRes::time() + ($timeout // 5);
-    my @ev;
-    while (1) {
-        my $left = $deadline - Time::HiRes::time();
-        last if $left <= 0;
-        my $e = $s->next_event(timeout => $left) or last;
-        push @ev, $e;
-        last if $pred->($e);
-    }
-    return @ev;
 }
 
 sub is_deleted { my $e = shift; ($e->{event} // '') eq 'channel-deleted' }
@@ -65,7 +49,7 @@ sub open_streams {
 {
     my @s = open_streams('/events/solo', 8);
     is(scalar(grep { $_->status == 200 } @s), 8, 'eight single-channel streams');
-    ok($t->wait_for(sub { subscribers('solo') == 8 }, timeout => 5), 'channel info: 8 subscribers');
+    ok($t->wait_for(sub { $t->subscribers('solo') == 8 }, timeout => 5), 'channel info: 8 subscribers');
     my @busy = grep { $_->{subscribers} > 0 } @{ zone()->{workers} || [] };
     note('workers holding streams: ' . scalar @busy);
     my $m1 = $t->publish('solo', 'last words');
@@ -76,7 +60,7 @@ sub open_streams {
     is($d->{json}{messages}, 1, 'DELETE JSON: the message it had');
     my $all = 1;
     for my $i (0 .. $#s) {
-        my @ev = read_until($s[$i], \&is_deleted);
+        my @ev = $s[$i]->events_until(\&is_deleted);
         my $ok = @ev == 2 && $ev[0]{data} eq 'last words' && $ev[0]{id} eq $m1
             && is_deleted($ev[1]) && (json_decode($ev[1]{data} // '') // {})->{channel} eq 'solo'
             && keys %{ json_decode($ev[1]{data}) } == 1;
@@ -102,7 +86,7 @@ sub open_streams {
 # ---- several channels: the stream goes on with the others
 {
     my @s = open_streams('/m?ch=ma,mb,mc', 6);
-    ok($t->wait_for(sub { !grep { subscribers($_) != 6 } qw(ma mb mc) }, timeout => 5),
+    ok($t->wait_for(sub { !grep { $t->subscribers($_) != 6 } qw(ma mb mc) }, timeout => 5),
        'six streams of ma,mb,mc');
     is(zone()->{subscribers}, 6, 'stats: 6 subscribers (connections)');
     $t->publish('ma', 'a1');
@@ -110,26 +94,26 @@ sub open_streams {
     $t->publish('ma', 'a2 (recreated, not ours any more)');
     $t->publish('mb', 'b1');
     for my $i (0 .. $#s) {
-        my @ev = read_until($s[$i], sub { ($_[0]{data} // '') eq 'b1' });
+        my @ev = $s[$i]->events_until('b1');
         my $shape = join ' ', map { ($_->{event} // '-') . '/' . ($_->{data} // '') } @ev;
         is($shape, 'ma/a1 channel-deleted/{"channel":"ma"} mb/b1',
            "stream $i: channel-deleted for ma, then the other channels go on (nothing from the new ma)");
         ok(!$s[$i]->eof, "stream $i: still open");
     }
-    ok($t->wait_for(sub { subscribers('mb') == 6 && subscribers('ma') == 0 }, timeout => 5),
+    ok($t->wait_for(sub { $t->subscribers('mb') == 6 && $t->subscribers('ma') == 0 }, timeout => 5),
        'channel info: ma 0 subscribers (recreated), mb 6');
     is(zone()->{subscribers}, 6, 'stats: still 6 subscribers');
 
     is($t->http(DELETE => '/pub/mb', port => 1)->{status}, 200, 'DELETE mb');
     $t->publish('mc', 'c1');
     for my $i (0 .. $#s) {
-        my @ev = read_until($s[$i], sub { ($_[0]{data} // '') eq 'c1' });
+        my @ev = $s[$i]->events_until('c1');
         my $shape = join ' ', map { ($_->{event} // '-') . '/' . ($_->{data} // '') } @ev;
         is($shape, 'channel-deleted/{"channel":"mb"} mc/c1', "stream $i: mb deleted, mc goes on");
     }
     is($t->http(DELETE => '/pub/mc', port => 1)->{status}, 200, 'DELETE mc, the last channel');
     for my $i (0 .. $#s) {
-        my @ev = read_until($s[$i], \&is_deleted);
+        my @ev = $s[$i]->events_until(\&is_deleted);
         is(join(' ', map { $_->{event} // '-' } @ev), 'channel-deleted', "stream $i: channel-deleted for mc");
         ok($s[$i]->wait_eof(timeout => 5) && $s[$i]->clean_end, "stream $i: now the stream ends, cleanly");
     }
@@ -147,7 +131,7 @@ sub open_streams {
         for my $multi (0, 1) {
             my $ch = "pd$round$multi";
             my @s = open_streams($multi ? "/m?ch=$ch,pdother" : "/events/$ch", 6);
-            $t->wait_for(sub { subscribers($ch) == 6 }, timeout => 5) or diag "$ch: not all subscribed";
+            $t->wait_for(sub { $t->subscribers($ch) == 6 }, timeout => 5) or diag "$ch: not all subscribed";
             my $c = $t->client(port => 1);
             $c->send_raw("POST /pub/$ch HTTP/1.1\r\nHost: localhost\r\nContent-Length: 11\r\n\r\nbefore-gone"
                        . "DELETE /pub/$ch HTTP/1.1\r\nHost: localhost\r\n\r\n");
@@ -156,7 +140,7 @@ sub open_streams {
             $c->close;
             is("$r1->{status} $r2->{status}", '201 200', "$ch: pipelined POST and DELETE: 201, 200");
             for my $st (@s) {
-                my @ev = read_until($st, \&is_deleted);
+                my @ev = $st->events_until(\&is_deleted);
                 my $shape = join ' ', map { ($_->{event} // '-') . '/' . ($_->{data} // '') } @ev;
                 $total++;
                 my $want = ($multi ? $ch : '-') . qq{/before-gone channel-deleted/{"channel":"$ch"}};
@@ -174,14 +158,14 @@ sub open_streams {
 {
     is($t->http(DELETE => '/pub/never', port => 1)->{status}, 404, 'DELETE of an unknown channel: 404');
     my $s = $t->sse_open('/events/again');
-    ok($t->wait_for(sub { subscribers('again') == 1 }, timeout => 5), 'subscribed to a new (empty) channel');
+    ok($t->wait_for(sub { $t->subscribers('again') == 1 }, timeout => 5), 'subscribed to a new (empty) channel');
     is($t->http(DELETE => '/pub/again', port => 1)->{status}, 200, 'DELETE of the empty channel with a subscriber');
-    my @ev = read_until($s, \&is_deleted);
+    my @ev = $s->events_until(\&is_deleted);
     is(scalar(grep { is_deleted($_) } @ev), 1, 'its subscriber gets channel-deleted');
     ok($s->wait_eof(timeout => 5), 'and its stream ends');
     # A new subscriber of the same name gets a fresh channel.
     my $n = $t->sse_open('/events/again');
-    ok($t->wait_for(sub { subscribers('again') == 1 }, timeout => 5), 'a new subscriber recreates it');
+    ok($t->wait_for(sub { $t->subscribers('again') == 1 }, timeout => 5), 'a new subscriber recreates it');
     $t->publish('again', 'fresh');
     my $e = $n->next_event(timeout => 5);
     is($e && $e->{data}, 'fresh', 'and receives messages');

@@ -1,9 +1,9 @@
 #!/usr/bin/perl
-# Fan-out (SPEC §4, issue 3): 4 workers, 1000 SSE subscribers spread over them (reuseport; the
+# Fan-out (README "SSE", issue 3): 4 workers, 1000 SSE subscribers spread over them (reuseport; the
 # stats' workers[] show the spread), 100 messages published from fresh connections, over a
 # keep-alive connection, and concurrently from three forked publishers: every subscriber gets
-# all 100, in id order, once. The 1000 streams are read by one process with IO::Select (a small
-# non-blocking stream reader below; the harness reads one stream at a time).
+# all 100, in id order, once. The 1000 streams are read by one process, as bytes come
+# (the harness's sse_start and ChannelsTest::SSE::pump).
 # Also notes two figures: worker memory per idle subscriber and the time one publish takes to
 # reach all subscribers.
 use strict;
@@ -11,11 +11,10 @@ use warnings;
 use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
-use IO::Select;
 use Time::HiRes ();
 use POSIX ();
 use ChannelsTest qw(id_cmp);
-use Stream;   # t/lib/Stream.pm: a non-blocking SSE reader for many streams
+use Attack ();
 
 # SSE_FANOUT_SUBSCRIBERS / SSE_FANOUT_WORKERS override the sizes for a quick benchmark run
 # (e.g. 10000 and 2; run with `prove -v` to see the figures).
@@ -38,45 +37,21 @@ CONF
 
 sub zone { $t->zone_stats('/stats', 'events', port => 1) || {} }
 
-sub rss_anon_kb {
-    my $pid = shift;
-    open my $fh, '<', "/proc/$pid/status" or return 0;
-    while (<$fh>) { return $1 if /^RssAnon:\s+(\d+) kB/ }
-    return 0;
-}
-
-sub workers_rss { my $s = 0; $s += rss_anon_kb($_) for $t->worker_pids; $s }
-
-my $rss0 = workers_rss();
+my $rss0 = Attack::anon_kb($t->worker_pids);
 
 # ---- 1000 subscribers
 my @subs;
 my $t0 = Time::HiRes::time();
 for my $i (1 .. $N) {
-    push @subs, Stream->new($t->port(0), '/events/fan');
+    push @subs, $t->sse_start('/events/fan');
 }
-my $sel = IO::Select->new(map { $_->{sock} } @subs);
-my %by_fd = map { fileno($_->{sock}) => $_ } @subs;
 
 # Reads whatever is readable until $done->() or the deadline.
-sub pump {
-    my ($done, $timeout) = @_;
-    my $deadline = Time::HiRes::time() + $timeout;
-    while (1) {
-        return 1 if $done->();
-        my $left = $deadline - Time::HiRes::time();
-        return 0 if $left <= 0;
-        for my $sock ($sel->can_read($left < 0.2 ? $left : 0.2)) {
-            my $s = $by_fd{ fileno $sock };
-            $s->read;
-            $sel->remove($sock) if $s->{eof};
-        }
-    }
-}
+sub pump { ChannelsTest::SSE::pump(\@subs, @_) }
 
-ok(pump(sub { !grep { !$_->{head} } @subs }, 20), "$N stream headers received")
-    or diag(scalar(grep { !$_->{head} } @subs) . ' without a header');
-is(scalar(grep { ($_->{status} // 0) == 200 } @subs), $N, "all $N answered 200");
+ok(pump(sub { !grep { !$_->started } @subs }, 20), "$N stream headers received")
+    or diag(scalar(grep { !$_->started } @subs) . ' without a header');
+is(scalar(grep { ($_->status // 0) == 200 } @subs), $N, "all $N answered 200");
 my $z;
 ok($t->wait_for(sub { $z = zone(); ($z->{subscribers} // 0) == $N }, timeout => 20),
    "stats: $N subscribers") or diag explain $z;
@@ -86,7 +61,7 @@ my $min = (sort { $a <=> $b } values %per)[0] // 0;
 cmp_ok($min, '>=', int($N / $W / 2), "spread over the workers: " . join(' / ', map { $per{$_} } sort keys %per));
 my $sum = 0; $sum += $_ for values %per;
 is($sum, $N, 'the workers\' subscribers add up to the zone\'s');
-my $rss1 = workers_rss();
+my $rss1 = Attack::anon_kb($t->worker_pids);
 note(sprintf('figure: %d idle subscribers opened in %.1fs; worker anonymous RSS %d KiB -> %d KiB, %.2f KiB per subscriber',
              $N, Time::HiRes::time() - $t0, $rss0, $rss1, ($rss1 - $rss0) / $N));
 
@@ -96,12 +71,12 @@ note(sprintf('figure: %d idle subscribers opened in %.1fs; worker anonymous RSS 
     my $r = $t->http(POST => '/pub/fan', body => 'probe', port => 1);
     is($r->{status}, 201, 'probe published');
     is($r->{json}{subscribers}, $N, "probe: $N subscribers at publish time");
-    ok(pump(sub { !grep { @{ $_->{events} } < 1 } @subs }, 20), 'probe reached every subscriber');
+    ok(pump(sub { !grep { @{ $_->received } < 1 } @subs }, 20), 'probe reached every subscriber');
     note(sprintf('figure: one publish reached %d subscribers on %d workers in %.1f ms',
                  $N, $W, (Time::HiRes::time() - $t1) * 1000));
-    my @bad = grep { ($_->{events}[0]{data} // '') ne 'probe' || $_->{events}[0]{id} ne $r->{json}{id} } @subs;
+    my @bad = grep { ($_->received->[0]{data} // '') ne 'probe' || $_->received->[0]{id} ne $r->{json}{id} } @subs;
     is(scalar @bad, 0, 'every subscriber got the probe with its id');
-    $_->{events} = [] for @subs;
+    @{ $_->received } = () for @subs;
 }
 
 # ---- 100 messages: 40 on fresh connections, 30 on one keep-alive connection, 30 from three
@@ -157,13 +132,13 @@ for my $p (1 .. 3) {
 }
 
 my $t2 = Time::HiRes::time();
-ok(pump(sub { !grep { @{ $_->{events} } < 100 && !$_->{eof} } @subs }, 30), 'every stream got 100 events (or ended)');
+ok(pump(sub { !grep { @{ $_->received } < 100 && !$_->eof } @subs }, 30), 'every stream got 100 events (or ended)');
 note(sprintf('figure: 100 messages x %d subscribers read in %.1fs after the last publish', $N, Time::HiRes::time() - $t2));
 my @bad;
 for my $i (0 .. $#subs) {
-    my $got = join ' ', map { "$_->{id}=$_->{data}" } @{ $subs[$i]{events} };
+    my $got = join ' ', map { "$_->{id}=$_->{data}" } @{ $subs[$i]->received };
     push @bad, $i if $got ne $want;
-    diag("subscriber $i got " . scalar(@{ $subs[$i]{events} }) . " events" . ($subs[$i]{eof} ? ' and the stream ended' : ''))
+    diag("subscriber $i got " . scalar(@{ $subs[$i]->received }) . " events" . ($subs[$i]->eof ? ' and the stream ended' : ''))
         if $got ne $want && @bad <= 5;
 }
 is(scalar @bad, 0, "all $N subscribers got all 100 messages, in id order, once");
@@ -173,7 +148,7 @@ ok($t->wait_for(sub { $z1 = zone(); $z1->{delivered} - $z0->{delivered} == 100 *
 is($z1->{dropped_slow}, 0, 'no subscriber was dropped as slow');
 
 # ---- close them all
-close $_->{sock} for @subs;
+$_->close for @subs;
 ok($t->wait_for(sub { (zone()->{subscribers} // -1) == 0 }, timeout => 20), 'stats: 0 subscribers after closing all');
 
 done_testing;

@@ -1,10 +1,11 @@
 #!/usr/bin/perl
-# SSE over TLS + HTTP/2 (SPEC §1, §4, issue 3), read with `curl --http2 -k -N` against a
-# `listen ... ssl` + `http2 on` server with a self-signed certificate made here with openssl:
-# the header, events (multi-line, UTF-8, typed), a client that goes away (subscriber count back
-# to 0), DELETE ending one stream (END_STREAM) while another stream multiplexed on the same
-# connection goes on, one stream of a connection reset (RST_STREAM) while the other goes on, a
-# slow HTTP/2 reader cut off after 1 MiB, and a reload ending the streams cleanly.
+# SSE over TLS + HTTP/2 (README "Deployment and security": HTTP/2; "SSE"; issue 3), read with `curl
+# --http2 -k -N` against a `listen ... ssl` + `http2 on` server with a self-signed certificate made
+# here with openssl: the header, events (multi-line, UTF-8, typed), a client that goes away
+# (subscriber count back to 0), DELETE ending one stream (END_STREAM) while another stream
+# multiplexed on the same connection goes on, one stream of a connection reset (RST_STREAM) while
+# the other goes on, a slow HTTP/2 reader cut off after 1 MiB, and a reload ending the streams
+# cleanly.
 use strict;
 use warnings;
 use FindBin;
@@ -12,7 +13,7 @@ use lib "$FindBin::Bin/lib";
 use Test::More;
 use Time::HiRes ();
 use POSIX ();
-use ChannelsTest qw(id_cmp json_decode);
+use ChannelsTest qw(id_cmp json_decode slurp);
 
 my $curl_v = `curl -V 2>&1`;
 plan skip_all => 'curl not found' unless $? == 0;
@@ -54,8 +55,6 @@ $t->start;
 my $base = 'https://127.0.0.1:' . $t->port(0);
 
 sub zone_subscribers { ($t->zone_stats('/stats', 'events', port => 1) || {})->{subscribers} // -1 }
-
-sub slurp { my $f = shift; open my $fh, '<:raw', $f or return ''; local $/; my $c = <$fh>; $c // '' }
 
 # Starts curl in the background; returns its pid. @pairs: [url, output file] ...
 my $n = 0;

@@ -1,7 +1,7 @@
 #!/usr/bin/perl
-# Multi-channel SSE streams (SPEC §1, §4, issue 3): comma lists, several sse_channel arguments,
-# a percent-encoded comma, duplicates merged, 64 channels allowed and 65 refused, untyped events
-# named after their channel, ids in order across channels (published through both workers),
+# Multi-channel SSE streams (README "Directives", "SSE", issue 3): comma lists, several sse_channel
+# arguments, a percent-encoded comma, duplicates merged, 64 channels allowed and 65 refused, untyped
+# events named after their channel, ids in order across channels (published through both workers),
 # one cursor resuming every channel of the stream, channel_first_message -N / oldest per channel.
 use strict;
 use warnings;
@@ -36,20 +36,6 @@ sub wait_subscribed {
 
 sub zone_subscribers { ($t->zone_stats('/stats', 'events', port => 1) || {})->{subscribers} // -1 }
 
-sub read_until {
-    my ($s, $last, $timeout) = @_;
-    my $deadline = Time::HiRes::time() + ($timeout // 5);
-    my @ev;
-    while (1) {
-        my $left = $deadline - Time::HiRes::time();
-        last if $left <= 0;
-        my $e = $s->next_event(timeout => $left) or last;
-        push @ev, $e;
-        last if defined $e->{data} && $e->{data} eq $last;
-    }
-    return @ev;
-}
-
 # "event/data" for each event ("-" for no event field)
 sub shape { join ' ', map { ($_->{event} // '-') . '/' . ($_->{data} // '') } @_ }
 
@@ -65,7 +51,7 @@ sub shape { join ' ', map { ($_->{event} // '-') . '/' . ($_->{data} // '') } @_
     $t->publish('cb', 'also typed', headers => { 'Event-Type' => 'cb' });
     $t->publish('nosub', 'not for us');
     $t->publish('ca', 'end');
-    my @ev = read_until($s, 'end');
+    my @ev = $s->events_until('end');
     is(shape(@ev), "ca/to a cb/to b\nline 2 alert/typed cb/also typed ca/end",
        'events in publish order; untyped ones named after their channel');
     my @names = map { $_->[0] } @{ $ev[0]{fields} };
@@ -79,7 +65,7 @@ sub shape { join ' ', map { ($_->{event} // '-') . '/' . ($_->{data} // '') } @_
     is($s->status, 200, 'two arguments (one a list): 200');
     ok(wait_subscribed(1, qw(ta tb tc)), 'subscribed to the three channels');
     $t->publish('tc', 'c'); $t->publish('ta', 'a'); $t->publish('tb', 'b');
-    is(shape(read_until($s, 'b')), 'tc/c ta/a tb/b', 'events from every argument, named');
+    is(shape($s->events_until('b')), 'tc/c ta/a tb/b', 'events from every argument, named');
     $s->close;
 
     my $one = $t->sse_open('/two?a=solo');
@@ -96,7 +82,7 @@ sub shape { join ' ', map { ($_->{event} // '-') . '/' . ($_->{data} // '') } @_
     my $f = $t->sse_open('/fixed?ch=fy');
     ok(wait_subscribed(1, qw(fixed-x fy)), 'a literal argument and a variable: both channels');
     $t->publish('fixed-x', '1'); $t->publish('fy', '2');
-    is(shape(read_until($f, '2')), 'fixed-x/1 fy/2', 'literal + variable channels');
+    is(shape($f->events_until('2')), 'fixed-x/1 fy/2', 'literal + variable channels');
     $f->close;
 }
 
@@ -106,7 +92,7 @@ sub shape { join ' ', map { ($_->{event} // '-') . '/' . ($_->{data} // '') } @_
     is($s->status, 200, 'a%2Cb: 200');
     ok(wait_subscribed(1, qw(pa pb p-c)), 'a%2Cb%2cp%2Dc: decoded once, three channels');
     $t->publish('pb', 'b'); $t->publish('p-c', 'c'); $t->publish('pa', 'a');
-    is(shape(read_until($s, 'a')), 'pb/b p-c/c pa/a', 'events of the decoded channels');
+    is(shape($s->events_until('a')), 'pb/b p-c/c pa/a', 'events of the decoded channels');
     $s->close;
     my $twice = $t->sse_open('/m?ch=pa%252Cpb');
     is($twice->status, 400, 'decoded once only: %252C becomes "%2C", a bad byte: 400');
@@ -118,13 +104,13 @@ sub shape { join ' ', map { ($_->{event} // '-') . '/' . ($_->{data} // '') } @_
     is($s->status, 200, 'duplicates: 200');
     ok(wait_subscribed(1, qw(da db)), 'da,da,db,da: one subscriber on each channel');
     $t->publish('da', '1'); $t->publish('db', '2'); $t->publish('da', '3');
-    is(shape(read_until($s, '3')), 'da/1 db/2 da/3', 'each message once');
+    is(shape($s->events_until('3')), 'da/1 db/2 da/3', 'each message once');
     $s->close;
 
     my $single = $t->sse_open('/two?a=dd,dd&b=dd');
     ok(wait_subscribed(1, 'dd'), 'dd in both arguments, twice: one subscription');
     $t->publish('dd', 'once');
-    my @ev = read_until($single, 'once');
+    my @ev = $single->events_until('once');
     is(shape(@ev), '-/once', 'dd,dd + dd is a one-channel stream: once, no event field');
     $single->close;
 }
@@ -136,7 +122,7 @@ sub shape { join ' ', map { ($_->{event} // '-') . '/' . ($_->{data} // '') } @_
     is($s->status, 200, '64 channels: 200');
     ok(wait_subscribed(1, @ch64[0, 31, 63]), '64 channels: subscribed');
     $t->publish('k64', 'last'); $t->publish('k1', 'first');
-    is(shape(read_until($s, 'first')), 'k64/last k1/first', '64 channels: events of the first and the last');
+    is(shape($s->events_until('first')), 'k64/last k1/first', '64 channels: events of the first and the last');
     $s->close;
 
     my $dup = $t->sse_open('/m?ch=' . join(',', @ch64, 'k1', 'k64', 'k2'));
@@ -174,7 +160,7 @@ sub shape { join ' ', map { ($_->{event} // '-') . '/' . ($_->{data} // '') } @_
     }
     for my $case ([ $s, 'stream 1' ], [ $s2, 'stream 2 (channels listed in reverse)' ]) {
         my ($st, $label) = @$case;
-        my @ev = read_until($st, 'n60');
+        my @ev = $st->events_until('n60');
         is(scalar @ev, 60, "$label: 60 events");
         is(join(' ', map { "$_->{id}:" . ($_->{event} // '') . ":$_->{data}" } @ev),
            join(' ', map { "$_->[0]:$_->[1]:$_->[2]" } @pub),
@@ -192,19 +178,19 @@ sub shape { join ' ', map { ($_->{event} // '-') . '/' . ($_->{data} // '') } @_
     }
     $t->publish('o-other', 'not in the list');
     my $r = $t->sse_open('/m?ch=' . join(',', @chs), headers => { 'Last-Event-ID' => $cursor });
-    my @ev = read_until($r, 'n70');
+    my @ev = $r->events_until('n70');
     is(join(' ', map { "$_->{id}:" . ($_->{event} // '') . ":$_->{data}" } @ev),
        join(' ', map { "$_->[0]:$_->[1]:$_->[2]" } @pub[30 .. 69]),
        'one Last-Event-ID resumes all five channels: everything after it, in id order, once');
     ok(wait_subscribed(1, @chs), 'resumed stream subscribed');
     push @pub, [ $t->publish('o3', 'n71'), 'o3', 'n71' ];
-    my @live = read_until($r, 'n71');
+    my @live = $r->events_until('n71');
     is(shape(@live), 'o3/n71', 'then live');
     $r->close;
 
     my @want = grep { $_->[1] =~ /^o[24]$/ } @pub[50 .. $#pub];
     my $sub_s = $t->sse_open('/m?ch=o2,o4&last_event_id=' . $pub[49][0]);
-    my @sub = read_until($sub_s, $want[-1][2]);
+    my @sub = $sub_s->events_until($want[-1][2]);
     is(join(' ', map { "$_->{id}:$_->{data}" } @sub), join(' ', map { "$_->[0]:$_->[2]" } @want),
        'a cursor from a wider stream resumes a subset of its channels');
     $sub_s->close;
@@ -222,11 +208,11 @@ sub shape { join ' ', map { ($_->{event} // '-') . '/' . ($_->{data} // '') } @_
     my %keep = map { $_ => 1 } qw(fa3 fa4 fb2 fb3 fc1);
     my $want = join ' ', map { ($_->[1] =~ /^(f.)/)[0] . "/$_->[1]" } grep { $keep{ $_->[1] } } @p;
     my $l = $t->sse_open('/last2?ch=fa,fb,fc');
-    is(shape(read_until($l, 'fc1')), $want,
+    is(shape($l->events_until('fc1')), $want,
        'channel_first_message -2 on three channels: the last 2 of each, merged in id order');
     $l->close;
     my $o = $t->sse_open('/oldest?ch=fb,fc');
-    is(shape(read_until($o, 'fc1')), 'fb/fb1 fb/fb2 fb/fb3 fc/fc1', 'oldest on two channels: all retained, in id order');
+    is(shape($o->events_until('fc1')), 'fb/fb1 fb/fb2 fb/fb3 fc/fc1', 'oldest on two channels: all retained, in id order');
     $o->close;
 }
 

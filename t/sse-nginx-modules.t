@@ -1,8 +1,8 @@
 #!/usr/bin/perl
-# SSE locations keep working with what nginx already does (SPEC §1, issue 3): auth_request (to a
-# local location answering 204 or 403), limit_conn (the second stream gets 503; the slot is
-# released when the stream ends), limit_req, add_header for CORS on the stream, allow/deny, and
-# send_timeout closing a stream whose client stopped reading.
+# SSE locations keep working with what nginx already does (README "Deployment and security", issue
+# 3): auth_request (to a local location answering 204 or 403), limit_conn (the second stream gets
+# 503; the slot is released when the stream ends), limit_req, add_header for CORS on the stream,
+# allow/deny, and send_timeout closing a stream whose client stopped reading.
 use strict;
 use warnings;
 use FindBin;

@@ -1,20 +1,18 @@
 #!/usr/bin/perl
-# `nginx -s reload` in the middle of a publish stream (SPEC §4, issue 3): the old workers end their
-# SSE streams cleanly (last chunk), the subscribers reconnect with Last-Event-ID to the new
+# `nginx -s reload` in the middle of a publish stream (README "SSE", issue 3): the old workers end
+# their SSE streams cleanly (last chunk), the subscribers reconnect with Last-Event-ID to the new
 # workers and end up with every message exactly once, in order; the zone's messages survive the
-# reload; the old workers exit at once (no "open socket left"), also when a client has stalled
-# with unsent data; `nginx -s quit` ends every stream with the last chunk, at once.
+# reload; the old workers exit at once (no "open socket left"), also when a client has stalled with
+# unsent data; `nginx -s quit` ends every stream with the last chunk, at once.
 use strict;
 use warnings;
 use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
 use IO::Handle;
-use IO::Select;
 use Time::HiRes ();
 use POSIX ();
 use ChannelsTest qw(id_cmp);
-use Stream;   # t/lib/Stream.pm: a non-blocking SSE reader for many streams
 
 my $S = 24;      # subscribers
 my $P = 300;     # messages
@@ -40,7 +38,7 @@ CONF
 
 sub zone { $t->zone_stats('/stats', 'events', port => 1) || {} }
 
-my @subs = map { { s => Stream->new($t->port(0), '/events/rl'), got => [], ends => 0, clean => 0, reconnects => 0 } } 1 .. $S;
+my @subs = map { { s => $t->sse_start('/events/rl'), got => [], ends => 0, clean => 0, reconnects => 0 } } 1 .. $S;
 
 sub pump {
     my ($done, $timeout) = @_;
@@ -49,26 +47,21 @@ sub pump {
         return 1 if $done->();
         my $left = $deadline - Time::HiRes::time();
         return 0 if $left <= 0;
-        my %by = map { fileno($_->{s}{sock}) => $_ } grep { !$_->{s}{eof} } @subs;
-        my @ready = IO::Select->new(map { $_->{s}{sock} } values %by)->can_read($left < 0.05 ? $left : 0.05);
-        for my $sock (@ready) {
-            my $x = $by{ fileno $sock };
-            $x->{s}->read;
-            push @{ $x->{got} }, splice @{ $x->{s}{events} };
-        }
+        ChannelsTest::SSE::read_ready([ map { $_->{s} } @subs ], $left < 0.05 ? $left : 0.05);
+        push @{ $_->{got} }, splice @{ $_->{s}->received } for @subs;
         # Reconnect ended streams with their last id, as EventSource would.
-        for my $x (grep { $_->{s}{eof} } @subs) {
+        for my $x (grep { $_->{s}->eof } @subs) {
             $x->{ends}++;
-            $x->{clean}++ if $x->{s}{ended};
-            close $x->{s}{sock};
+            $x->{clean}++ if $x->{s}->clean_end;
+            $x->{s}->close;
             my $last = @{ $x->{got} } ? $x->{got}[-1]{id} : undef;
-            $x->{s} = Stream->new($t->port(0), '/events/rl', headers => { defined $last ? ('Last-Event-ID' => $last) : () });
+            $x->{s} = $t->sse_start('/events/rl', headers => { defined $last ? ('Last-Event-ID' => $last) : () });
             $x->{reconnects}++;
         }
     }
 }
 
-ok(pump(sub { !grep { !$_->{s}{head} } @subs }, 10), "$S streams open");
+ok(pump(sub { !grep { !$_->{s}->started } @subs }, 10), "$S streams open");
 ok($t->wait_for(sub { (zone()->{subscribers} // 0) == $S }, timeout => 5), "stats: $S subscribers");
 my @old_workers = $t->worker_pids;
 
@@ -136,13 +129,13 @@ is(scalar(grep { $_->{clean} == $_->{ends} } @subs), $S, 'every ending was clean
 ok($t->wait_for(sub { (zone()->{subscribers} // 0) == $S }, timeout => 5), "stats after the reload: $S subscribers");
 unlike($t->error_log, qr/open socket .* left/, 'no "open socket left" in the error log');
 
-close $_->{s}{sock} for @subs;
+$_->{s}->close for @subs;
 ok($t->wait_for(sub { (zone()->{subscribers} // -1) == 0 }, timeout => 5), 'closed: 0 subscribers');
 
 # ---- a stalled subscriber (never reads, ~500 KiB unsent: under the 1 MiB cut-off) must not
 # keep an old worker alive after a reload; the reading subscribers still end cleanly
 {
-    my $stalled = Stream->new($t->port(2), '/events/stall', rcvbuf => 4096);
+    my $stalled = $t->sse_start('/events/stall', port => 2, rcvbuf => 4096);
     my $reader = $t->sse_open('/events/stall', port => 2);
     ok($t->wait_for(sub { (zone()->{subscribers} // 0) == 2 }, timeout => 5), 'a stalled and a reading subscriber');
     my $c = $t->client(port => 1);
@@ -157,7 +150,7 @@ ok($t->wait_for(sub { (zone()->{subscribers} // -1) == 0 }, timeout => 5), 'clos
     my $ok = $t->reload(timeout => 15);
     ok($ok, sprintf('reload: the old worker exited (%.1fs) although a client stalled', Time::HiRes::time() - $t1));
     ok($reader->wait_eof(timeout => 5) && $reader->clean_end, 'the reading subscriber\'s stream ended cleanly');
-    close $stalled->{sock};
+    $stalled->close;
     # if the old worker was stuck, closing the client lets it go; wait for that before going on
     $t->wait_for(sub { my @w = $t->all_worker_pids; @w == 2 }, timeout => 10) unless $ok;
 }

@@ -1,25 +1,23 @@
 #!/usr/bin/perl
-# Slow consumers (SPEC §4, §6, issue 3): a subscriber that never reads (small SO_RCVBUF, and the
-# stream port's send buffer is small, so nginx must hold what the kernel will not take) is closed
-# once it has more than 1 MiB unsent, while 100 readers on the same worker receive everything;
-# stats dropped_slow counts it; it reconnects with its last id and gets the rest once (a replay
-# over 1 MiB to a client that reads is no reason to cut it). Also: one 2 MiB message reaches
+# Slow consumers (README "SSE", "Statistics", issue 3): a subscriber that never reads (small
+# SO_RCVBUF, and the stream port's send buffer is small, so nginx must hold what the kernel will not
+# take) is closed once it has more than 1 MiB unsent, while 100 readers on the same worker receive
+# everything; stats dropped_slow counts it; it reconnects with its last id and gets the rest once (a
+# replay over 1 MiB to a client that reads is no reason to cut it). Also: one 2 MiB message reaches
 # readers; streams that stay requests (HTTP/1.0, limit_conn) are cut off the same way; clients
-# reconnecting with an old cursor that never read do not pile their replay up in the worker.
-# Memory bound stated here: during the run the worker's anonymous RSS (private heap, not the
-# shared zone) grows by less than $RSS_BOUND_KB = 8 MiB: the 1 MiB a slow subscriber may hold,
-# plus the messages in flight shared by every stream (a per-subscriber copy of what is in
-# flight alone would be 100 streams x ~5 x 24 KiB = 12 MiB; never freeing delivered frames,
-# 240 MB).
+# reconnecting with an old cursor that never read do not pile their replay up in the worker. Memory
+# bound stated here: during the run the worker's anonymous RSS (private heap, not the shared zone)
+# grows by less than $RSS_BOUND_KB = 8 MiB: the 1 MiB a slow subscriber may hold, plus the messages
+# in flight shared by every stream (a per-subscriber copy of what is in flight alone would be 100
+# streams x ~5 x 24 KiB = 12 MiB; never freeing delivered frames, 240 MB).
 use strict;
 use warnings;
 use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
-use IO::Select;
 use Time::HiRes ();
 use ChannelsTest qw(id_cmp);
-use Stream;   # t/lib/Stream.pm: a non-blocking SSE reader for many streams
+use Attack ();
 
 my $GOOD = 100;
 my $M = 100;               # messages
@@ -56,43 +54,21 @@ sub rss_bound {
     }
 }
 
-sub rss_anon_kb {
-    my $pid = shift;
-    open my $fh, '<', "/proc/$pid/status" or return 0;
-    while (<$fh>) { return $1 if /^RssAnon:\s+(\d+) kB/ }
-    return 0;
-}
-
 my ($worker) = $t->worker_pids;
-my $slow = Stream->new($t->port(0), '/events/slow', rcvbuf => 4096);
-my @good = map { Stream->new($t->port(0), '/events/slow') } 1 .. $GOOD;
-my %by_fd = map { fileno($_->{sock}) => $_ } @good;
-my $sel = IO::Select->new(map { $_->{sock} } @good);
+my $slow = $t->sse_start('/events/slow', rcvbuf => 4096);
+my @good = map { $t->sse_start('/events/slow') } 1 .. $GOOD;
 
-sub pump {
-    my ($done, $timeout) = @_;
-    my $deadline = Time::HiRes::time() + $timeout;
-    while (1) {
-        return 1 if $done->();
-        my $left = $deadline - Time::HiRes::time();
-        return 0 if $left <= 0;
-        for my $sock ($sel->can_read($left < 0.1 ? $left : 0.1)) {
-            my $s = $by_fd{ fileno $sock };
-            $s->read;
-            $sel->remove($sock) if $s->{eof};
-        }
-    }
-}
+sub pump { ChannelsTest::SSE::pump(\@good, @_) }
 
-ok(pump(sub { !grep { !$_->{head} } @good }, 10), "$GOOD readers connected");
+ok(pump(sub { !grep { !$_->started } @good }, 10), "$GOOD readers connected");
 ok($t->wait_for(sub { (zone()->{subscribers} // 0) == $GOOD + 1 }, timeout => 5), 'stats: ' . ($GOOD + 1) . ' subscribers');
 is(zone()->{dropped_slow}, 0, 'dropped_slow 0 at the start');
 
-my $rss0 = rss_anon_kb($worker);
+my $rss0 = Attack::anon_kb($worker);
 my $rss_max = $rss0;
 my @ids;
 my $c = $t->client(port => 1);
-my $min_got = sub { my $m = $M; for (@good) { my $n = @{ $_->{events} }; $m = $n if $n < $m } $m };
+my $min_got = sub { my $m = $M; for (@good) { my $n = @{ $_->received }; $m = $n if $n < $m } $m };
 my $dropped_after;
 for my $i (1 .. $M) {
     my $data = sprintf('%04d:', $i) . ('x' x ($SIZE - 5));
@@ -100,7 +76,7 @@ for my $i (1 .. $M) {
     if ($r->{status} != 201) { fail("publish $i: $r->{status}"); last }
     push @ids, $r->{json}{id};
     pump(sub { $min_got->() >= $i - $LAG }, 20) or do { fail("readers fell behind at message $i"); last };
-    my $rss = rss_anon_kb($worker);
+    my $rss = Attack::anon_kb($worker);
     $rss_max = $rss if $rss > $rss_max;
     $dropped_after //= $i if $r->{json}{subscribers} == $GOOD;
 }
@@ -108,10 +84,10 @@ $c->close;
 is(scalar @ids, $M, "$M messages of $SIZE bytes published");
 ok(pump(sub { $min_got->() >= $M }, 20), "every reader got all $M messages");
 my $want = join ',', @ids;
-my @bad = grep { join(',', map { $_->{id} } @{ $_->{events} }) ne $want
-                 || grep({ length($_->{data}) != $SIZE } @{ $_->{events} }) } @good;
+my @bad = grep { join(',', map { $_->{id} } @{ $_->received }) ne $want
+                 || grep({ length($_->{data}) != $SIZE } @{ $_->received }) } @good;
 is(scalar @bad, 0, 'each reader: every message once, in order, whole');
-ok(!grep({ $_->{eof} } @good), 'no reader was cut off');
+ok(!grep({ $_->eof } @good), 'no reader was cut off');
 
 my $z;
 ok($t->wait_for(sub { $z = zone(); ($z->{dropped_slow} // 0) == 1 }, timeout => 5), 'stats: dropped_slow 1')
@@ -125,55 +101,48 @@ rss_bound($growth, $RSS_BOUND_KB, "worker anonymous RSS grew by $growth KiB (< $
        . sprintf('%.0f MB went out', $GOOD * $M * $SIZE / 1e6));
 
 # The slow subscriber reads now: what the kernel held, then the end of its stream.
-my $sd = Time::HiRes::time() + 10;
-while (!$slow->{eof} && Time::HiRes::time() < $sd) {
-    IO::Select->new($slow->{sock})->can_read(0.5) and $slow->read;
-}
-ok($slow->{eof}, 'the slow subscriber\'s connection was closed by the server');
-my @partial = @{ $slow->{events} };
+ChannelsTest::SSE::pump([$slow], sub { $slow->eof }, 10);
+ok($slow->eof, 'the slow subscriber\'s connection was closed by the server');
+my @partial = @{ $slow->received };
 cmp_ok(scalar @partial, '<', $M, 'it had received only part of the messages (' . scalar(@partial) . ')');
 my $prefix_ok = join(',', map { $_->{id} } @partial) eq join(',', @ids[0 .. $#partial]);
 ok($prefix_ok, 'what it received is a prefix of the stream, whole events in order');
 
 # It reconnects with its cursor and gets the rest, once.
 my $last = @partial ? $partial[-1]{id} : undef;
-my $again = Stream->new($t->port(0), '/events/slow', headers => { defined $last ? ('Last-Event-ID' => $last) : () });
-my $ad = Time::HiRes::time() + 10;
-while (@{ $again->{events} } < $M - @partial && !$again->{eof} && Time::HiRes::time() < $ad) {
-    IO::Select->new($again->{sock})->can_read(0.5) and $again->read;
-}
-my @rest = map { $_->{id} } @{ $again->{events} };
+my $again = $t->sse_start('/events/slow', headers => { defined $last ? ('Last-Event-ID' => $last) : () });
+ChannelsTest::SSE::pump([$again], sub { @{ $again->received } >= $M - @partial || $again->eof }, 10);
+my @rest = map { $_->{id} } @{ $again->received };
 my @want_rest = @ids[scalar(@partial) .. $M - 1];
 ok(join(',', @rest) eq join(',', @want_rest),
    'reconnected with Last-Event-ID: the rest of the messages, once, in order')
     or diag('got ' . scalar(@rest) . ' of the ' . scalar(@want_rest) . ' remaining messages'
-            . ($again->{eof} ? ', then the server closed the stream' : ''));
+            . ($again->eof ? ', then the server closed the stream' : ''));
 # It reads, so it is not "a subscriber that stops reading", however long its replay is.
-ok(!$again->{eof}, 'the reconnected (reading) subscriber is not cut off while its replay goes out');
+ok(!$again->eof, 'the reconnected (reading) subscriber is not cut off while its replay goes out');
 is(zone()->{dropped_slow}, 1, 'stats: dropped_slow still 1');
 
-close $_->{sock} for @good, $again, $slow;
+$_->close for @good, $again, $slow;
 ok($t->wait_for(sub { (zone()->{subscribers} // -1) == 0 }, timeout => 5), 'closed: 0 subscribers');
 
 # ---- one message over 1 MiB reaches subscribers that read: they have not stopped reading
 {
-    my @r = map { Stream->new($t->port(0), '/events/big') } 1 .. 3;
-    %by_fd = map { fileno($_->{sock}) => $_ } @r;
-    $sel = IO::Select->new(map { $_->{sock} } @r);
-    ok(pump(sub { !grep { !$_->{head} } @r }, 10), 'three readers of "big"');
+    my @r = map { $t->sse_start('/events/big') } 1 .. 3;
+    ok(ChannelsTest::SSE::pump(\@r, sub { !grep { !$_->started } @r }, 10), 'three readers of "big"');
     ok($t->wait_for(sub { (zone()->{subscribers} // 0) == 3 }, timeout => 5), 'subscribed');
     my $dropped0 = zone()->{dropped_slow};
     my $big = 'B' x (2 * 1024 * 1024);
     my $r1 = $t->http(POST => '/pub/big', body => $big, port => 1);
     is($r1->{status}, 201, 'a 2 MiB message published');
     my $r2 = $t->http(POST => '/pub/big', body => 'after', port => 1);
-    ok(pump(sub { !grep { @{ $_->{events} } < 2 && !$_->{eof} } @r }, 20), 'the readers got two events or were closed');
-    my $ok = grep { @{ $_->{events} } == 2 && length($_->{events}[0]{data}) == length($big)
-                    && $_->{events}[1]{data} eq 'after' && !$_->{eof} } @r;
+    ok(ChannelsTest::SSE::pump(\@r, sub { !grep { @{ $_->received } < 2 && !$_->eof } @r }, 20),
+       'the readers got two events or were closed');
+    my $ok = grep { @{ $_->received } == 2 && length($_->received->[0]{data}) == length($big)
+                    && $_->received->[1]{data} eq 'after' && !$_->eof } @r;
     is($ok, 3, 'every reader got the 2 MiB message whole, then the next one, and is still connected')
-        or diag(join '; ', map { scalar(@{ $_->{events} }) . ' events' . ($_->{eof} ? ', closed by the server' : '') } @r);
+        or diag(join '; ', map { scalar(@{ $_->received }) . ' events' . ($_->eof ? ', closed by the server' : '') } @r);
     is(zone()->{dropped_slow} - $dropped0, 0, 'stats: no reader counted as dropped_slow');
-    close $_->{sock} for @r;
+    $_->close for @r;
 }
 
 # ---- the same cut-off on streams that stay requests: HTTP/1.0, and a limit_conn location
@@ -183,13 +152,13 @@ ok($t->wait_for(sub { (zone()->{subscribers} // -1) == 0 }, timeout => 5), 'clos
     is($old->status . ' ' . $held->status, '200 200', 'stalled HTTP/1.0 and limit_conn streams');
     ok($t->wait_for(sub { (zone()->{subscribers} // 0) == 2 }, timeout => 5), 'subscribed');
     my $dropped0 = zone()->{dropped_slow};
-    my $r0 = rss_anon_kb($worker);
+    my $r0 = Attack::anon_kb($worker);
     my $c = $t->client(port => 1);
     $c->request(POST => '/pub/modes', body => 'm' x $SIZE) for 1 .. 100;
     $c->close;
     ok($t->wait_for(sub { (zone()->{subscribers} // -1) == 0 }, timeout => 5), 'both cut off after 2.4 MB');
     is(zone()->{dropped_slow} - $dropped0, 2, 'stats: dropped_slow + 2');
-    my $growth = rss_anon_kb($worker) - $r0;
+    my $growth = Attack::anon_kb($worker) - $r0;
     rss_bound($growth, 4 * 1024, "worker anonymous RSS grew by $growth KiB (< 4 MiB)");
     $_->close for $old, $held;
 }
@@ -208,11 +177,11 @@ ok($t->wait_for(sub { (zone()->{subscribers} // -1) == 0 }, timeout => 5), 'clos
     is($t->http(GET => '/pub/replay', port => 1)->{json}{messages}, 24, '24 x 512 KiB retained');
     ok($t->wait_for(sub { (zone()->{subscribers} // -1) == 0 }, timeout => 5), 'no subscribers before');
     my $dropped0 = zone()->{dropped_slow};
-    my $r0 = rss_anon_kb($worker);
-    my @stalled = map { Stream->new($t->port(0), '/events/replay', rcvbuf => 4096, headers => { 'Last-Event-ID' => $first }) } 1 .. 8;
+    my $r0 = Attack::anon_kb($worker);
+    my @stalled = map { $t->sse_start('/events/replay', rcvbuf => 4096, headers => { 'Last-Event-ID' => $first }) } 1 .. 8;
     my $peak = $r0;
     my $cut = $t->wait_for(sub {
-        my $r = rss_anon_kb($worker);
+        my $r = Attack::anon_kb($worker);
         $peak = $r if $r > $peak;
         (zone()->{dropped_slow} // 0) - $dropped0 == 8;
     }, timeout => 10);
@@ -220,7 +189,7 @@ ok($t->wait_for(sub { (zone()->{subscribers} // -1) == 0 }, timeout => 5), 'clos
         or diag('dropped_slow +' . (zone()->{dropped_slow} - $dropped0) . ', subscribers ' . zone()->{subscribers});
     my $growth = $peak - $r0;
     rss_bound($growth, 24 * 1024, "worker anonymous RSS grew by $growth KiB (< 24 MiB) for 8 stalled replays of 12 MiB");
-    close $_->{sock} for @stalled;
+    $_->close for @stalled;
     ok($t->wait_for(sub { (zone()->{subscribers} // -1) == 0 }, timeout => 5), 'closed: 0 subscribers');
 }
 

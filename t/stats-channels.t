@@ -1,6 +1,6 @@
 #!/usr/bin/perl
-# channel_stats ?channels (SPEC §6): channel list in bytewise id order with prefix=, limit= (default 100)
-# and after= paging; next_after present only when more remain.
+# channel_stats ?channels (README "Statistics"): channel list in bytewise id order with prefix=,
+# limit= (default 100) and after= paging; next_after present only when more remain.
 use strict;
 use warnings;
 use FindBin;

@@ -1,6 +1,6 @@
 #!/usr/bin/perl
-# channel_stats (SPEC §6): per-zone JSON fields and values, zone= selection, worker list, and the
-# Prometheus text format (parsed here; `promtool check metrics` runs elsewhere).
+# channel_stats (README "Statistics"): per-zone JSON fields and values, zone= selection, worker
+# list, and the Prometheus text format (parsed here; `promtool check metrics` runs elsewhere).
 use strict;
 use warnings;
 use FindBin;

@@ -1,7 +1,8 @@
 #!/usr/bin/perl
-# Eviction under a small zone (SPEC §2): when the zone is full the oldest messages of the whole zone go
-# first, publishing keeps answering 201, stats count evictions, and nothing is logged above info
-# (a "no memory" line from the slab allocator would be [crit]: the harness' log check fails on it).
+# Eviction under a small zone (README "channel_zone"): when the zone is full the oldest messages of
+# the whole zone go first, publishing keeps answering 201, stats count evictions, and nothing is
+# logged above info (a "no memory" line from the slab allocator would be [crit]: the harness' log
+# check fails on it).
 use strict;
 use warnings;
 use FindBin;

@@ -1,5 +1,6 @@
 #!/usr/bin/perl
-# history=N (SPEC §1, §2): a channel keeps at most N messages, the oldest go first; per channel, per zone.
+# history=N (README "channel_zone"): a channel keeps at most N messages, the oldest go first; per
+# channel, per zone.
 use strict;
 use warnings;
 use FindBin;

@@ -1,6 +1,6 @@
 #!/usr/bin/perl
-# ttl (SPEC §1, §2): no message is kept longer than ttl; a channel with no messages and no subscribers
-# is removed after ttl; expiry happens without further requests to the channel.
+# ttl (README "channel_zone"): no message is kept longer than ttl; a channel with no messages and no
+# subscribers is removed after ttl; expiry happens without further requests to the channel.
 use strict;
 use warnings;
 use FindBin;

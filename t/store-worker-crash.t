@@ -1,6 +1,7 @@
 #!/usr/bin/perl
-# A worker killed while publishes are in flight (SPEC §7): the master replaces it, the zone stays
-# consistent (ids unique and increasing, counters agree with what the channel holds), publishing goes on.
+# A worker killed while publishes are in flight (README "Errors and failures"): the master replaces
+# it, the zone stays consistent (ids unique and increasing, counters agree with what the channel
+# holds), publishing goes on.
 use strict;
 use warnings;
 use FindBin;

@@ -3,7 +3,7 @@
 // A blank test page on the public origin imports /channels.js; the tests drive it with
 // page.evaluate and publish/delete through the internal port.
 import { test, run, assert, equal, waitFor } from './runner.mjs';
-import { launchChromium } from './chromium.mjs';
+import { launchChromium, routedPage } from './chromium.mjs';
 
 const [base, internal] = process.argv.slice(2);
 if (!base || !internal) {
@@ -71,18 +71,7 @@ async function channelSubscribers(channel) {
   return res.status === 200 ? (await res.json()).subscribers : 0;
 }
 
-async function newPage(browser) {
-  const context = await browser.newContext();
-  await context.route(`${base}/__channels-test.html`, (route) =>
-    route.fulfill({ status: 200, contentType: 'text/html; charset=utf-8', body: PAGE }));
-  const page = await context.newPage();
-  const errors = [];
-  page.on('pageerror', (err) => errors.push(err.message));
-  await page.goto(`${base}/__channels-test.html`);
-  await page.waitForFunction(() => window.ready === true);
-  page.errors = errors;
-  return page;
-}
+const newPage = (browser) => routedPage(browser, `${base}/__channels-test.html`, PAGE);
 
 const state = (page, name) => page.evaluate((n) => window.state(n), name);
 const start = (page, name, options) => page.evaluate(([n, o]) => window.start(n, o), [name, options]);

@@ -8,7 +8,7 @@ import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { SignJWT, base64url } from 'jose';
 import { test, run, assert, equal, waitFor } from './runner.mjs';
-import { launchChromium } from './chromium.mjs';
+import { launchChromium, routedPage } from './chromium.mjs';
 
 const [base, internal] = process.argv.slice(2);
 if (!base || !internal) {
@@ -68,19 +68,8 @@ window.stop = (name) => window.subs[name].sub.close();
 window.ready = true;
 </script>`;
 
-async function newPage(browser) {
-  const context = await browser.newContext();
-  await context.route(`${base}/__jwt-test.html`, (route) =>
-    route.fulfill({ status: 200, contentType: 'text/html; charset=utf-8', body: PAGE }));
-  await context.exposeFunction('mintToken', (user, seconds) => mint(user, seconds));
-  const page = await context.newPage();
-  const errors = [];
-  page.on('pageerror', (err) => errors.push(err.message));
-  await page.goto(`${base}/__jwt-test.html`);
-  await page.waitForFunction(() => window.ready === true);
-  page.errors = errors;
-  return page;
-}
+const newPage = (browser) => routedPage(browser, `${base}/__jwt-test.html`, PAGE,
+  { expose: { mintToken: (user, seconds) => mint(user, seconds) } });
 
 const state = (page, name) => page.evaluate((n) => window.state(n), name);
 

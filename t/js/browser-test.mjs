@@ -1,27 +1,38 @@
-// The demo page (www/) in headless Chromium, against nginx running conf-examples/demo.conf.
-//   node t/js/browser-test.mjs PUBLIC_BASE INTERNAL_BASE SCREENSHOT.png
-// PUBLIC_BASE serves the page, /events/, /poll/, /publish/ and /status; INTERNAL_BASE is
-// the publish port (/pub/<ch>), used to publish "from a backend" and to read channel info.
+// A real browser, headless Chromium (Debian's, driven by playwright-core), driven by t/browser.t:
+//   node t/js/browser-test.mjs PUBLIC_BASE INTERNAL_BASE SCREENSHOT.png PAGE_BASE
+// 1. The demo page (www/) against nginx running conf-examples/demo.conf: PUBLIC_BASE serves
+//    the page, /events/, /poll/, /publish/ and /status; INTERNAL_BASE is the publish port
+//    (/pub/<ch>), used to publish "from a backend" and to read channel info.
+// 2. A bare EventSource: PAGE_BASE serves /sse-page.html (written into the test prefix), whose
+//    EventSource subscribes to PAGE_BASE/events/<channel> (sse_retry 200ms), and /pub/<ch>.
+//    Messages published from here reach the page; then, while this script keeps publishing,
+//    it asks the Perl side for `nginx -s reload` (prints "RELOAD", waits for a "RELOADED"
+//    line on stdin). The page must reconnect by itself (same EventSource object) and end up
+//    with every message exactly once, in order, including those published while it was
+//    disconnected.
 import { statSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { test, run, assert, equal, waitFor } from './runner.mjs';
 import { launchChromium, watchPage } from './chromium.mjs';
+import { reloadNginx, fetchAgain } from './reload-peer.mjs';
 
-const [base, internal, screenshot] = process.argv.slice(2);
-if (!base || !internal || !screenshot) {
-  console.error('usage: node browser-test.mjs PUBLIC_BASE INTERNAL_BASE SCREENSHOT');
+const [base, internal, screenshot, pageBase] = process.argv.slice(2);
+if (!base || !internal || !screenshot || !pageBase) {
+  console.error('usage: node browser-test.mjs PUBLIC_BASE INTERNAL_BASE SCREENSHOT PAGE_BASE');
   process.exit(2);
 }
 
 const unique = () => Math.random().toString(36).slice(2, 10);
 
-async function publish(channel, data, headers = {}) {
-  const res = await fetch(`${internal}/pub/${channel}`, { method: 'POST', body: data, headers });
+// Publishes on a publish location (INTERNAL_BASE's by default); returns the JSON answer.
+async function publish(channel, data, headers = {}, origin = internal) {
+  const res = await fetchAgain(`${origin}/pub/${channel}`, { method: 'POST', body: data, headers });
   assert(res.status === 201, `publish to ${channel}: HTTP ${res.status}`);
   return res.json();
 }
 
-async function channelSubscribers(channel) {
-  const res = await fetch(`${internal}/pub/${channel}`);
+async function channelSubscribers(channel, origin = internal) {
+  const res = await fetchAgain(`${origin}/pub/${channel}`);
   if (res.status !== 200) return 0;
   return (await res.json()).subscribers;
 }
@@ -60,6 +71,8 @@ function noProblems(problems, allow = []) {
   const left = problems.filter((p) => !allow.some((re) => re.test(p)));
   assert(left.length === 0, `the page reported: ${left.join('; ')}`);
 }
+
+// ---- 1. the demo page
 
 test('demo page connects: EventSource live feed and long-poll view', async (ctx) => {
   ctx.channel = `live-${unique()}`;
@@ -191,6 +204,79 @@ test('when EventSource keeps failing the live feed switches to long polling', as
   await waitInBothFeeds(page, text, 'message after switching');
   noProblems(problems, [/status of 503/]);
   await context.close();
+});
+
+// ---- 2. a bare EventSource across a reload (last: the reload ends every stream)
+
+const pageState = (page) => page.evaluate(() => ({
+  got: window.got, opens: window.opens, errors: window.errors, ready: window.es.readyState,
+  same: window.es === window.firstEs,
+}));
+
+test('the page subscribes and receives messages', async (ctx) => {
+  ctx.pageChannel = `browser-${unique()}`;
+  ctx.pageProblems = [];
+  ctx.ssePage = await ctx.browser.newPage();
+  watchPage(ctx.ssePage, ctx.pageProblems);
+  const { ssePage: page, pageChannel: channel } = ctx;
+  await page.goto(`${pageBase}/sse-page.html#${channel}`);
+  await waitFor(async () => (await pageState(page)).opens === 1, { what: 'EventSource open' });
+  await waitFor(async () => (await channelSubscribers(channel, pageBase)) === 1, { what: 'one subscriber' });
+  const sent = [];
+  for (let i = 1; i <= 5; i++) sent.push({ id: (await publish(channel, `m${i}`, {}, pageBase)).id, data: `m${i}` });
+  await waitFor(async () => (await pageState(page)).got.length >= 5, { what: 'five messages on the page' });
+  equal((await pageState(page)).got.map((e) => [e.id, e.data]), sent.map((e) => [e.id, e.data]),
+    'the page has m1..m5 with their ids');
+});
+
+test('reload: the EventSource reconnects by itself and gets every message once', async (ctx) => {
+  const { ssePage: page, pageChannel: channel } = ctx;
+  const before = (await pageState(page)).got.slice();
+  const sent = before.slice();    // everything published to the channel, in publish order
+  let stop = false;
+  let n = 0;
+  const publishTimes = [];
+  const publisher = (async () => {
+    while (!stop) {
+      n += 1;
+      const data = `c${n}`;
+      const { id } = await publish(channel, data, {}, pageBase);
+      sent.push({ id, data });
+      publishTimes.push(Date.now());
+      await sleep(20);
+    }
+  })();
+  // A failed publish ends the test at once (not as an unhandled rejection after it).
+  const publishFailed = publisher.then(() => new Promise(() => {}));
+  const whilePublishing = (step) => Promise.race([step, publishFailed]);
+  await whilePublishing(waitFor(() => n >= 10, { what: 'ten messages published before the reload' }));
+  await whilePublishing(reloadNginx());
+  await whilePublishing(waitFor(async () => (await pageState(page)).opens >= 2,
+    { what: 'the page reconnected (a second open)', timeout: 10000 }));
+  const reopened = await page.evaluate(() => window.openTimes[1]);
+  const atReopen = n;
+  await whilePublishing(waitFor(() => n >= atReopen + 10, { what: 'ten more messages after the reconnect' }));
+  stop = true;
+  await publisher;
+  const last = sent[sent.length - 1];
+  await waitFor(async () => (await pageState(page)).got.some((e) => e.id === last.id),
+    { what: `the last message (${last.data}) on the page`, timeout: 10000 });
+  const s = await pageState(page);
+  equal(s.got.map((e) => e.data), sent.map((e) => e.data), 'every message exactly once, in order');
+  equal(s.got.map((e) => e.id), sent.map((e) => e.id), 'with the publish ids');
+  assert(s.errors >= 1, `the page saw the stream end (error events: ${s.errors})`);
+  equal(s.opens, 2, 'exactly one reconnect');
+  assert(s.same && s.ready === 1, 'the same EventSource object, open again (automatic reconnect, no new one)');
+  // Messages published between the end of the old stream and the reconnect came by replay.
+  const disconnectedAt = await page.evaluate(() => window.errorTimes[0]);
+  const meanwhile = publishTimes.filter((t) => t > disconnectedAt && t < reopened).length;
+  assert(meanwhile >= 1, `some messages were published while the page was disconnected (${meanwhile})`);
+  console.log(`NOTE ${meanwhile} messages published while the page was disconnected; ${sent.length} in all`);
+  console.log(`GOTIDS ${s.got.map((e) => e.id).join(',')}`);
+});
+
+test('no page errors on the EventSource page', async (ctx) => {
+  equal(ctx.pageProblems, [], 'page errors and console errors');
 });
 
 run({

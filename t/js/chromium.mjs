@@ -37,3 +37,19 @@ export function watchPage(page, problems) {
     if (msg.type() === 'error') problems.push(`console error: ${msg.text()}`);
   });
 }
+
+// A page whose HTML is served at `url` by the browser itself (a route in a fresh context, nothing
+// on disk): the functions in `expose` are callable from it; resolves once the page sets
+// window.ready; page.errors collects its uncaught exceptions.
+export async function routedPage(browser, url, html, { expose = {} } = {}) {
+  const context = await browser.newContext();
+  await context.route(url, (route) => route.fulfill({ status: 200, contentType: 'text/html; charset=utf-8', body: html }));
+  for (const [name, fn] of Object.entries(expose)) await context.exposeFunction(name, fn);
+  const page = await context.newPage();
+  const errors = [];
+  page.on('pageerror', (err) => errors.push(err.message));
+  await page.goto(url);
+  await page.waitForFunction(() => window.ready === true);
+  page.errors = errors;
+  return page;
+}

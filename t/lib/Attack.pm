@@ -2,7 +2,12 @@ package Attack;
 
 =head1 NAME
 
-Attack - measuring helpers shared by the t/attack-*.t files (issue 11, SPEC §9)
+Attack - measuring helpers (memory, CPU, latency, load) for the t/attack-*.t files and other tests
+
+=head1 DESCRIPTION
+
+The attack files (issue 11) hold the bounds of README.md "What one client can cost"; the
+functions below measure them.
 
 =head1 FUNCTIONS
 
@@ -38,6 +43,11 @@ memory in quarantine).
 
 C<< $t->http(...) >> and the time it took: C<($answer, $seconds)>.
 
+=item C<holder_pid($t, timeout => 5)>
+
+The pid of the worker that holds the one subscriber there is (the zone C<events> in
+C</stats> on port 1 lists it with one), once it does; undef after the timeout.
+
 =item C<rand_ids($n, $len)>
 
 C<$n> distinct random channel ids of C<$len> letters.
@@ -68,7 +78,7 @@ use IO::Select;
 use Exporter 'import';
 
 our @EXPORT_OK = qw(anon_kb rss_kb cpu_ticks settle_kb percentile median sanitized timed_request
-                    rand_ids pipeline_publish spawn_readers reap);
+                    holder_pid rand_ids pipeline_publish spawn_readers reap);
 
 sub _status_field {
     my ($field, @pids) = @_;
@@ -132,6 +142,17 @@ sub timed_request {
     my $t0 = Time::HiRes::time();
     my $r = $t->http($method, $path, %o);
     return ($r, Time::HiRes::time() - $t0);
+}
+
+sub holder_pid {
+    my ($t, %o) = @_;
+    my $holder;
+    $t->wait_for(sub {
+        my $z = $t->zone_stats('/stats', 'events', port => 1) or return 0;
+        ($holder) = map { $_->{pid} } grep { $_->{subscribers} == 1 } @{ $z->{workers} || [] };
+        $holder;
+    }, timeout => $o{timeout} // 5);
+    return $holder;
 }
 
 sub rand_ids {

@@ -177,13 +177,18 @@ C<< $t->poll_start(...) >> returns a pending object: C<< $p->result(timeout => s
 GET and decode JSON; undef (and a diag) if not a 200 JSON answer.
 C<< $t->zone_stats($path, $zone_name, port => $n) >> returns that zone's hash.
 
-=item C<< $t->publish($channel, $data, location => 'pub', port => 1, headers => {...}, query => '...', client => $c) >>
+=item C<< $t->publish($channel, $data, location => 'pub', port => 1, headers => {...}, query => '...', client => $c, timeout => 10) >>
 
 POST to C</LOCATION/CHANNEL> (on the publish port, 1, by default); returns the new id and
 dies (with status and body) unless the answer is C<201> with JSON. With C<client> it goes
 over that keep-alive connection.
+C<< $t->publish_request(...) >> (same arguments, and any other option of C<http>, e.g.
+C<chunked>) sends the same request and returns its C<http> answer whatever the status,
+for tests that expect a refusal or count failures.
 C<< $t->subscribers($channel, location => 'pub', port => 1) >> is the channel's
-C<subscribers> count from a C<GET> there, 0 when the channel does not exist.
+C<subscribers> count from a C<GET> there, 0 when the channel does not exist;
+C<< $t->wait_subscribers($channel, $n, timeout => 5, location => 'pub', port => 1) >> waits
+until it is C<$n> (true) or the timeout passes (undef).
 
 =item C<< $t->wait_for(sub { ... }, timeout => 5, interval => 0.02) >>
 
@@ -195,12 +200,13 @@ Calls the sub until it returns true (returned) or the deadline passes (undef).
 
 =over
 
-=item C<< my $s = $t->sse_open($path, headers => {...}, port => $n, timeout => 10, rcvbuf => $bytes) >>
+=item C<< my $s = $t->sse_open($path, headers => {...}, port => $n, timeout => 10, rcvbuf => $bytes, version => '1.1', method => 'GET') >>
 
 Connects, sends a GET with C<Accept: text/event-stream> and reads the response
 header. C<< $s->status >>, C<< $s->headers >> (hashref, lowercased names),
-C<< $s->header($name) >>. For a non-200 answer the body is read whole:
-C<< $s->body >>.
+C<< $s->header($name) >>. For a non-200 answer (or a C<HEAD>) the body is read whole:
+C<< $s->body >>. C<rcvbuf> sets C<SO_RCVBUF> before connecting, so it also bounds the
+window the client advertises (a client that reads slowly or not at all).
 
 =item C<< $s->next_event(timeout => 5) >>
 
@@ -208,11 +214,12 @@ The next event (a block ending in a blank line with at least one field, so a
 C<retry:>-only block counts) as
 C<< {id, event, data, retry, comments => [...], fields => [[name, value], ...], raw} >>
 (C<data> lines joined with "\n", undef if no data line; C<id>/C<event>/C<retry>
-undef when absent), or undef on timeout or end of stream. Parsed the WHATWG way:
-CRLF, CR and LF line ends, one leading space stripped from values, lines
-starting with ":" are comments. Comments (e.g. pings) met since the previous
-event are in C<comments>. C<< $s->next_block(timeout => 5) >> returns any block,
-comment-only ones (pings) included.
+undef when absent; C<raw>: the block's bytes), or undef on timeout or end of stream.
+Parsed the WHATWG way by L<ChannelsTest::SseParser>: CRLF, CR and LF line ends, one
+leading space stripped from values, lines starting with ":" are comments, an C<id>
+holding a NUL is ignored. Comments (e.g. pings) met since the previous event are in
+C<comments>. C<< $s->next_block(timeout => 5) >> returns any block, comment-only ones
+(pings, with C<ping> set) included.
 
 =item C<< $s->eof >>, C<< $s->clean_end >>, C<< $s->timed_out >>, C<< $s->wait_eof(timeout => 5) >>
 
@@ -223,20 +230,50 @@ true if it ended in time.
 
 =item C<< $s->raw >>, C<< $s->last_id >>, C<< $s->retry >>, C<< $s->comments >>, C<< $s->close >>, C<< $s->socket >>
 
-All decoded body bytes so far (exact wire framing); the last C<id:> and C<retry:>
+All decoded body bytes so far (exact wire framing; C<sse_open> streams only); the last C<id:> and C<retry:>
 values seen by C<next_event>/C<next_block>; every comment line so far; close the
 connection; the underlying socket.
 
-=item C<< $s->events_for(timeout => 1) >>
+=item C<< $s->events_for(timeout => 1) >>, C<< $s->events_until($until, timeout => 5) >>
 
-Every event arriving within the time (or until the end of the stream), as a list.
+C<events_for>: every event arriving within the time (or until the end of the stream), as
+a list. C<events_until>: the events up to the first one C<$until> matches (a string: its
+C<data> is that; a code ref: it returns true for the event), that one included, or those
+that came before the timeout or the end of the stream.
+
+=item C<< my $s = $t->sse_start($path, headers => {...}, port => $n, rcvbuf => $bytes) >>
+
+Many streams read at once (fan-out, reloads, slow consumers): connects and sends the
+request, and returns without reading. C<< $s->read >> takes what the socket holds without
+waiting: the response header once it is whole (then C<< $s->started >> is true and
+C<status>/C<headers> are set), then the events; those with data are appended to
+C<< $s->received >> (an array ref the test may empty) as C<{id, event, data, retry}>.
+Raw bytes are not kept. C<read> dies on a body that is not valid chunked framing.
+C<eof>, C<clean_end>, C<last_id>, C<socket> and C<close> are as above.
+
+=item C<< ChannelsTest::SSE::pump(\@streams, sub { ... }, $timeout) >>
+
+Reads the streams as bytes come until the sub returns true (then true) or the timeout
+passes (false). C<< ChannelsTest::SSE::read_ready(\@streams, $wait) >> is one step of
+it: waits at most C<$wait> seconds for one of the streams to have bytes, reads those that
+do, and returns them (for a loop of one's own, e.g. one that reconnects ended streams).
 
 =back
 
 =head2 Functions
 
 C<id_parse($id)> gives C<(ms, counter)> or an empty list if the id is not of the
-SPEC section 2 form; C<id_cmp($a, $b)> compares two ids (-1, 0, 1). Both exportable, as is C<json_decode($bytes)> (undef if not JSON).
+form README.md gives for message ids (section "Publishing"); C<id_cmp($a, $b)> compares
+two ids (-1, 0, 1). Both exportable, as are C<json_decode($bytes)> (undef if not JSON) and
+C<slurp($file)> (its bytes; '' if it cannot be read).
+
+=head2 Files
+
+This file is the harness (nginx's life, logs, requests); the rest lives beside it in
+F<t/lib/ChannelsTest/>: F<Conn.pm> (a connection: requests out, HTTP/1.x answers in),
+F<Pending.pm> (an answer read later), F<Chunked.pm> (chunked bodies), F<SSE.pm> (SSE
+subscribers) and F<SseParser.pm> (the one text/event-stream parser of the suite, also
+used by F<t/lib/CurlStream.pm> and the model test). C<use ChannelsTest> loads them all.
 
 =cut
 
@@ -246,8 +283,6 @@ use warnings;
 use Test::More ();
 use Test2::API ();
 use IO::Socket::INET;
-use IO::Select;
-use JSON::PP ();
 use File::Temp ();
 use File::Path ();
 use File::Spec;
@@ -256,18 +291,19 @@ use File::Basename ();
 use Time::HiRes ();
 use POSIX ();
 use Scalar::Util ();
-use Errno ();
 use Config;
 use Exporter 'import';
 use NginxCompat ();
+use ChannelsTest::Conn;
+use ChannelsTest::Pending;
+use ChannelsTest::SSE;
 
-our @EXPORT_OK = qw(id_parse id_cmp json_decode);
+our @EXPORT_OK = qw(id_parse id_cmp json_decode slurp);
 
 $SIG{PIPE} = 'IGNORE';
 
 my $REPO = Cwd::abs_path(File::Basename::dirname(__FILE__) . '/../..');
 my $DEFAULT_MODULE = "$REPO/build/ngx_http_channels_module.so";
-my $JSON = JSON::PP->new->utf8->allow_nonref;
 
 my @LOG_BAD = (
     qr/\[(?:alert|emerg|crit)\]/,
@@ -354,7 +390,7 @@ sub prefix    { $_[0]{prefix} }
 sub port      { my ($self, $n) = @_; $n //= 0;
                 die "ChannelsTest: no port $n allocated\n" unless defined $self->{ports}[$n];
                 $self->{ports}[$n] }
-sub conf_text { my $self = shift; _slurp("$self->{prefix}/conf/nginx.conf") }
+sub conf_text { my $self = shift; slurp("$self->{prefix}/conf/nginx.conf") }
 sub master_pid { $_[0]{running} ? $_[0]{master} : undef }
 
 sub _ports_needed {
@@ -445,7 +481,7 @@ sub _run {
     }
     waitpid $pid, 0;
     my $rc = $?;
-    return ($rc, _slurp($out));
+    return ($rc, slurp($out));
 }
 
 sub test_config {
@@ -476,7 +512,7 @@ sub try_start {
         my $ok = $self->_spawn_and_wait;
         return 1 if $ok;
         my $why = $self->{startup_error};
-        my $new = substr(_slurp($log), $log_off) . substr(_slurp($err), $err_off);
+        my $new = substr(slurp($log), $log_off) . substr(slurp($err), $err_off);
         $self->{startup_error} = "$why\n$new";
         last if $self->{started_once} || $new !~ /Address already in use/;
         # Someone took one of our ports between allocation and bind: new ports, forget the noise.
@@ -518,7 +554,7 @@ sub _spawn_and_wait {
             return 0;
         }
         if ($stage eq 'pid file') {
-            my $pf = _slurp("$p/logs/nginx.pid");
+            my $pf = slurp("$p/logs/nginx.pid");
             $stage = 'ports' if $pf =~ /^(\d+)/ && $1 == $pid;
         }
         if ($stage eq 'ports') {
@@ -650,20 +686,20 @@ sub reload {
 
 sub _alive {
     my $pid = shift;
-    my $stat = _slurp("/proc/$pid/stat");
+    my $stat = slurp("/proc/$pid/stat");
     return 0 unless length $stat;
     return $stat !~ /^\d+ \(.*\) Z /s;
 }
 
 sub _children {
     my $pid = shift;
-    my $text = _slurp("/proc/$pid/task/$pid/children");
+    my $text = slurp("/proc/$pid/task/$pid/children");
     return split ' ', $text if -e "/proc/$pid/task/$pid/children";
     my @kids;
     opendir my $d, '/proc' or return;
     for my $e (readdir $d) {
         next unless $e =~ /^\d+$/;
-        my $st = _slurp("/proc/$e/stat");
+        my $st = slurp("/proc/$e/stat");
         push @kids, $e if $st =~ /^\d+ \(.*\) \S+ (\d+) /s && $1 == $pid;
     }
     return @kids;
@@ -671,7 +707,7 @@ sub _children {
 
 sub _cmdline {
     my $pid = shift;
-    my $c = _slurp("/proc/$pid/cmdline");
+    my $c = slurp("/proc/$pid/cmdline");
     $c =~ s/\0+$//;
     $c =~ tr/\0/ /;
     return $c;
@@ -694,7 +730,7 @@ sub all_worker_pids {
 
 # ---------------------------------------------------------------- logs
 
-sub error_log { _slurp("$_[0]{prefix}/logs/error.log") }
+sub error_log { slurp("$_[0]{prefix}/logs/error.log") }
 sub log_mark  { -s "$_[0]{prefix}/logs/error.log" // 0 }
 sub log_since { my ($self, $mark) = @_; my $l = $self->error_log; length($l) > $mark ? substr($l, $mark) : '' }
 
@@ -717,7 +753,7 @@ sub log_problems {
     my $self = shift;
     my @bad = @{ $self->{problems} };
     for my $f ('error.log', 'stderr.log') {
-        for my $line (split /\n/, _slurp("$self->{prefix}/logs/$f")) {
+        for my $line (split /\n/, slurp("$self->{prefix}/logs/$f")) {
             next unless grep { $line =~ $_ } @LOG_BAD;
             next if grep { $line =~ $_ } @{ $self->{allowed} };
             push @bad, "$f: $line";
@@ -807,9 +843,10 @@ sub raw_request {
 
 sub request_start {
     my ($self, $method, $path, %o) = @_;
+    my $poll = delete $o{poll};
     my $c = ChannelsTest::Conn->new(port => $self->port($o{port} // 0), timeout => $o{timeout});
     $c->send_request($method, $path, %o, close => 1);
-    return ChannelsTest::Pending->new($c, $method);
+    return ChannelsTest::Pending->new($c, $method, poll => $poll);
 }
 
 sub _poll_args {
@@ -832,24 +869,12 @@ sub poll {
     my ($self, $path, %o) = @_;
     my $t0 = Time::HiRes::time();
     my $r = $self->http($o{method} // 'GET', _poll_args($path, %o), timeout => $o{timeout} // 35);
-    return _poll_result($r, $t0);
+    return ChannelsTest::Pending::poll_result($r, $t0);
 }
 
 sub poll_start {
     my ($self, $path, %o) = @_;
-    my $p = $self->request_start($o{method} // 'GET', _poll_args($path, %o));
-    $p->{poll} = 1;
-    return $p;
-}
-
-sub _poll_result {
-    my ($r, $t0) = @_;
-    $r->{elapsed} = Time::HiRes::time() - $t0;
-    $r->{json} = undef;
-    if ($r->{status} && length $r->{body} && ($r->{headers}{'content-type'} // '') =~ /json/) {
-        $r->{json} = eval { $JSON->decode($r->{body}) };
-    }
-    return $r;
+    return $self->request_start($o{method} // 'GET', _poll_args($path, %o), poll => 1);
 }
 
 sub stats {
@@ -860,7 +885,7 @@ sub stats {
         Test::More::diag("stats $path: status $r->{status} " . ($r->{error} // '') . " $r->{body}");
         return undef;
     }
-    my $j = eval { $JSON->decode($r->{body}) };
+    my $j = json_decode($r->{body});
     Test::More::diag("stats $path: not JSON: $@ $r->{body}") unless defined $j;
     return $j;
 }
@@ -870,11 +895,16 @@ sub _publish_path {
     return '/' . ($o{location} // 'pub') . "/$ch" . (defined $o{query} ? "?$o{query}" : '');
 }
 
+sub publish_request {
+    my ($self, $ch, $data, %o) = @_;
+    my $path = _publish_path($ch, %o);
+    delete @o{qw(location query)};
+    return $self->http(POST => $path, %o, body => $data, port => $o{port} // 1, headers => $o{headers} // {});
+}
+
 sub publish {
     my ($self, $ch, $data, %o) = @_;
-    my %req = (body => $data, port => $o{port} // 1, headers => $o{headers} // {});
-    $req{client} = $o{client} if $o{client};
-    my $r = $self->http(POST => _publish_path($ch, %o), %req);
+    my $r = $self->publish_request($ch, $data, %o);
     die "publish to $ch: $r->{status} " . ($r->{error} // $r->{body}) . "\n"
         unless $r->{status} == 201 && $r->{json};
     return $r->{json}{id};
@@ -884,6 +914,12 @@ sub subscribers {
     my ($self, $ch, %o) = @_;
     my $r = $self->http(GET => _publish_path($ch, location => $o{location}), port => $o{port} // 1);
     return $r->{status} == 200 && $r->{json} ? $r->{json}{subscribers} : 0;
+}
+
+sub wait_subscribers {
+    my ($self, $ch, $n, %o) = @_;
+    my %where = map { $_ => $o{$_} } grep { defined $o{$_} } qw(location port);
+    return $self->wait_for(sub { $self->subscribers($ch, %where) == $n }, timeout => $o{timeout} // 5);
 }
 
 sub zone_stats {
@@ -897,6 +933,12 @@ sub sse_open {
     my ($self, $path, %o) = @_;
     my $port = $self->port(delete $o{port} // 0);
     return ChannelsTest::SSE->open(%o, port => $port, path => $path);
+}
+
+sub sse_start {
+    my ($self, $path, %o) = @_;
+    my $port = $self->port(delete $o{port} // 0);
+    return ChannelsTest::SSE->start(%o, port => $port, path => $path);
 }
 
 # ---------------------------------------------------------------- utilities
@@ -920,9 +962,9 @@ sub id_cmp {
     return 0;
 }
 
-sub json_decode { my $j = eval { $JSON->decode($_[0]) }; $j }
+sub json_decode { ChannelsTest::Conn::json_decode(@_) }
 
-sub _slurp {
+sub slurp {
     my $f = shift;
     open my $fh, '<:raw', $f or return '';
     local $/;
@@ -935,555 +977,6 @@ sub _spew {
     open my $fh, '>:raw', $f or die "write $f: $!";
     print $fh $c;
     close $fh or die "close $f: $!";
-}
-
-# ================================================================= connection
-
-package ChannelsTest::Conn;
-
-use strict;
-use warnings;
-use IO::Socket::INET;
-use IO::Select;
-use Time::HiRes ();
-use Errno ();
-
-sub new {
-    my ($class, %o) = @_;
-    my $timeout = $o{timeout} // 10;
-    my $sock = IO::Socket::INET->new(
-        PeerAddr => $o{host} // '127.0.0.1', PeerPort => $o{port}, Proto => 'tcp', Timeout => $timeout,
-    ) or die "connect to port $o{port}: $!\n";
-    if ($o{rcvbuf}) {
-        setsockopt($sock, Socket::SOL_SOCKET(), Socket::SO_RCVBUF(), $o{rcvbuf});
-    }
-    binmode $sock;
-    $sock->blocking(0);
-    return bless { sock => $sock, buf => '', eof => 0, timeout => $timeout, port => $o{port} }, $class;
-}
-
-sub socket { $_[0]{sock} }
-sub closed { $_[0]{eof} }
-
-sub close {
-    my $self = shift;
-    if ($self->{sock}) {
-        CORE::close($self->{sock});
-        $self->{sock} = undef;
-    }
-    $self->{eof} = 1;
-}
-
-sub send_raw {
-    my ($self, $bytes, %o) = @_;
-    my $deadline = Time::HiRes::time() + ($o{timeout} // $self->{timeout});
-    my $off = 0;
-    my $sel = IO::Select->new($self->{sock});
-    while ($off < length $bytes) {
-        my $left = $deadline - Time::HiRes::time();
-        return 0 if $left <= 0;
-        next unless $sel->can_write($left);
-        my $n = syswrite($self->{sock}, $bytes, 65536, $off);
-        if (!defined $n) {
-            next if $!{EAGAIN} || $!{EWOULDBLOCK} || $!{EINTR};
-            $self->{write_error} = "$!";
-            return 0;
-        }
-        $off += $n;
-    }
-    return 1;
-}
-
-# Reads what is available within the deadline: >0 bytes appended, 0 at EOF, undef on timeout.
-sub fill {
-    my ($self, $deadline) = @_;
-    return 0 if $self->{eof};
-    my $sel = IO::Select->new($self->{sock});
-    while (1) {
-        my $left = $deadline - Time::HiRes::time();
-        return undef if $left <= 0;
-        next unless $sel->can_read($left);
-        my $n = sysread($self->{sock}, $self->{buf}, 65536, length $self->{buf});
-        if (!defined $n) {
-            next if $!{EAGAIN} || $!{EWOULDBLOCK} || $!{EINTR};
-            $self->{read_error} = "$!";
-            $self->{eof} = 1;
-            return 0;
-        }
-        if ($n == 0) {
-            $self->{eof} = 1;
-            return 0;
-        }
-        return $n;
-    }
-}
-
-sub _build_request {
-    my ($self, $method, $path, %o) = @_;
-    my @hdr;
-    if (ref $o{headers} eq 'ARRAY') {
-        my @h = @{ $o{headers} };
-        push @hdr, [ splice(@h, 0, 2) ] while @h;
-    } elsif (ref $o{headers} eq 'HASH') {
-        push @hdr, [ $_, $o{headers}{$_} ] for sort keys %{ $o{headers} };
-    }
-    my %have = map { lc($_->[0]) => 1 } @hdr;
-    my $body = $o{body};
-    $body = '' if !defined $body && $method =~ /^(?:POST|PUT)$/;
-    my @def;
-    push @def, [ Host => 'localhost' ] unless $have{host};
-    push @def, [ Connection => 'close' ] if $o{close} && !$have{connection};
-    if (defined $body) {
-        if ($o{chunked}) {
-            push @def, [ 'Transfer-Encoding' => 'chunked' ] unless $have{'transfer-encoding'};
-            my $size = $o{chunk_size} || 8192;
-            my $enc = '';
-            for (my $i = 0; $i < length $body; $i += $size) {
-                my $piece = substr($body, $i, $size);
-                $enc .= sprintf("%x\r\n", length $piece) . $piece . "\r\n";
-            }
-            $body = $enc . "0\r\n\r\n";
-        } elsif (!$have{'content-length'}) {
-            push @def, [ 'Content-Length' => length $body ];
-        }
-    }
-    my $version = $o{version} // '1.1';
-    my $req = "$method $path HTTP/$version\r\n";
-    $req .= "$_->[0]: $_->[1]\r\n" for @def, @hdr;
-    $req .= "\r\n";
-    $req .= $body if defined $body;
-    return $req;
-}
-
-sub send_request {
-    my ($self, $method, $path, %o) = @_;
-    return $self->send_raw($self->_build_request($method, $path, %o), timeout => $o{timeout});
-}
-
-sub request {
-    my ($self, $method, $path, %o) = @_;
-    return _fail('connection closed') if !$self->{sock};
-    my $sent = $self->send_request($method, $path, %o);
-    # Even if writing failed (e.g. a 413 answered early), a response may be there.
-    my $r = $self->read_response(method => $method, timeout => $o{timeout});
-    $r->{error} //= "write failed: $self->{write_error}" if !$sent && !$r->{status};
-    return $r;
-}
-
-sub _fail {
-    return { status => 0, reason => '', error => shift, headers => {}, header_list => [], body => '' };
-}
-
-# Reads one complete response.
-sub read_response {
-    my ($self, %o) = @_;
-    my $deadline = Time::HiRes::time() + ($o{timeout} // $self->{timeout});
-    my $method = $o{method} // 'GET';
-    my $r;
-    while (1) {
-        $r = $self->read_head($deadline) or return _fail($self->{head_error});
-        last unless $r->{status} >= 100 && $r->{status} < 200 && $r->{status} != 101;
-    }
-    my $need_body = !($method eq 'HEAD' || $r->{status} == 204 || $r->{status} == 304);
-    $r->{body} = '';
-    return $r unless $need_body;
-    my $te = $r->{headers}{'transfer-encoding'} // '';
-    my $cl = $r->{headers}{'content-length'};
-    if ($te =~ /chunked/i) {
-        my $dec = ChannelsTest::Chunked->new;
-        while (1) {
-            $r->{body} .= $dec->feed($self->{buf});
-            $self->{buf} = '';
-            if ($dec->{error}) { $r->{error} = "bad chunked encoding: $dec->{error}"; $r->{status} = 0; return $r }
-            if ($dec->done) { $self->{buf} = $dec->leftover; last }
-            my $n = $self->fill($deadline);
-            if (!$n) {
-                $r->{error} = defined $n ? 'connection closed inside chunked body' : 'timeout reading body';
-                $r->{status} = 0;
-                return $r;
-            }
-        }
-    } elsif (defined $cl) {
-        while (length $self->{buf} < $cl) {
-            my $n = $self->fill($deadline);
-            if (!$n) {
-                $r->{error} = defined $n ? 'connection closed before Content-Length' : 'timeout reading body';
-                $r->{body} = $self->{buf};
-                $r->{status} = 0;
-                return $r;
-            }
-        }
-        $r->{body} = substr($self->{buf}, 0, $cl, '');
-    } else {
-        while (1) {
-            my $n = $self->fill($deadline);
-            last if defined $n && $n == 0;
-            if (!defined $n) {
-                $r->{error} = 'timeout reading body to EOF';
-                $r->{body} = $self->{buf};
-                $r->{status} = 0;
-                return $r;
-            }
-        }
-        $r->{body} = $self->{buf};
-        $self->{buf} = '';
-    }
-    if (length $r->{body} && ($r->{headers}{'content-type'} // '') =~ m{[/+]json\b}) {
-        $r->{json} = ChannelsTest::json_decode($r->{body});
-    }
-    return $r;
-}
-
-# Reads and parses a response header; leaves the rest in the buffer.
-sub read_head {
-    my ($self, $deadline) = @_;
-    while (1) {
-        if ($self->{buf} =~ /\r?\n\r?\n/) {
-            my $end = $+[0];
-            my $head = substr($self->{buf}, 0, $end, '');
-            my @lines = split /\r?\n/, $head;
-            my $sl = shift @lines;
-            unless ($sl =~ m{^HTTP/(\d\.\d) (\d{3})(?: (.*))?$}) {
-                $self->{head_error} = "bad status line: $sl";
-                return undef;
-            }
-            my $r = { version => $1, status => $2 + 0, reason => $3 // '', headers => {}, header_list => [] };
-            for my $l (@lines) {
-                next unless $l =~ /^([^:\s]+):[ \t]*(.*?)[ \t]*$/;
-                my ($n, $v) = (lc $1, $2);
-                push @{ $r->{header_list} }, [ $1, $v ];
-                $r->{headers}{$n} = exists $r->{headers}{$n} ? "$r->{headers}{$n}, $v" : $v;
-            }
-            return $r;
-        }
-        my $n = $self->fill($deadline);
-        if (!$n) {
-            $self->{head_error} = defined $n
-                ? 'connection closed before a response header' . (length $self->{buf} ? " (got: $self->{buf})" : '')
-                : 'timeout waiting for a response header';
-            return undef;
-        }
-    }
-}
-
-# ================================================================= pending request
-
-package ChannelsTest::Pending;
-
-use strict;
-use warnings;
-
-sub new { my ($class, $c, $method) = @_; bless { conn => $c, method => $method, t0 => Time::HiRes::time() }, $class }
-sub conn { $_[0]{conn} }
-sub close { $_[0]{conn}->close }
-
-sub response {
-    my ($self, %o) = @_;
-    return $self->{response} if $self->{response};
-    my $r = $self->{conn}->read_response(method => $self->{method}, timeout => $o{timeout} // 35);
-    $self->{conn}->close;
-    ChannelsTest::_poll_result($r, $self->{t0}) if $self->{poll};
-    return $self->{response} = $r;
-}
-
-sub result { shift->response(@_) }
-
-# Non-blocking: true if something (a response or EOF) has arrived.
-sub ready {
-    my $self = shift;
-    return 1 if $self->{response} || length $self->{conn}{buf} || $self->{conn}{eof};
-    return IO::Select->new($self->{conn}->socket)->can_read(0) ? 1 : 0;
-}
-
-# ================================================================= chunked decoder
-
-package ChannelsTest::Chunked;
-
-use strict;
-use warnings;
-
-sub new { bless { state => 'size', in => '', left => 0, leftover => '' }, shift }
-sub done     { $_[0]{state} eq 'done' }
-sub leftover { $_[0]{leftover} }
-
-# Feeds raw bytes; returns the decoded bytes available so far.
-sub feed {
-    my ($self, $bytes) = @_;
-    $self->{in} .= $bytes;
-    my $out = '';
-    while (1) {
-        my $st = $self->{state};
-        if ($st eq 'size') {
-            if ($self->{in} =~ s/^([0-9a-fA-F]+)[^\r\n]*\r?\n//) {
-                $self->{left} = hex $1;
-                $self->{state} = $self->{left} ? 'data' : 'trailer';
-            } elsif ($self->{in} =~ /\n/ || length $self->{in} > 1024) {
-                $self->{error} = 'bad chunk size line: ' . substr($self->{in}, 0, 40);
-                last;
-            } else {
-                last;
-            }
-        } elsif ($st eq 'data') {
-            last unless length $self->{in};
-            my $take = substr($self->{in}, 0, $self->{left}, '');
-            $out .= $take;
-            $self->{left} -= length $take;
-            $self->{state} = 'crlf' if !$self->{left};
-        } elsif ($st eq 'crlf') {
-            if ($self->{in} =~ s/^\r?\n//) {
-                $self->{state} = 'size';
-            } elsif (length $self->{in} >= 2 || (length $self->{in} == 1 && $self->{in} ne "\r")) {
-                $self->{error} = 'missing CRLF after chunk data';
-                last;
-            } else {
-                last;
-            }
-        } elsif ($st eq 'trailer') {
-            if ($self->{in} =~ s/^\r?\n//) {
-                $self->{state} = 'done';
-                $self->{leftover} = $self->{in};
-                $self->{in} = '';
-            } elsif ($self->{in} =~ s/^[^\r\n]+\r?\n//) {
-                # a trailer field: ignored
-            } else {
-                last;
-            }
-        } else {
-            last;
-        }
-    }
-    return $out;
-}
-
-# ================================================================= SSE reader
-
-package ChannelsTest::SSE;
-
-use strict;
-use warnings;
-use Time::HiRes ();
-
-sub open {
-    my ($class, %o) = @_;
-    my $c = ChannelsTest::Conn->new(port => $o{port}, timeout => $o{timeout}, rcvbuf => $o{rcvbuf});
-    my %h = (Accept => 'text/event-stream');
-    %h = (%h, %{ $o{headers} }) if ref $o{headers} eq 'HASH';
-    my $method = $o{method} // 'GET';
-    $c->send_request($method, $o{path}, headers => \%h, version => $o{version});
-    my $self = bless {
-        conn => $c, text => '', raw => '', blocks => [], cur => undef, comments => [],
-        eof => 0, clean_end => 0, timed_out => 0, last_id => undef, pending_comments => [],
-    }, $class;
-    my $deadline = Time::HiRes::time() + ($o{timeout} // 10);
-    my $r = $c->read_head($deadline);
-    if (!$r) {
-        $self->{status} = 0;
-        $self->{error} = $c->{head_error};
-        $self->{eof} = 1;
-        return $self;
-    }
-    $self->{status} = $r->{status};
-    $self->{headers} = $r->{headers};
-    $self->{response} = $r;
-    if ($r->{status} != 200 || $method eq 'HEAD') {
-        # Not a stream: read the whole body (none for HEAD).
-        if ($method eq 'HEAD') {
-            $self->{body} = '';
-        } else {
-            my $cl = $r->{headers}{'content-length'};
-            my $te = $r->{headers}{'transfer-encoding'} // '';
-            my $full = $self->_read_rest($deadline, $te, $cl);
-            $self->{body} = $full;
-        }
-        $self->{eof} = 1;
-        $self->{clean_end} = 1;
-        return $self;
-    }
-    if (($r->{headers}{'transfer-encoding'} // '') =~ /chunked/i) {
-        $self->{chunked} = ChannelsTest::Chunked->new;
-    } elsif (defined $r->{headers}{'content-length'}) {
-        $self->{remaining} = $r->{headers}{'content-length'};
-    }
-    $self->_consume;
-    return $self;
-}
-
-sub _read_rest {
-    my ($self, $deadline, $te, $cl) = @_;
-    my $c = $self->{conn};
-    if ($te =~ /chunked/i) {
-        my $dec = ChannelsTest::Chunked->new;
-        my $out = '';
-        while (1) {
-            $out .= $dec->feed($c->{buf});
-            $c->{buf} = '';
-            last if $dec->done || $dec->{error};
-            last unless $c->fill($deadline);
-        }
-        return $out;
-    }
-    if (defined $cl) {
-        while (length $c->{buf} < $cl) { last unless $c->fill($deadline) }
-        return substr($c->{buf}, 0, $cl);
-    }
-    1 while $c->fill($deadline);
-    return $c->{buf};
-}
-
-sub status   { $_[0]{status} }
-sub headers  { $_[0]{headers} || {} }
-sub header   { my ($self, $n) = @_; $self->headers->{ lc $n } }
-sub body     { $_[0]{body} }
-sub error    { $_[0]{error} }
-sub eof      { $_[0]{eof} }
-sub clean_end { $_[0]{clean_end} }
-sub timed_out { $_[0]{timed_out} }
-sub raw      { $_[0]{raw} }
-sub last_id  { $_[0]{last_id} }
-sub retry    { $_[0]{retry} }
-sub comments { @{ $_[0]{comments} } }
-sub socket   { $_[0]{conn}->socket }
-sub close    { my $self = shift; $self->{conn}->close; $self->{eof} = 1 }
-
-# Moves bytes from the connection buffer through the body decoding into parsed blocks.
-sub _consume {
-    my $self = shift;
-    my $c = $self->{conn};
-    my $data;
-    if ($self->{chunked}) {
-        $data = $self->{chunked}->feed($c->{buf});
-        $c->{buf} = '';
-        if ($self->{chunked}->done) {
-            $self->{eof} = $self->{clean_end} = 1;
-        } elsif ($self->{chunked}{error}) {
-            $self->{error} = $self->{chunked}{error};
-            $self->{eof} = 1;
-        }
-    } elsif (defined $self->{remaining}) {
-        $data = substr($c->{buf}, 0, $self->{remaining}, '');
-        $self->{remaining} -= length $data;
-        $self->{eof} = $self->{clean_end} = 1 if $self->{remaining} == 0;
-    } else {
-        $data = $c->{buf};
-        $c->{buf} = '';
-    }
-    $self->{eof} = 1 if $c->{eof};
-    $self->{raw} .= $data;
-    $self->{text} .= $data;
-    $self->_parse;
-}
-
-sub _parse {
-    my $self = shift;
-    while ($self->{text} =~ /\r\n|\r|\n/) {
-        my ($start, $end) = ($-[0], $+[0]);
-        # A CR at the very end may be the first half of a CRLF: wait for more.
-        last if substr($self->{text}, $start, 1) eq "\r" && $end == length $self->{text} && !$self->{eof};
-        my $line = substr($self->{text}, 0, $start);
-        my $rawline = substr($self->{text}, 0, $end, '');
-        $self->_line($line, $rawline);
-    }
-}
-
-sub _line {
-    my ($self, $line, $rawline) = @_;
-    my $b = $self->{cur} //= { fields => [], comments => [], raw => '', has_field => 0 };
-    $b->{raw} .= $rawline;
-    if ($line eq '') {
-        push @{ $self->{blocks} }, $b if $b->{has_field} || @{ $b->{comments} };
-        $self->{cur} = undef;
-        return;
-    }
-    if (substr($line, 0, 1) eq ':') {
-        my $cm = substr($line, 1);
-        push @{ $b->{comments} }, $cm;
-        push @{ $self->{comments} }, $cm;
-        return;
-    }
-    my ($name, $value) = $line =~ /^([^:]*)(?::(.*))?$/s;
-    $value //= '';
-    $value =~ s/^ //;
-    push @{ $b->{fields} }, [ $name, $value ];
-    if ($name eq 'data') {
-        push @{ $b->{data_lines} }, $value;
-        $b->{has_field} = 1;
-    } elsif ($name eq 'id') {
-        $b->{id} = $value unless $value =~ /\0/;
-        $b->{has_field} = 1;
-    } elsif ($name eq 'event') {
-        $b->{event} = $value;
-        $b->{has_field} = 1;
-    } elsif ($name eq 'retry') {
-        $b->{retry} = $value;
-        $b->{has_field} = 1;
-    } else {
-        $b->{has_field} = 1;
-        $b->{unknown} = 1;
-    }
-}
-
-sub _finish_block {
-    my ($self, $b) = @_;
-    $b->{data} = join "\n", @{ $b->{data_lines} } if $b->{data_lines};
-    $self->{last_id} = $b->{id} if defined $b->{id};
-    $self->{retry} = $b->{retry} if defined $b->{retry};
-    delete $b->{has_field};
-    return $b;
-}
-
-sub _next {
-    my ($self, $want_event, %o) = @_;
-    my $deadline = Time::HiRes::time() + ($o{timeout} // 5);
-    $self->{timed_out} = 0;
-    while (1) {
-        while (my $b = shift @{ $self->{blocks} }) {
-            if ($want_event && !$b->{has_field}) {
-                # comment-only blocks (pings): attached to the next event, not returned alone
-                push @{ $self->{pending_comments} }, @{ $b->{comments} };
-                next;
-            }
-            if ($want_event && @{ $self->{pending_comments} }) {
-                unshift @{ $b->{comments} }, @{ $self->{pending_comments} };
-                $self->{pending_comments} = [];
-            }
-            return $self->_finish_block($b);
-        }
-        return undef if $self->{eof};
-        my $n = $self->{conn}->fill($deadline);
-        if (!defined $n) {
-            $self->{timed_out} = 1;
-            return undef;
-        }
-        $self->_consume;
-    }
-}
-
-sub next_event { my $self = shift; $self->_next(1, @_) }
-sub next_block { my $self = shift; $self->_next(0, @_) }
-
-# Collects every event that arrives within the timeout (or until EOF).
-sub events_for {
-    my ($self, %o) = @_;
-    my $deadline = Time::HiRes::time() + ($o{timeout} // 1);
-    my @ev;
-    while (1) {
-        my $left = $deadline - Time::HiRes::time();
-        last if $left <= 0;
-        my $e = $self->next_event(timeout => $left) or last;
-        push @ev, $e;
-    }
-    return @ev;
-}
-
-sub wait_eof {
-    my ($self, %o) = @_;
-    my $deadline = Time::HiRes::time() + ($o{timeout} // 5);
-    while (!$self->{eof}) {
-        my $left = $deadline - Time::HiRes::time();
-        return 0 if $left <= 0;
-        $self->next_block(timeout => $left);
-    }
-    return 1;
 }
 
 1;

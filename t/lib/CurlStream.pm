@@ -9,7 +9,7 @@ CurlStream - a real HTTP client (curl) in the background, its response read as i
     my $s = CurlStream->new(url => "http://127.0.0.1:$port/events/a", http2 => 1,
                             headers => { 'Last-Event-ID' => $id });
     $s->wait_head(timeout => 5) or die $s->error;
-    my $ev = $s->next_event(timeout => 5);     # SSE, parsed by SseParser
+    my $ev = $s->next_event(timeout => 5);     # SSE, parsed by ChannelsTest::SseParser
     my $r  = $s->response(timeout => 5);       # or the whole answer (long-poll)
     $s->pause; $s->resume;                     # SIGSTOP / SIGCONT: the client stops reading
     $s->close;                                 # ends curl (by its pid) and reaps it
@@ -18,7 +18,7 @@ CurlStream - a real HTTP client (curl) in the background, its response read as i
 
 Runs C<curl -sS -i -N> (with C<--http2-prior-knowledge> for h2c, or C<--http1.0>) with
 its output on a pipe, and parses the status line and headers curl prints (C<-i>), then
-the body: SSE blocks through L<SseParser>, or the whole body for C<response>.
+the body: SSE blocks through L<ChannelsTest::SseParser>, or the whole body for C<response>.
 C<fh> and C<pump> let a caller's own select loop drive it. C<eof> is set when curl
 exits; C<exit_code> is then its exit status (0: the server ended the response cleanly).
 
@@ -30,7 +30,7 @@ use IO::Select;
 use POSIX ();
 use Time::HiRes ();
 use Fcntl ();
-use SseParser;
+use ChannelsTest::SseParser;
 
 sub new {
     my ($class, %o) = @_;
@@ -61,7 +61,7 @@ sub new {
     fcntl($rd, Fcntl::F_SETFL(), $fl | Fcntl::O_NONBLOCK());
     return bless {
         pid => $pid, owner => $$, fh => $rd, raw => '', body => '', head => undef, status => 0, headers => {},
-        parser => SseParser->new, blocks => [], eof => 0, exit_code => undef, cmd => \@cmd,
+        parser => ChannelsTest::SseParser->new, blocks => [], eof => 0, exit_code => undef, cmd => \@cmd,
     }, $class;
 }
 

@@ -1,5 +1,7 @@
 package H2;
 
+=encoding utf8
+
 =head1 NAME
 
 H2 - a small HTTP/2 client over cleartext TCP, for tests that need control of flow control
@@ -25,7 +27,7 @@ on our side). Responses are decoded in full: static and dynamic table, every lit
 table size updates, integers with prefixes, and Huffman-coded strings (the canonical code of
 RFC 7541 Appendix B, rebuilt here from its code lengths).
 
-Everything waits with deadlines on a non-blocking socket.
+Everything waits with deadlines on a non-blocking socket (a L<ChannelsTest::Conn>).
 
 =head1 METHODS
 
@@ -74,10 +76,8 @@ C<ended> (END_STREAM seen), C<reset> (RST_STREAM error code, if any), C<frames>
 
 use strict;
 use warnings;
-use IO::Socket::INET;
-use IO::Select;
 use Time::HiRes ();
-use Errno ();
+use ChannelsTest::Conn;
 
 use constant {
     DATA => 0x0, HEADERS => 0x1, PRIORITY => 0x2, RST_STREAM => 0x3, SETTINGS => 0x4,
@@ -234,14 +234,9 @@ sub _literal { my $s = shift; return hpack_int(length $s, 7, 0) . $s }
 
 sub new {
     my ($class, %o) = @_;
-    my $sock = IO::Socket::INET->new(
-        PeerAddr => $o{host} // '127.0.0.1', PeerPort => $o{port}, Proto => 'tcp',
-        Timeout => $o{timeout} // 5,
-    ) or die "H2: connect to port $o{port}: $!\n";
-    binmode $sock;
-    $sock->blocking(0);
+    my $conn = ChannelsTest::Conn->new(host => $o{host}, port => $o{port}, timeout => $o{timeout} // 5);
     my $self = bless {
-        sock => $sock, in => '', eof => 0, next_sid => 1, streams => {}, dyn => [], dyn_size => 0,
+        conn => $conn, next_sid => 1, streams => {}, dyn => [], dyn_size => 0,
         dyn_max => 4096, auto_window => $o{auto_window} // 1, timeout => $o{timeout} // 5,
         server_settings => {}, settings_acked => 0, header_block => undef,
     }, $class;
@@ -257,22 +252,15 @@ sub new {
     return $self;
 }
 
-sub socket          { $_[0]{sock} }
-sub closed          { $_[0]{eof} }
+sub socket          { $_[0]{conn}->socket }
+sub closed          { $_[0]{conn}->closed }
 sub goaway          { $_[0]{goaway} }
 sub server_settings { $_[0]{server_settings} }
 sub stream          { my ($self, $sid) = @_; $self->{streams}{$sid} //= _new_stream() }
 
 sub _new_stream { { status => undef, headers => {}, data => '', ended => 0, reset => undef, frames => 0 } }
 
-sub close {
-    my $self = shift;
-    if ($self->{sock}) {
-        CORE::close($self->{sock});
-        $self->{sock} = undef;
-    }
-    $self->{eof} = 1;
-}
+sub close { $_[0]{conn}->close }
 
 sub _frame {
     my ($type, $flags, $sid, $payload) = @_;
@@ -282,23 +270,8 @@ sub _frame {
 
 sub _send {
     my ($self, $bytes) = @_;
-    return 0 unless $self->{sock};
-    my $deadline = Time::HiRes::time() + $self->{timeout};
-    my $sel = IO::Select->new($self->{sock});
-    my $off = 0;
-    while ($off < length $bytes) {
-        my $left = $deadline - Time::HiRes::time();
-        return 0 if $left <= 0;
-        next unless $sel->can_write($left);
-        my $n = syswrite($self->{sock}, $bytes, length($bytes) - $off, $off);
-        if (!defined $n) {
-            next if $!{EAGAIN} || $!{EWOULDBLOCK} || $!{EINTR};
-            $self->{write_error} = "$!";
-            return 0;
-        }
-        $off += $n;
-    }
-    return 1;
+    return 0 unless $self->{conn}->socket;
+    return $self->{conn}->send_raw($bytes, timeout => $self->{timeout});
 }
 
 sub send_frame {
@@ -334,49 +307,24 @@ sub request {
 
 # ------------------------------------------------------------------ reading
 
-# Reads what is there within the deadline: >0 bytes, 0 at EOF, undef on timeout.
-sub _fill {
-    my ($self, $deadline) = @_;
-    return 0 if $self->{eof};
-    my $sel = IO::Select->new($self->{sock});
-    while (1) {
-        my $left = $deadline - Time::HiRes::time();
-        if (!$sel->can_read($left > 0 ? $left : 0)) {
-            return undef if Time::HiRes::time() >= $deadline;
-            next;
-        }
-        my $n = sysread($self->{sock}, $self->{in}, 262144, length $self->{in});
-        if (!defined $n) {
-            next if $!{EAGAIN} || $!{EWOULDBLOCK} || $!{EINTR};
-            $self->{read_error} = "$!";
-            $self->{eof} = 1;
-            return 0;
-        }
-        if ($n == 0) {
-            $self->{eof} = 1;
-            return 0;
-        }
-        return $n;
-    }
-}
-
 sub pump {
     my ($self, %o) = @_;
     my $deadline = Time::HiRes::time() + ($o{timeout} // 0);
     while (1) {
         my $handled = 0;
-        while (length $self->{in} >= 9) {
-            my ($hi, $lo, $type, $flags, $sid) = unpack('nCCCN', $self->{in});
+        my $in = \$self->{conn}{buf};
+        while (length $$in >= 9) {
+            my ($hi, $lo, $type, $flags, $sid) = unpack('nCCCN', $$in);
             my $len = ($hi << 8) | $lo;
-            last if length $self->{in} < 9 + $len;
-            my $payload = substr($self->{in}, 9, $len);
-            substr($self->{in}, 0, 9 + $len, '');
+            last if length $$in < 9 + $len;
+            my $payload = substr($$in, 9, $len);
+            substr($$in, 0, 9 + $len, '');
             $self->_handle($type, $flags, $sid & 0x7fffffff, $payload);
             $handled++;
         }
         return $handled if $handled;
-        return undef if $self->{eof};
-        my $n = $self->_fill($deadline);
+        return undef if $self->{conn}->closed;
+        my $n = $self->{conn}->fill($deadline);
         return 0 if !defined $n;
     }
 }

@@ -4,8 +4,9 @@ package NodeRunner;
 # turning its PASS/FAIL/SKIP lines into Test::More tests. Shared by the browser and
 # EventSource tests.
 #
-#   my $t = NodeRunner::demo_nginx();              # started, www/ linked in
+#   my $t = NodeRunner::demo_nginx(extra => $http_text);   # started, www/ linked in
 #   NodeRunner::report($script, NodeRunner::run_node($script, @args));
+#   my ($lines, $reloads) = NodeRunner::run_node_with_reloads($t, $script, $timeout, @more_args);
 
 use strict;
 use warnings;
@@ -39,9 +40,11 @@ sub demo_http_block {
     return $http;
 }
 
+# nginx with demo.conf's http block, and `extra` (more http-level text) after it.
 sub demo_nginx {
+    my (%o) = @_;
     ensure_deps();
-    my $t = ChannelsTest->new(workers => 2, conf => demo_http_block(), start => 0);
+    my $t = ChannelsTest->new(workers => 2, conf => demo_http_block() . ($o{extra} // ''), start => 0);
     symlink(repo() . '/www', $t->prefix . '/www') or die "symlink www: $!";
     $t->start;
     return $t;
@@ -57,17 +60,18 @@ sub run_node {
 }
 
 # Runs a script that may ask for `nginx -s reload` by printing RELOAD: the reload is done
-# and answered "RELOADED ok" (or "RELOADED failed") on its stdin. The script's stderr joins
-# its output, so a failure outside a test still shows why. Returns the output lines (with
-# "EXIT n" last) and how many reloads it asked for.
+# and answered "RELOADED ok" (or "RELOADED failed") on its stdin. Its arguments: the bases of
+# ports 0 and 1, then @args. The script's stderr joins its output, so a failure outside a test
+# still shows why. Returns the output lines (with "EXIT n" last) and how many reloads it asked
+# for.
 sub run_node_with_reloads {
-    my ($t, $script, $timeout) = @_;
+    my ($t, $script, $timeout, @args) = @_;
     require IPC::Open2;
     require IO::Select;
     require Time::HiRes;
     my $pid = IPC::Open2::open2(my $from, my $to, 'sh', '-c', 'exec node "$@" 2>&1', 'node',
                                 repo() . "/t/js/$script",
-                                'http://127.0.0.1:' . $t->port(0), 'http://127.0.0.1:' . $t->port(1));
+                                'http://127.0.0.1:' . $t->port(0), 'http://127.0.0.1:' . $t->port(1), @args);
     $to->autoflush(1);
     my @lines;
     my ($buf, $eof, $reloads) = ('', 0, 0);

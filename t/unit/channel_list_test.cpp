@@ -1,4 +1,4 @@
-// Channel ids, event types, percent-decoding, channel lists (SPEC §1, §3).
+// Channel ids, event types, percent-decoding, channel lists (README "Directives", "Publishing").
 #include "channels/channel_list.h"
 
 #include <gtest/gtest.h>
@@ -318,7 +318,7 @@ TEST(ChannelList, FirstErrorWins)
 
 TEST(ChannelList, DecodedCommaSplits)
 {
-    // SPEC §1: "?ch=a%2Cb" as browsers encode it.
+    // README "sse_channel": "?ch=a%2Cb" as browsers encode it.
     std::string value = decode("a%2Cb%2ca");
     ChannelList l;
     EXPECT_EQ(l.append(value), ListError::none);
@@ -337,7 +337,7 @@ TEST(ChannelList, RandomMatchesReference)
                 v += (k ? "," : "") + pieces[rng() % pieces.size()];
             }
         }
-        // Reference: the SPEC rules spelled out with a vector.
+        // Reference: the rules spelled out with a vector.
         std::vector<std::string> want;
         ListError want_err = ListError::none;
         for (const auto &v : values) {

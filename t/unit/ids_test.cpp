@@ -1,4 +1,4 @@
-// Message ids: text form, strict parsing, next_id monotonicity (SPEC §2).
+// Message ids: text form, strict parsing, next_id monotonicity (README "Publishing").
 #include "channels/ids.h"
 
 #include <gtest/gtest.h>

@@ -1,4 +1,4 @@
-// SSE framing (SPEC §4) checked byte for byte and through a WHATWG-style parser.
+// SSE framing (README "SSE") checked byte for byte and through a WHATWG-style parser.
 #include "channels/sse_format.h"
 
 #include <gtest/gtest.h>

@@ -28,7 +28,7 @@ use Socket qw(:all);
 use Time::HiRes ();
 use Errno ();
 use Fcntl ();
-use ChannelsTest;   # ChannelsTest::Chunked
+use ChannelsTest::Chunked;
 
 sub now { Time::HiRes::time() }
 
@@ -171,7 +171,7 @@ sub _feed {
         my $data = $self->{dechunk}->feed($self->{in});
         $self->{in} = '';
         $self->_body($data) if length $data;
-        if ($self->{dechunk}{error}) { $self->_finish("error: chunked: $self->{dechunk}{error}"); return }
+        if ($self->{dechunk}->error) { $self->_finish("error: chunked: " . $self->{dechunk}->error); return }
         $self->_finish('clean') if $self->{dechunk}->done;
     } elsif ($mode eq 'length') {
         my $take = substr($self->{in}, 0, $self->{left}, '');

@@ -1,8 +1,11 @@
 package Model::Judge;
 
+=encoding utf8
+
 =head1 NAME
 
-Model::Judge - the executable model of SPEC §2, §4 and §5 that a schedule's trace is checked against
+Model::Judge - the executable model of README.md ("Publishing", "channel_zone", "SSE", "Long
+polling") that a schedule's trace is checked against
 
 =head1 SYNOPSIS
 
@@ -16,22 +19,23 @@ predict one outcome: where timing makes several outcomes legal it accepts exactl
 Its one notion of timing is C<maybe_lost(m, T)>: could message C<m> be gone by time C<T>?
 
     deleted   a DELETE of its channel was sent before T and had not finished before m was sent
-    history   `history` newer messages of its channel were sent before T          (SPEC §2)
-    ttl       T is past its publish time (the ms of its id) plus ttl             (SPEC §2)
+    history   `history` newer messages of its channel were sent before T    (README "channel_zone")
+    ttl       T is past its publish time (the ms of its id) plus ttl       (README "channel_zone")
     evicted   (only in a zone that evicts) any publish or DELETE was sent after m
-              and before T: the zone evicts its oldest messages first            (SPEC §2)
+              and before T: the zone evicts its oldest messages first      (README "channel_zone")
 
-Nothing else loses a message: not a subscriber arriving (§9), not a reload (§4: "messages kept
-in the zone survive a reload"), not a worker killed (§7: "the zone stays consistent").
+Nothing else loses a message: not a subscriber arriving (README "What one client can cost"),
+not a reload ("SSE": the zone's messages survive it), not a worker killed ("Errors and
+failures": the zone stays consistent).
 
-=head2 What a subscriber must get (§4, §5)
+=head2 What a subscriber must get (README "SSE", "Long polling")
 
 A connection (one SSE stream, or one long-poll request) answers for the messages of its
 channels with ids after its B<start> and up to the newest id it received (the stream cannot
 come back to an older id):
 
     a cursor (Last-Event-ID header, or last_event_id argument)   start = the cursor
-    no cursor, or a malformed one (§4: "treated as absent"):
+    no cursor, or a malformed one (README "SSE": treated as absent):
       newest      start = the zone's position when the request attached: above every
                   message acknowledged before the request, below every message sent after
                   the response header (in between: one threshold, whichever fits)
@@ -50,17 +54,17 @@ A connection never receives a message it could not have had: of another channel,
 below its start, deleted, trimmed by history or expired before it connected, older than
 its first-message window, or of a channel it left (C<channel-deleted>). A C<channel-gap> is
 sent only when something was lost: a message of that channel after the gap's
-C<last_event_id> that the connection never receives — or, as SPEC §2 keeps the history
-floor of collected channels zone-wide, any message of the zone after it that may be lost.
+C<last_event_id> that the connection never receives — or, as the zone keeps the history
+floor of collected channels zone-wide (README "channel_zone"), any message of the zone after it that may be lost.
 After a DELETE of one of its channels, a connection that goes on past the DELETE has
 received C<channel-deleted> for it first; a long-poll waiting then answers 410.
 
 Liveness: at a barrier every client reading at full speed has, within 5 s, every message
 of its channels published so far (or it was lost); at the end every client gets "END".
 A stream ends only when it has no channel left, on a reload or kill, or when the client
-stalled (a slow client may be cut off, §4).
+stalled (a slow client may be cut off, README "SSE").
 
-=head2 Publishing and what the zone keeps (§2, §3)
+=head2 Publishing and what the zone keeps (README "Publishing", "channel_zone")
 
 Every publish is answered 201 with its id (a worker killed while it was in flight excuses
 a missing answer); ids are unique, strictly increase in the order publishes complete, and
@@ -72,34 +76,38 @@ first) — and nothing at all in a zone that never has to evict.
 
 =head2 The rules, as divergences name them
 
-    P1 §3  a publish is answered 201 {channel, id, subscribers, messages 1..history}
-    P2 §2  ids unique, increasing in completion order, above the ids of earlier schedules
-    D1 §3  DELETE: 200 with the channel, or 404 only when it may not exist
-    S0 §4  a stream answers 200 text/event-stream (no answer only around a kill or reload)
-    S1 §4  every block is a message (id, data), a channel-gap, a channel-deleted, or retry
-    S2 §4  ids strictly increase along a stream (and exceed its cursor)
-    S3 §4  a message is a published one of a channel the stream holds, with its data and
-           event (or the channel id on a stream of several channels)
-    S4 §4  nothing it could not have had (deleted, trimmed, expired, outside its window)
-    S5 §4  every message after its start up to its newest id: received, or lost and announced
-    S6 §4  every channel-gap announces a real loss; its last_event_id is the client's cursor
-    S7 §3  channel-deleted only after a DELETE, and before anything published after it
-    S8 §4  the server ends a stream only with no channel left, on reload/kill, or a stalled client
-    L0 §5  200/204/410 with Cache-Control: no-cache and a valid Last-Event-ID
-    L1 §5  the messages of an answer: published, its channels, in order, exact data (base64
-           exactly when not UTF-8), event, content type; ≤ 100 and ≤ 1 MiB unless one
-    L2 §5  nothing missing within an answer (or "gap":true); 204 keeps the cursor and hides
-           nothing retained
-    L3 §5  410 only for a DELETE while it waited or after its cursor; "gap":true only for a real loss
-    V1 §4  a barrier: every client reading at full speed has it all within 5 s
-    V2 §4  the END of every channel reaches every client within 15 s
-    R0-R6  the zone at the end (read back): R1 suffix per channel, R2 ≤ history, R3 oldest
-           first / nothing lost without eviction, R4 nothing expired, R5 nothing deleted,
-           R6 the data as published
-    E1 §9  no [alert], [crit], [emerg] or sanitizer line in the error log (but a kill's own)
-    H1     the harness could not do what the schedule says (nginx did not reload, ...)
+Each rule names the README.md section that states it: C<pub> "Publishing", C<ids>
+"Publishing" (message ids), C<zone> "channel_zone", C<sse> "SSE", C<poll> "Long polling",
+C<cost> "What one client can cost".
 
-Two choices where the SPEC leaves room: a cursor in the header wins over the argument (the
+    P1 pub   a publish is answered 201 {channel, id, subscribers, messages 1..history}
+    P2 ids   ids unique, increasing in completion order, above the ids of earlier schedules
+    D1 pub   DELETE: 200 with the channel, or 404 only when it may not exist
+    S0 sse   a stream answers 200 text/event-stream (no answer only around a kill or reload)
+    S1 sse   every block is a message (id, data), a channel-gap, a channel-deleted, or retry
+    S2 sse   ids strictly increase along a stream (and exceed its cursor)
+    S3 sse   a message is a published one of a channel the stream holds, with its data and
+             event (or the channel id on a stream of several channels)
+    S4 sse   nothing it could not have had (deleted, trimmed, expired, outside its window)
+    S5 sse   every message after its start up to its newest id: received, or lost and announced
+    S6 sse   every channel-gap announces a real loss; its last_event_id is the client's cursor
+    S7 pub   channel-deleted only after a DELETE, and before anything published after it
+    S8 sse   the server ends a stream only with no channel left, on reload/kill, or a stalled client
+    L0 poll  200/204/410 with Cache-Control: no-cache and a valid Last-Event-ID
+    L1 poll  the messages of an answer: published, its channels, in order, exact data (base64
+             exactly when not UTF-8), event, content type; ≤ 100 and ≤ 1 MiB unless one
+    L2 poll  nothing missing within an answer (or "gap":true); 204 keeps the cursor and hides
+             nothing retained
+    L3 poll  410 only for a DELETE while it waited or after its cursor; "gap":true only for a real loss
+    V1 sse   a barrier: every client reading at full speed has it all within 5 s
+    V2 sse   the END of every channel reaches every client within 15 s
+    R0-R6    the zone at the end (read back): R1 suffix per channel, R2 ≤ history, R3 oldest
+             first / nothing lost without eviction, R4 nothing expired, R5 nothing deleted,
+             R6 the data as published (R0 poll, R5 pub, the others zone)
+    E1 cost  no [alert], [crit], [emerg] or sanitizer line in the error log (but a kill's own)
+    H1       the harness could not do what the schedule says (nginx did not reload, ...)
+
+Two choices where README.md leaves room: a cursor in the header wins over the argument (the
 server reads the header first); and for long-poll with C<channel_first_message -N> only the
 first answer is held to the window — later requests carry a plain cursor, after which
 everything newer is legal (a single cursor cannot express per-channel windows).
@@ -112,7 +120,7 @@ use Exporter 'import';
 use JSON::PP ();
 use MIME::Base64 ();
 use Encode ();
-use SseParser;
+use ChannelsTest::SseParser;
 
 our @EXPORT_OK = qw(valid_id key id_gt cursor_of);
 
@@ -126,7 +134,7 @@ sub key { my ($ms, $seq) = split /-/, shift; sprintf '%020s%010s', $ms, $seq }
 sub id_gt { key($_[0]) gt key($_[1]) }
 sub id_ms { (split /-/, shift)[0] }
 
-# The cursor a connection sent, as the server must read it (SPEC §4): the header when
+# The cursor a connection sent, as the server must read it (README "SSE"): the header when
 # present, else the argument; a malformed one counts as none.
 sub cursor_of {
     my $c = shift;
@@ -196,7 +204,7 @@ sub maybe_lost {
 }
 
 # Could the zone's history floor be above $cursor by time $t (a message of the zone after
-# it gone: a channel collected since carries the floor to new channels, SPEC §2)?
+# it gone: a channel collected since carries the floor to new channels, README "channel_zone")?
 sub floor_above {
     my ($self, $cursor, $t) = @_;
     for my $m (@{ $self->{acked} }) {
@@ -218,9 +226,14 @@ sub rel { my ($self, $t) = @_; defined $t ? sprintf('+%.3fs', $t - $self->{tr}{t
 
 # ---------------------------------------------------------------- reporting
 
+# Where README.md states each rule (the tags of the rules table above).
+my %SECTION = (pub => 'Publishing', ids => 'Publishing', zone => 'channel_zone', sse => 'SSE',
+               poll => 'Long polling', cost => 'What one client can cost');
+
 sub diverge {
-    my ($self, $rule, $spec, $where, $text, @listing) = @_;
-    push @{ $self->{div} }, { rule => $rule, spec => $spec, where => $where, text => $text, listing => \@listing };
+    my ($self, $rule, $tag, $where, $text, @listing) = @_;
+    push @{ $self->{div} }, { rule => $rule, section => defined $tag ? $SECTION{$tag} : undef, where => $where,
+                              text => $text, listing => \@listing };
 }
 
 sub divergences {
@@ -246,7 +259,8 @@ sub report {
     my $n = 0;
     for my $d (@d) {
         last if ++$n > 12;
-        push @out, "[$d->{rule}, SPEC $d->{spec}] $d->{where}: $d->{text}";
+        my $section = defined $d->{section} ? qq{, README "$d->{section}"} : '';
+        push @out, "[$d->{rule}$section] $d->{where}: $d->{text}";
         push @out, map { "      $_" } @{ $d->{listing} };
     }
     push @out, '... and ' . (@d - 12) . ' more' if @d > 12;
@@ -282,7 +296,7 @@ sub conn_cursor_desc {
     return 'request ' . $self->rel($conn->{t_req}) . ', ' . (defined $cur ? "cursor $cur" : defined $sent ? "malformed cursor '$sent'" : 'no cursor');
 }
 
-# ---------------------------------------------------------------- §2, §3: publishing
+# ---------------------------------------------------------------- publishing
 
 sub check_publishes {
     my $self = shift;
@@ -293,24 +307,24 @@ sub check_publishes {
         if (!$m->{status}) {
             my $near = $self->kill_or_reload_near($m->{t_send}, $m->{t_end} // $tr->{t_end});
             next if $near && $near =~ /^kill/;
-            $self->diverge('P1', '§3', $where, 'no answer (' . ($m->{end} // 'none') . ')'
+            $self->diverge('P1', 'pub', $where, 'no answer (' . ($m->{end} // 'none') . ')'
                            . ($near ? ", though only a $near happened (a reload finishes requests)" : ''));
             next;
         }
         if ($m->{status} != 201 || !$m->{json}) {
-            $self->diverge('P1', '§3', $where, "answered $m->{status}, not 201 with JSON: " . substr($m->{answer} // '', 0, 200));
+            $self->diverge('P1', 'pub', $where, "answered $m->{status}, not 201 with JSON: " . substr($m->{answer} // '', 0, 200));
             next;
         }
         my $j = $m->{json};
-        $self->diverge('P1', '§3', $where, "201 without a valid id: " . ($j->{id} // 'null')) unless valid_id($j->{id});
-        $self->diverge('P1', '§3', $where, "201 names channel " . ($j->{channel} // 'null')) if ($j->{channel} // '') ne $m->{channel};
+        $self->diverge('P1', 'pub', $where, "201 without a valid id: " . ($j->{id} // 'null')) unless valid_id($j->{id});
+        $self->diverge('P1', 'pub', $where, "201 names channel " . ($j->{channel} // 'null')) if ($j->{channel} // '') ne $m->{channel};
         my $n = $j->{messages} // -1;
-        $self->diverge('P1', '§3', $where, "201 says messages=$n (1..$tr->{history} expected)") if $n < 1 || $n > $tr->{history};
+        $self->diverge('P1', 'pub', $where, "201 says messages=$n (1..$tr->{history} expected)") if $n < 1 || $n > $tr->{history};
         next unless $m->{acked};
-        $self->diverge('P2', '§2', $where, "id $m->{id} handed out twice (also $seen{ $m->{id} })") if $seen{ $m->{id} };
+        $self->diverge('P2', 'ids', $where, "id $m->{id} handed out twice (also $seen{ $m->{id} })") if $seen{ $m->{id} };
         $seen{ $m->{id} } = $m->{label};
         if ($tr->{min_id} && !id_gt($m->{id}, $tr->{min_id})) {
-            $self->diverge('P2', '§2', $where, "id $m->{id} is not above $tr->{min_id}, handed out before this schedule");
+            $self->diverge('P2', 'ids', $where, "id $m->{id} is not above $tr->{min_id}, handed out before this schedule");
         }
     }
     # ids increase in the order publishes complete: one answered before another was sent
@@ -323,7 +337,7 @@ sub check_publishes {
             $max = $a if !$max || $a->{key} gt $max->{key};
         }
         if ($max && $m->{key} le $max->{key}) {
-            $self->diverge('P2', '§2', "publish $m->{label}", "id $m->{id} is not above $max->{id} of $max->{label}, answered before it was sent");
+            $self->diverge('P2', 'ids', "publish $m->{label}", "id $m->{id} is not above $max->{id} of $max->{label}, answered before it was sent");
         }
     }
 }
@@ -335,7 +349,7 @@ sub check_deletes {
         my $where = 'DELETE of ' . $self->chname($d->{channel}) . ' at ' . $self->rel($d->{t_send});
         my $st = $d->{status} // 0;
         if ($st == 200) {
-            $self->diverge('D1', '§3', $where, '200 without the channel JSON') unless ref $d->{json} eq 'HASH' && ($d->{json}{channel} // '') eq $d->{channel};
+            $self->diverge('D1', 'pub', $where, '200 without the channel JSON') unless ref $d->{json} eq 'HASH' && ($d->{json}{channel} // '') eq $d->{channel};
             next;
         }
         if ($st == 404) {
@@ -345,15 +359,15 @@ sub check_deletes {
                          grep { $_ != $d && $_->{channel} eq $d->{channel} && ($_->{status} // 0) == 200 && $_->{t_ack} < $d->{t_send} } @{ $tr->{deletes} };
             my $since = $prev ? $prev->{t_ack} : 0;
             my ($m) = grep { $_->{acked} && $_->{channel} eq $d->{channel} && $_->{t_send} > $since && $_->{t_ack} < $d->{t_send} } @{ $tr->{publishes} };
-            $self->diverge('D1', '§3', $where, "404 though $m->{label} ($m->{id}) was published to it since") if $m;
+            $self->diverge('D1', 'pub', $where, "404 though $m->{label} ($m->{id}) was published to it since") if $m;
             next;
         }
         next if !$st && $self->kill_or_reload_near($d->{t_send}, $d->{t_ack} // $tr->{t_end});
-        $self->diverge('D1', '§3', $where, "answered $st (" . ($d->{end} // '') . ')');
+        $self->diverge('D1', 'pub', $where, "answered $st (" . ($d->{end} // '') . ')');
     }
 }
 
-# ---------------------------------------------------------------- §4: SSE
+# ---------------------------------------------------------------- SSE
 
 # The message an event names: by id, or (a publish that got no answer) by its label.
 sub identify {
@@ -428,19 +442,19 @@ sub check_sse_conn {
     my $cursor = cursor_of($conn);
     my $end_t = $conn->{t_end} // $tr->{t_end};
 
-    # the answer (§4: 200, text/event-stream)
+    # the answer (README "SSE": 200, text/event-stream)
     if (!$conn->{status}) {
         return if ($conn->{end} // '') eq 'closed';
         return if $self->kill_or_reload_near($conn->{t_req}, $end_t);
-        $self->diverge('S0', '§4', $where, 'no response (' . ($conn->{end} // 'open') . ')');
+        $self->diverge('S0', 'sse', $where, 'no response (' . ($conn->{end} // 'open') . ')');
         return;
     }
     if ($conn->{status} != 200) {
-        $self->diverge('S0', '§4', $where, "answered $conn->{status}: " . substr($conn->{body} // '', 0, 200));
+        $self->diverge('S0', 'sse', $where, "answered $conn->{status}: " . substr($conn->{body} // '', 0, 200));
         return;
     }
     my $ct = $conn->{headers}{'content-type'} // '';
-    $self->diverge('S0', '§4', $where, "Content-Type '$ct'") unless $ct =~ m{^text/event-stream};
+    $self->diverge('S0', 'sse', $where, "Content-Type '$ct'") unless $ct =~ m{^text/event-stream};
 
     # walk the events in order
     my $pos = $cursor;                 # the last id the stream gave (or its cursor)
@@ -453,32 +467,32 @@ sub check_sse_conn {
         if ($type eq 'channel-gap') {
             my $j = eval { $JSON->decode($e->{data} // '') };
             if (ref $j ne 'HASH' || !$mine{ $j->{channel} // '' } || defined $e->{id}) {
-                $self->diverge('S1', '§4', $where, 'malformed channel-gap: ' . ($e->{data} // ''));
+                $self->diverge('S1', 'sse', $where, 'malformed channel-gap: ' . ($e->{data} // ''));
                 next;
             }
             my $lei = $j->{last_event_id};
             if (defined $pos ? (($lei // '') ne $pos) : defined $lei && $lei ne '0-0') {
-                $self->diverge('S6', '§4', $where, "channel-gap says last_event_id " . ($lei // 'null')
+                $self->diverge('S6', 'sse', $where, "channel-gap says last_event_id " . ($lei // 'null')
                                . ', the client\'s cursor is ' . ($pos // 'none'));
             }
             if (defined $j->{oldest_event_id} && !valid_id($j->{oldest_event_id})) {
-                $self->diverge('S6', '§4', $where, "channel-gap with a bad oldest_event_id '$j->{oldest_event_id}'");
+                $self->diverge('S6', 'sse', $where, "channel-gap with a bad oldest_event_id '$j->{oldest_event_id}'");
             }
             push @gaps, { ch => $j->{channel}, t => $e->{t}, after => valid_id($lei) && $lei ne '0-0' ? $lei : $pos, k => $k, n => scalar @ids };
             next;
         }
         if (!defined $e->{id}) {
             next if defined $e->{retry} && !defined $e->{data};
-            $self->diverge('S1', '§4', $where, "an event without id: event '$type', data '" . substr($e->{data} // '', 0, 80) . "'");
+            $self->diverge('S1', 'sse', $where, "an event without id: event '$type', data '" . substr($e->{data} // '', 0, 80) . "'");
             next;
         }
         if (!valid_id($e->{id})) {
-            $self->diverge('S1', '§4', $where, "id '$e->{id}' is not of the form ms-counter");
+            $self->diverge('S1', 'sse', $where, "id '$e->{id}' is not of the form ms-counter");
             next;
         }
         my $key = key($e->{id});
         if (defined $pos && $key le key($pos)) {
-            $self->diverge('S2', '§4', $where, "id $e->{id} (" . ($type || 'message') . ") came after $pos: ids must strictly increase",
+            $self->diverge('S2', 'sse', $where, "id $e->{id} (" . ($type || 'message') . ") came after $pos: ids must strictly increase",
                            $self->sse_listing($conn, $k));
         }
         push @ids, [ $key, $e->{t} ];
@@ -487,36 +501,36 @@ sub check_sse_conn {
             my $j = eval { $JSON->decode($e->{data} // '') };
             my $ch = ref $j eq 'HASH' ? $j->{channel} // '' : '';
             if (!$mine{$ch}) {
-                $self->diverge('S1', '§4', $where, "malformed channel-deleted: " . ($e->{data} // ''));
+                $self->diverge('S1', 'sse', $where, "malformed channel-deleted: " . ($e->{data} // ''));
                 next;
             }
             my ($d) = grep { $_->{channel} eq $ch && $_->{t_send} < $e->{t} } @{ $tr->{deletes} };
-            $self->diverge('S7', '§3', $where, "channel-deleted for " . $self->chname($ch) . " without a DELETE") unless $d;
+            $self->diverge('S7', 'pub', $where, "channel-deleted for " . $self->chname($ch) . " without a DELETE") unless $d;
             $left{$ch} = { id => $e->{id}, key => $key, t => $e->{t}, k => $k };
             next;
         }
         my $m = $self->identify($e->{id}, $e->{data});
         if (!$m) {
-            $self->diverge('S3', '§4', $where, "received $e->{id}, which was never published", $self->sse_listing($conn, $k));
+            $self->diverge('S3', 'sse', $where, "received $e->{id}, which was never published", $self->sse_listing($conn, $k));
             next;
         }
         $got{ $m->{id} // $e->{id} } = 1;
         $first_key //= $key;
         $first_of{ $m->{channel} } //= $key;
         my $what = "received " . $self->mdesc($m);
-        if (!$mine{ $m->{channel} }) { $self->diverge('S3', '§4', $where, "$what: not a channel of the stream"); next }
-        if ($left{ $m->{channel} }) { $self->diverge('S3', '§3', $where, "$what after its channel-deleted"); next }
-        if (defined $m->{id} && $m->{id} ne $e->{id}) { $self->diverge('S3', '§4', $where, "$what under id $e->{id}") }
+        if (!$mine{ $m->{channel} }) { $self->diverge('S3', 'sse', $where, "$what: not a channel of the stream"); next }
+        if ($left{ $m->{channel} }) { $self->diverge('S3', 'pub', $where, "$what after its channel-deleted"); next }
+        if (defined $m->{id} && $m->{id} ne $e->{id}) { $self->diverge('S3', 'sse', $where, "$what under id $e->{id}") }
         my $want_event = defined $m->{event} ? $m->{event} : $multi ? $m->{channel} : undef;
         if (($e->{event} // "\0") ne ($want_event // "\0")) {
-            $self->diverge('S3', '§4', $where, "$what with event '" . ($e->{event} // '(none)') . "', expected '" . ($want_event // '(none)') . "'");
+            $self->diverge('S3', 'sse', $where, "$what with event '" . ($e->{event} // '(none)') . "', expected '" . ($want_event // '(none)') . "'");
         }
-        if (!defined $e->{data} || $e->{data} ne SseParser::client_data($m->{data})) {
-            $self->diverge('S3', '§4', $where, "$what with other data: " . (defined $e->{data} ? length($e->{data}) . ' B' : 'no data line')
-                           . ', expected ' . length(SseParser::client_data($m->{data})) . ' B');
+        if (!defined $e->{data} || $e->{data} ne ChannelsTest::SseParser::client_data($m->{data})) {
+            $self->diverge('S3', 'sse', $where, "$what with other data: " . (defined $e->{data} ? length($e->{data}) . ' B' : 'no data line')
+                           . ', expected ' . length(ChannelsTest::SseParser::client_data($m->{data})) . ' B');
         }
         if (my $why = $self->impossible($m, $conn->{t_req}, $cursor, $c->{mode})) {
-            $self->diverge('S4', '§4', $where, "$what, which it could not have had: $why");
+            $self->diverge('S4', 'sse', $where, "$what, which it could not have had: $why");
         }
     }
     return unless defined $pos;
@@ -556,7 +570,7 @@ sub check_sse_conn {
     if (%missing) {
         my @ids_m = sort { key($a) cmp key($b) } keys %missing;
         my %why = map { $_ => 1 } values %missing;
-        $self->diverge('S5', '§4', $where, scalar(@ids_m) . ' message(s) of its channels never received: ' . join('; ', sort keys %why),
+        $self->diverge('S5', 'sse', $where, scalar(@ids_m) . ' message(s) of its channels never received: ' . join('; ', sort keys %why),
                        $self->sse_diff($conn, \%missing, $cursor));
     }
     # each channel-gap announces a real loss
@@ -564,7 +578,7 @@ sub check_sse_conn {
         my $real = grep { ($_->{acked} || $_->{maybe}) && $_->{t_send} < $g->{t} && !$got{ $_->{id} // '' }
                           && (!defined $g->{after} || !$_->{acked} || $_->{key} gt key($g->{after})) } @{ $self->{by_channel}{ $g->{ch} } || [] };
         next if $real || $self->floor_above($g->{after}, $g->{t});
-        $self->diverge('S6', '§4', $where, 'channel-gap for ' . $self->chname($g->{ch}) . ' at ' . $self->rel($g->{t})
+        $self->diverge('S6', 'sse', $where, 'channel-gap for ' . $self->chname($g->{ch}) . ' at ' . $self->rel($g->{t})
                        . ' though nothing of it after ' . ($g->{after} // 'the start') . ' was lost', $self->sse_listing($conn, $g->{k}));
     }
     # a DELETE during the stream: channel-deleted before anything published after the DELETE
@@ -577,7 +591,7 @@ sub check_sse_conn {
              && !grep { $_->{t_ack} < $d->{t_send} && $_->{key} ge key($cursor) } @{ $self->{acked} };
         my ($after) = grep { defined $_->{id} && $self->{by_id}{ $_->{id} } && $self->{by_id}{ $_->{id} }{t_send} > $d->{t_ack} } @evs;
         next unless $after;
-        $self->diverge('S7', '§3', $where, 'no channel-deleted for ' . $self->chname($d->{channel}) . ' (DELETE at '
+        $self->diverge('S7', 'pub', $where, 'no channel-deleted for ' . $self->chname($d->{channel}) . ' (DELETE at '
                        . $self->rel($d->{t_send}) . "), yet the stream went on to $after->{id}");
     }
     # how the stream ended
@@ -587,7 +601,7 @@ sub check_sse_conn {
         my $stalled = @{ $conn->{paused} || [] } || $conn->{slow};
         my $near = $self->kill_or_reload_near($conn->{t_req}, $end_t);
         if (!$all_left && !$stalled && !$near) {
-            $self->diverge('S8', '§4', $where, "the server ended the stream ($end) at " . $self->rel($end_t)
+            $self->diverge('S8', 'sse', $where, "the server ended the stream ($end) at " . $self->rel($end_t)
                            . ' with channels left, no reload, no kill, a client that reads');
         }
     }
@@ -637,7 +651,7 @@ sub sse_diff {
     return @out > 40 ? (@out[0 .. 19], '   ...', @out[-20 .. -1]) : @out;
 }
 
-# ---------------------------------------------------------------- §5: long-poll
+# ---------------------------------------------------------------- long-poll
 
 sub check_poll_client {
     my ($self, $c) = @_;
@@ -653,18 +667,18 @@ sub check_poll_client {
         my $h = $p->{headers} || {};
         if (!$st) {
             next if $self->kill_or_reload_near($p->{t_req}, $p->{t_end} // $tr->{t_end});
-            $self->diverge('L0', '§5', $where, 'no answer (' . ($p->{end} // 'open') . ')');
+            $self->diverge('L0', 'poll', $where, 'no answer (' . ($p->{end} // 'open') . ')');
             next;
         }
         if ($st != 200 && $st != 204 && $st != 410) {
-            $self->diverge('L0', '§5', $where, "answered $st: " . substr($p->{body} // '', 0, 200));
+            $self->diverge('L0', 'poll', $where, "answered $st: " . substr($p->{body} // '', 0, 200));
             next;
         }
-        $self->diverge('L0', '§5', $where, "answered $st without Cache-Control: no-cache")
+        $self->diverge('L0', 'poll', $where, "answered $st without Cache-Control: no-cache")
             unless ($h->{'cache-control'} // '') =~ /no-cache/;
         my $next = $h->{'last-event-id'};
         if (!valid_id($next)) {
-            $self->diverge('L0', '§5', $where, "answered $st without a valid Last-Event-ID: " . ($next // 'none'));
+            $self->diverge('L0', 'poll', $where, "answered $st without a valid Last-Event-ID: " . ($next // 'none'));
             next;
         }
         my $cursor = cursor_of($p);
@@ -679,15 +693,15 @@ sub check_poll_client {
                 $since = $m ? $m->{t_send} : -inf();
             }
             my ($d) = grep { $mine{ $_->{channel} } && $_->{t_send} < $p->{t_end} && ($_->{t_ack} // inf()) > $since } @{ $tr->{deletes} };
-            $self->diverge('L3', '§5', $where, '410 though no channel of it was deleted after its cursor or while it waited') unless $d;
+            $self->diverge('L3', 'poll', $where, '410 though no channel of it was deleted after its cursor or while it waited') unless $d;
             next;
         }
         if ($st == 204) {
             if (defined $cursor) {
-                $self->diverge('L2', '§5', $where, "204 with Last-Event-ID $next, not the unchanged cursor $cursor") if $next ne $cursor;
+                $self->diverge('L2', 'poll', $where, "204 with Last-Event-ID $next, not the unchanged cursor $cursor") if $next ne $cursor;
             } else {
                 my ($newest) = sort { $b->{key} cmp $a->{key} } grep { $mine{ $_->{channel} } && $_->{t_ack} < $p->{t_req} } @{ $self->{acked} };
-                $self->diverge('L2', '§5', $where, "204 (no cursor sent) with Last-Event-ID $next, below $newest->{id} published before the request")
+                $self->diverge('L2', 'poll', $where, "204 (no cursor sent) with Last-Event-ID $next, below $newest->{id} published before the request")
                     if $newest && !id_gt($next, $newest->{id}) && $next ne $newest->{id};
             }
             # a 204 while a message after the cursor was retained (published well before)
@@ -696,7 +710,7 @@ sub check_poll_client {
             if (defined $mode_start && !$self->kill_or_reload_near($p->{t_req}, $p->{t_end})) {
                 for my $m (grep { $mine{ $_->{channel} } && $_->{key} gt key($mode_start) && $_->{t_ack} < $p->{t_end} - 1 } @{ $self->{acked} }) {
                     next if $self->maybe_lost($m, $p->{t_end});
-                    $self->diverge('L2', '§5', $where, '204 though ' . $self->mdesc($m) . ' was there after its cursor');
+                    $self->diverge('L2', 'poll', $where, '204 though ' . $self->mdesc($m) . ' was there after its cursor');
                     last;
                 }
             }
@@ -706,24 +720,24 @@ sub check_poll_client {
         my (@items, $gap);
         if ($p->{format} eq 'raw') {
             my $m = $self->identify($next, $p->{body});
-            if (!$m) { $self->diverge('L1', '§5', $where, "raw answer for $next, which was never published"); next }
+            if (!$m) { $self->diverge('L1', 'poll', $where, "raw answer for $next, which was never published"); next }
             my $ct = $h->{'content-type'} // '';
-            $self->diverge('L1', '§5', $where, 'raw answer ' . $self->mdesc($m) . " with Content-Type '$ct'")
+            $self->diverge('L1', 'poll', $where, 'raw answer ' . $self->mdesc($m) . " with Content-Type '$ct'")
                 if $ct ne ($m->{ctype} // 'text/plain');
-            $self->diverge('L1', '§5', $where, 'raw answer ' . $self->mdesc($m) . ' with Event-Type ' . ($h->{'event-type'} // '(none)'))
+            $self->diverge('L1', 'poll', $where, 'raw answer ' . $self->mdesc($m) . ' with Event-Type ' . ($h->{'event-type'} // '(none)'))
                 if ($h->{'event-type'} // "\0") ne ($m->{event} // "\0");
-            $self->diverge('L1', '§5', $where, 'raw answer ' . $self->mdesc($m) . ' with other data (' . length($p->{body} // '') . ' B)')
+            $self->diverge('L1', 'poll', $where, 'raw answer ' . $self->mdesc($m) . ' with other data (' . length($p->{body} // '') . ' B)')
                 if ($p->{body} // '') ne $m->{data};
             @items = ({ id => $next, m => $m });
         } else {
             my $j = $p->{json};
             if (ref $j ne 'HASH' || ref $j->{messages} ne 'ARRAY' || !@{ $j->{messages} }) {
-                $self->diverge('L1', '§5', $where, '200 without messages: ' . substr($p->{body} // '', 0, 200));
+                $self->diverge('L1', 'poll', $where, '200 without messages: ' . substr($p->{body} // '', 0, 200));
                 next;
             }
             $gap = $j->{gap} ? 1 : 0;
             my $n = @{ $j->{messages} };
-            $self->diverge('L1', '§5', $where, "$n messages in one answer (at most 100)") if $n > 100;
+            $self->diverge('L1', 'poll', $where, "$n messages in one answer (at most 100)") if $n > 100;
             my $bytes = 0;
             for my $jm (@{ $j->{messages} }) {
                 my $data = $jm->{data} // '';
@@ -731,23 +745,23 @@ sub check_poll_client {
                 else { utf8::encode($data) }
                 $bytes += length $data;
                 my $m = $self->identify($jm->{id}, $data);
-                if (!$m) { $self->diverge('L1', '§5', $where, "answered $jm->{id}, which was never published"); next }
+                if (!$m) { $self->diverge('L1', 'poll', $where, "answered $jm->{id}, which was never published"); next }
                 my $what = 'answered ' . $self->mdesc($m);
-                $self->diverge('L1', '§5', $where, "$what with other data") if $data ne $m->{data};
+                $self->diverge('L1', 'poll', $where, "$what with other data") if $data ne $m->{data};
                 my $b64 = ($jm->{encoding} // '') eq 'base64';
                 my $valid = eval { Encode::decode('UTF-8', my $copy = $m->{data}, Encode::FB_CROAK()); 1 } ? 1 : 0;
-                $self->diverge('L1', '§5', $where, "$what " . ($b64 ? 'base64-encoded, though valid UTF-8' : 'not base64-encoded, though not UTF-8'))
+                $self->diverge('L1', 'poll', $where, "$what " . ($b64 ? 'base64-encoded, though valid UTF-8' : 'not base64-encoded, though not UTF-8'))
                     if $b64 == $valid;
-                $self->diverge('L1', '§5', $where, "$what on channel '" . ($jm->{channel} // '') . "'") if ($jm->{channel} // '') ne $m->{channel};
-                $self->diverge('L1', '§5', $where, "$what with event '" . ($jm->{event} // '(none)') . "'") if ($jm->{event} // "\0") ne ($m->{event} // "\0");
-                $self->diverge('L1', '§5', $where, "$what with content_type '" . ($jm->{content_type} // '') . "'")
+                $self->diverge('L1', 'poll', $where, "$what on channel '" . ($jm->{channel} // '') . "'") if ($jm->{channel} // '') ne $m->{channel};
+                $self->diverge('L1', 'poll', $where, "$what with event '" . ($jm->{event} // '(none)') . "'") if ($jm->{event} // "\0") ne ($m->{event} // "\0");
+                $self->diverge('L1', 'poll', $where, "$what with content_type '" . ($jm->{content_type} // '') . "'")
                     if ($jm->{content_type} // '') ne ($m->{ctype} // 'text/plain');
                 push @items, { id => $jm->{id}, m => $m };
             }
-            $self->diverge('L1', '§5', $where, "$n messages of $bytes B in one answer (at most 1 MiB unless one)") if $n > 1 && $bytes > 1048576;
-            $self->diverge('L1', '§5', $where, "last_event_id " . ($j->{last_event_id} // 'null') . " is not the Last-Event-ID header $next")
+            $self->diverge('L1', 'poll', $where, "$n messages of $bytes B in one answer (at most 1 MiB unless one)") if $n > 1 && $bytes > 1048576;
+            $self->diverge('L1', 'poll', $where, "last_event_id " . ($j->{last_event_id} // 'null') . " is not the Last-Event-ID header $next")
                 if ($j->{last_event_id} // '') ne $next;
-            $self->diverge('L1', '§5', $where, "Last-Event-ID $next is not the last message's id")
+            $self->diverge('L1', 'poll', $where, "Last-Event-ID $next is not the last message's id")
                 if @items && $items[-1]{id} ne $next;
         }
         # order, channels, what it could not have had
@@ -755,13 +769,13 @@ sub check_poll_client {
         for my $it (@items) {
             my $m = $it->{m};
             if (!valid_id($it->{id}) || (defined $pos && !id_gt($it->{id}, $pos))) {
-                $self->diverge('L1', '§5', $where, "$it->{id} after " . ($pos // '?') . ': ids must strictly increase and follow the cursor');
+                $self->diverge('L1', 'poll', $where, "$it->{id} after " . ($pos // '?') . ': ids must strictly increase and follow the cursor');
             }
             $pos = $it->{id} if valid_id($it->{id});
-            $self->diverge('L1', '§5', $where, 'answered ' . $self->mdesc($m) . ': not a channel of the request') unless $mine{ $m->{channel} };
+            $self->diverge('L1', 'poll', $where, 'answered ' . $self->mdesc($m) . ': not a channel of the request') unless $mine{ $m->{channel} };
             my $first_of_chain = !defined $cursor && $i == $chain_first;
             if (my $why = $self->impossible($m, $p->{t_req}, $first_of_chain ? undef : ($cursor // '0-0'), $c->{mode})) {
-                $self->diverge('L1', '§5', $where, 'answered ' . $self->mdesc($m) . ", which it could not have had: $why");
+                $self->diverge('L1', 'poll', $where, 'answered ' . $self->mdesc($m) . ", which it could not have had: $why");
             }
             $chain_got{ $it->{id} } = 1;
         }
@@ -786,7 +800,7 @@ sub check_poll_client {
             }
         }
         if (%missing) {
-            $self->diverge('L2', '§5', $where, scalar(keys %missing) . ' message(s) missing from the answer',
+            $self->diverge('L2', 'poll', $where, scalar(keys %missing) . ' message(s) missing from the answer',
                 map { '- ' . $self->mdesc($self->{by_id}{$_}) . "  <- $missing{$_}" } sort { key($a) cmp key($b) } keys %missing);
         }
         if ($gap) {
@@ -797,7 +811,7 @@ sub check_poll_client {
             }
             my $real = grep { $mine{ $_->{channel} } && ($_->{acked} || $_->{maybe}) && $_->{t_send} < $p->{t_end}
                               && !$later{ $_->{id} // '' } && (!defined $cursor || !$_->{acked} || id_gt($_->{id}, $cursor)) } @{ $tr->{publishes} };
-            $self->diverge('L3', '§5', $where, '"gap":true though nothing of its channels after ' . ($cursor // 'the start') . ' was lost')
+            $self->diverge('L3', 'poll', $where, '"gap":true though nothing of its channels after ' . ($cursor // 'the start') . ' was lost')
                 unless $real || $self->floor_above($cursor, $p->{t_end});
         }
     }
@@ -814,11 +828,11 @@ sub check_liveness {
             my ($c) = grep { $_->{n} == $l->{client} } @{ $tr->{clients} };
             my $where = $self->client_desc($c, $#{ $c->{conns} }, $c->{kind} eq 'sse' ? 'stream' : 'request');
             if ($l->{ids}) {
-                $self->diverge('V1', '§4', $where, 'at the ' . ($b->{final} ? 'final ' : '') . 'barrier of ' . $self->rel($b->{t})
+                $self->diverge('V1', 'sse', $where, 'at the ' . ($b->{final} ? 'final ' : '') . 'barrier of ' . $self->rel($b->{t})
                     . ', reading at full speed, still without (5 s later, nothing published meanwhile):',
                     map { '- ' . $self->mdesc($self->{by_id}{$_}) } @{ $l->{ids} }[0 .. ($#{ $l->{ids} } < 9 ? $#{ $l->{ids} } : 9)]);
             } else {
-                $self->diverge('V1', '§4', $where, 'at the barrier of ' . $self->rel($b->{t}) . ": $l->{why} for 5 s");
+                $self->diverge('V1', 'sse', $where, 'at the barrier of ' . $self->rel($b->{t}) . ": $l->{why} for 5 s");
             }
         }
     }
@@ -826,14 +840,14 @@ sub check_liveness {
     if ($d && !$d->{ok}) {
         for my $l (@{ $d->{lacking} }) {
             my ($c) = grep { $_->{n} == $l->{client} } @{ $tr->{clients} };
-            $self->diverge('V2', '§4', $self->client_desc($c, $#{ $c->{conns} }, $c->{kind} eq 'sse' ? 'stream' : 'request'),
+            $self->diverge('V2', 'sse', $self->client_desc($c, $#{ $c->{conns} }, $c->{kind} eq 'sse' ? 'stream' : 'request'),
                            "the END messages did not all arrive within 15 s ($l->{why})");
         }
     }
-    $self->diverge('H1', '-', 'harness', $_) for @{ $tr->{problems} };
+    $self->diverge('H1', undef, 'harness', $_) for @{ $tr->{problems} };
 }
 
-# ---------------------------------------------------------------- §2: what the zone keeps
+# ---------------------------------------------------------------- what the zone keeps
 
 sub check_readback {
     my $self = shift;
@@ -843,19 +857,19 @@ sub check_readback {
         my $rb = $tr->{readback}{$ch};
         my $channel = $tr->{chan}[$ch];
         my $where = 'read-back of ' . $self->chname($channel);
-        if ($rb->{error}) { $self->diverge('R0', '§5', $where, $rb->{error}); next }
+        if ($rb->{error}) { $self->diverge('R0', 'poll', $where, $rb->{error}); next }
         my @ms;
         for my $jm (@{ $rb->{messages} }) {
             my $data = $jm->{data} // '';
             if (($jm->{encoding} // '') eq 'base64') { $data = MIME::Base64::decode_base64($data) } else { utf8::encode($data) }
             my $m = $self->identify($jm->{id}, $data);
-            if (!$m) { $self->diverge('R6', '§2', $where, "retains $jm->{id}, never published"); next }
-            $self->diverge('R6', '§2', $where, 'retains ' . $self->mdesc($m) . ' with other data') if $data ne $m->{data};
-            $self->diverge('R6', '§2', $where, 'retains ' . $self->mdesc($m) . ' under another channel') if $m->{channel} ne $channel;
+            if (!$m) { $self->diverge('R6', 'zone', $where, "retains $jm->{id}, never published"); next }
+            $self->diverge('R6', 'zone', $where, 'retains ' . $self->mdesc($m) . ' with other data') if $data ne $m->{data};
+            $self->diverge('R6', 'zone', $where, 'retains ' . $self->mdesc($m) . ' under another channel') if $m->{channel} ne $channel;
             push @ms, $m if $m->{acked};
             $kept{ $m->{id} } = $m if $m->{acked};
         }
-        $self->diverge('R2', '§2', $where, scalar(@ms) . " messages retained, history is $tr->{history}") if @ms > $tr->{history};
+        $self->diverge('R2', 'zone', $where, scalar(@ms) . " messages retained, history is $tr->{history}") if @ms > $tr->{history};
         # a suffix of what was published since the last DELETE
         my ($last_del) = sort { $b->{t_ack} <=> $a->{t_ack} } grep { $_->{channel} eq $channel && ($_->{status} // 0) == 200 } @{ $tr->{deletes} };
         my @pub = grep { $_->{acked} && (!$last_del || $_->{t_send} > $last_del->{t_ack}) } @{ $self->{by_channel}{$channel} || [] };
@@ -863,14 +877,14 @@ sub check_readback {
         for my $m (@pub) {
             if ($kept{ $m->{id} }) { $seen_kept = $m; next }
             next unless $seen_kept;
-            $self->diverge('R1', '§2', $where, 'retains ' . $self->mdesc($seen_kept) . ' but not the newer ' . $self->mdesc($m));
+            $self->diverge('R1', 'zone', $where, 'retains ' . $self->mdesc($seen_kept) . ' but not the newer ' . $self->mdesc($m));
             last;
         }
         for my $m (@ms) {
-            $self->diverge('R4', '§2', $where, 'retains ' . $self->mdesc($m) . ', expired')
+            $self->diverge('R4', 'zone', $where, 'retains ' . $self->mdesc($m) . ', expired')
                 if id_ms($m->{id}) + $tr->{ttl_ms} + 1000 < $rb->{t_first} * 1000;
             my ($d) = grep { $_->{channel} eq $channel && ($_->{status} // 0) == 200 && $_->{t_send} > $m->{t_ack} } @{ $tr->{deletes} };
-            $self->diverge('R5', '§3', $where, 'retains ' . $self->mdesc($m) . ', deleted at ' . $self->rel($d->{t_send})) if $d;
+            $self->diverge('R5', 'pub', $where, 'retains ' . $self->mdesc($m) . ', deleted at ' . $self->rel($d->{t_send})) if $d;
         }
     }
     return unless $tr->{readback} && !grep { $_->{error} } values %{ $tr->{readback} };
@@ -885,13 +899,13 @@ sub check_readback {
     }
     return unless @evicted;
     if (!$tr->{evicts}) {
-        $self->diverge('R3', '§2', 'read-back', scalar(@evicted) . ' message(s) gone from a zone that never had to evict: '
+        $self->diverge('R3', 'zone', 'read-back', scalar(@evicted) . ' message(s) gone from a zone that never had to evict: '
                        . join(', ', map { $_->[0]{label} . ' ' . $self->chname($_->[0]{channel}) . " $_->[0]{id}" } @evicted[0 .. ($#evicted < 5 ? $#evicted : 5)]));
         return;
     }
     my $newest_gone = (sort { $b->{key} cmp $a->{key} } map { $_->[0] } @evicted)[0];
     my ($older_kept) = grep { $kept{ $_->{id} } && $_->{key} lt $newest_gone->{key} } @{ $self->{acked} };
-    $self->diverge('R3', '§2', 'read-back', 'evicted ' . $self->mdesc($newest_gone) . ' but kept the older '
+    $self->diverge('R3', 'zone', 'read-back', 'evicted ' . $self->mdesc($newest_gone) . ' but kept the older '
                    . $self->mdesc($older_kept) . ' (the oldest messages go first)') if $older_kept;
 }
 
@@ -900,7 +914,7 @@ sub check_log {
     my $tr = $self->{tr};
     for my $l (@{ $tr->{log} || [] }) {
         next if @{ $tr->{kills} } && $l =~ /exited on signal 9|was locked by/;
-        $self->diverge('E1', '§9', 'error log', $l);
+        $self->diverge('E1', 'cost', 'error log', $l);
     }
 }
 

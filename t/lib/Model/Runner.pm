@@ -37,7 +37,7 @@ use IO::Select;
 use POSIX ();
 use JSON::PP ();
 use ChannelsTest qw(id_parse);
-use SseParser;
+use ChannelsTest::SseParser;
 use CurlStream;
 use Model::Http;
 use Model::Schedule;
@@ -399,8 +399,8 @@ sub act {
 }
 
 # Every client reading at full speed must have (or be told it lost) every message published
-# to its channels, within 5 s, with nothing more published meanwhile (SPEC §4: "whichever
-# worker published it").
+# to its channels, within 5 s, with nothing more published meanwhile (README "SSE": whichever
+# worker published it).
 sub barrier {
     my ($self, $final) = @_;
     my $tr = $self->{trace};
@@ -544,7 +544,7 @@ sub open {
                  events => [], paused => [], slow => $spec->{reading} eq 'slow' && !$s->{hurry} ? 1 : 0, status => 0,
                  channels => [ @{ $s->{chs} } ] };
     push @{ $s->{rec}{conns} }, $conn;
-    $s->{parser} = SseParser->new;
+    $s->{parser} = ChannelsTest::SseParser->new;
     $s->{reconnect_at} = undef;
     my %h = (Accept => 'text/event-stream', defined $hdr ? ('Last-Event-ID' => $hdr) : ());
     if ($spec->{proto} eq 'h2' || $spec->{proto} eq 'curl1.1') {

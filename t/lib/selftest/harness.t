@@ -135,6 +135,25 @@ for my $via (['nginx', sub { $t->sse_open('/frag') }],
     is($s->retry, '1500', "$name: last retry value kept");
 }
 
+# ---- many streams read as bytes come (sse_start / read / pump)
+{
+    my @s = ($t->sse_start('/frag'), ChannelsTest::SSE->start(port => $bport, path => '/frag'), $t->sse_start('/hold'));
+    ok(!grep({ $_->started } @s), 'sse_start: nothing read yet');
+    ok(ChannelsTest::SSE::pump(\@s, sub { $s[0]->eof && $s[1]->eof && @{ $s[2]->received } }, 10),
+       'pump until both /frag streams ended and /hold has its event');
+    is_deeply([ map { $_->status } @s ], [ 200, 200, 200 ], 'started: status of each');
+    for my $i (0, 1) {
+        is_deeply([ map { [ $_->{id}, $_->{event}, $_->{data} ] } @{ $s[$i]->received } ],
+                  [ [ '7', undef, "a\n two spaces" ], [ undef, 'e1', "\nx" ] ],
+                  "stream $i: received only the events with data, fragments joined");
+        is($s[$i]->last_id, '8', "stream $i: last id");
+    }
+    ok($s[0]->clean_end && !$s[1]->clean_end, 'clean_end: the chunked terminator (nginx), not a close');
+    is($s[2]->received->[0]{data}, 'first', 'a held stream: its first event');
+    is_deeply([ ChannelsTest::SSE::read_ready(\@s, 0.2) ], [], 'read_ready: nothing more to read');
+    $_->close for @s;
+}
+
 my $s = $t->sse_open('/hold');
 is($s->next_event(timeout => 5)->{data}, 'first', 'held stream: first event');
 my $t0 = Time::HiRes::time();
