@@ -43,7 +43,7 @@ struct ZoneConf {
 enum class Role : uint8_t { none, sse, longpoll, publish, stats };
 
 // A CHANNEL argument: `list` when it is exactly one variable (may hold a comma-separated
-// list); otherwise composed text is always one channel id (SPEC §1).
+// list); otherwise composed text is always one channel id (README "Directives").
 struct ChannelValue {
     ngx_http_complex_value_t value;
     bool list;

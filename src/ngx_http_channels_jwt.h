@@ -1,4 +1,4 @@
-// ngx_http_channels_jwt_module: channel grants in JSON Web Tokens (SPEC §10).
+// ngx_http_channels_jwt_module: channel grants in JSON Web Tokens (README "Authorization (JWT)").
 // What the subscriber transports need from it.
 #pragma once
 

@@ -1,4 +1,4 @@
-// ngx_http_channels_jwt_module: who may subscribe and publish (SPEC §10).
+// ngx_http_channels_jwt_module: who may subscribe and publish (README "Authorization (JWT)").
 //
 // A second nginx module in the same .so (config: ngx_module_name lists both), with its own
 // directives and location configuration. It runs in the ACCESS phase, where nginx's own
@@ -293,7 +293,7 @@ std::string_view cookie_token(ngx_http_request_t *r, JwtLocConf *lcf) {
     return found ? view(value) : std::string_view{};
 }
 
-// The first source present (SPEC §10): Authorization: Bearer, the cookie, access_token.
+// The first source present (README "Authorization (JWT)"): Authorization: Bearer, the cookie, access_token.
 // An empty value counts as absent.
 bool find_token(ngx_http_request_t *r, JwtLocConf *lcf, std::string_view *token) {
     *token = bearer_token(r);
@@ -381,7 +381,7 @@ ngx_int_t refuse_channel(ngx_http_request_t *r, std::string_view channel) {
 
 // ---- grants ----
 
-// Which grant the location needs (SPEC §10): subscribe for every channel a subscriber
+// Which grant the location needs (README "Authorization (JWT)"): subscribe for every channel a subscriber
 // names, publish for the channel of a publish location (whatever the method), the
 // pattern "*" for channel_stats (it lists every channel); other locations only need a
 // valid token. A channel list the content handler will refuse (400) is left to it.

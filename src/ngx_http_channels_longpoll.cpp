@@ -1,4 +1,4 @@
-// longpoll_channel: long-poll subscribers, json and raw (SPEC §5).
+// longpoll_channel: long-poll subscribers, json and raw (README "Long polling").
 //
 // A request whose cursor has messages after it is answered at once. Otherwise it waits,
 // registered like an SSE subscriber, until a delivery pass hands it messages (it answers
@@ -6,7 +6,7 @@
 // timeout passes or the worker shuts down (204 with its cursor).
 //
 // An answer holds at most 100 messages (raw: one) and about 1 MiB of encoded data (but
-// always one message), and is built in one exact allocation (SPEC §5, §9).
+// always one message), and is built in one exact allocation (README "Long polling", "What one client can cost").
 
 #include <new>
 

@@ -1,4 +1,4 @@
-// publish_channel: POST/PUT publish, GET channel info, DELETE (SPEC §3). Publishing and
+// publish_channel: POST/PUT publish, GET channel info, DELETE (README "Publishing"). Publishing and
 // deleting go through the zone's store, which answers at once (shared memory) or later
 // (Redis): the request waits for its PublishCall either way.
 

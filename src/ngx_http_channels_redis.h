@@ -1,4 +1,4 @@
-// channel_redis: a zone shared by several nginx hosts through Redis Streams (SPEC §8).
+// channel_redis: a zone shared by several nginx hosts through Redis Streams (README "channel_redis").
 //
 // The Redis store implements the Store interface in front of the zone's shared-memory
 // store: publishes and deletes go through one Redis script that assigns the id and appends

@@ -1,4 +1,4 @@
-// sse_channel: the content handler of EventSource subscribers (SPEC §4). The stream itself
+// sse_channel: the content handler of EventSource subscribers (README "SSE"). The stream itself
 // is ngx_http_channels_sse_stream.h.
 
 #include <new>

@@ -1,4 +1,4 @@
-// The events an SSE stream sends (SPEC §4), written into a Sink (channels/json_writer.h):
+// The events an SSE stream sends (README "SSE"), written into a Sink (channels/json_writer.h):
 // messages, channel-deleted, channel-gap, retry. Frames are built from them with
 // frame_build(), sized first, so each is one exact allocation and nothing throws.
 #pragma once

@@ -2,7 +2,7 @@
 // read a page at a time (at most kPageMessages messages or kPageBytes bytes under the zone
 // lock, whatever the history) while the client takes them — after each write that emptied
 // the output, the next page comes on the next event-loop turn, so a replay finishes at the
-// client's speed with or without write events or pings (SPEC §9). Live messages wait in the
+// client's speed with or without write events or pings (README "What one client can cost"). Live messages wait in the
 // store meanwhile and come in the pages, in id order, deletion markers included.
 
 #include "ngx_http_channels_fault.h"

@@ -1,4 +1,4 @@
-// An SSE stream (sse_channel, SPEC §4): a Subscriber that turns messages into events.
+// An SSE stream (sse_channel, README "SSE"): a Subscriber that turns messages into events.
 //
 // A stream starts as a parked request whose output goes through nginx's filters
 // (FilterOutput). Plain HTTP/1.1 streams are then detached: the request is logged and
@@ -18,7 +18,7 @@
 
 namespace channels {
 
-// Bytes a subscriber may hold unsent before it is cut off (SPEC §4, §9).
+// Bytes a subscriber may hold unsent before it is cut off (README "SSE", "What one client can cost").
 inline constexpr size_t kMaxHeld = 1024 * 1024;
 // Memory of one queued buffer beyond its bytes (an ngx_buf_t and a chain link).
 inline constexpr size_t kBufOverhead = sizeof(ngx_buf_t) + sizeof(ngx_chain_t);
@@ -109,7 +109,7 @@ public:
     ngx_int_t start(ngx_http_cleanup_t *cln, const Batch &first_page, bool more) noexcept;
     void release_request_mode() noexcept;   // request cleanup
     ~SseStream();
-    // The stream ends at its token's exp (ms; 0: never) with token-expired (SPEC §10).
+    // The stream ends at its token's exp (ms; 0: never) with token-expired (README "Authorization (JWT)").
     void end_at(uint64_t at_ms) noexcept;
     bool finished() const { return finished_; }
     void on_write_event() noexcept;

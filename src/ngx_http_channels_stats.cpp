@@ -1,5 +1,5 @@
 // channel_stats: zone statistics as JSON or Prometheus text, channel listings, and the
-// zone consistency check (SPEC §6).
+// zone consistency check (README "Statistics").
 
 #include "channels/json_writer.h"
 #include "ngx_http_channels_request.h"

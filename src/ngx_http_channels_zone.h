@@ -51,7 +51,7 @@ struct Entry {
 
 enum ChannelFlags : uint8_t {
     kExists = 1,   // published and not deleted since
-    kIdle = 2,     // holds no entry: its bytes count against the zone's idle cap (SPEC §9)
+    kIdle = 2,     // holds no entry: its bytes count against the zone's idle cap (README "What one client can cost")
     kPinned = 4,   // an operation in progress holds it: not freed by an eviction it causes
     kDeleted = 8,  // deleted, not published since: kept for its marker, not counted as a channel
 };
@@ -139,7 +139,7 @@ struct Shared {
     uint64_t          nmessages;
     uint64_t          connections;
     uint64_t          idle_bytes;       // slab bytes of channels without messages
-    uint64_t          idle_cap;         // 1/8 of the zone (SPEC §9)
+    uint64_t          idle_cap;         // 1/8 of the zone (README "What one client can cost")
     uint64_t          message_bytes;    // slab bytes of entries, rings and channels with messages
     uint64_t          message_budget;   // the rest of the zone: publishes evict past it
     uint64_t          published;

@@ -138,7 +138,7 @@ Channel *Zone::create_for_subscriber(std::string_view id, Refusal *why) {
         *why = Refusal::over_cap;
         return nullptr;
     }
-    void *mem = ngx_slab_alloc_locked(pool_, size);   // never evicts (SPEC §9)
+    void *mem = ngx_slab_alloc_locked(pool_, size);   // never evicts (README "What one client can cost")
     if (mem == nullptr) {
         *why = Refusal::no_memory;
         return nullptr;

@@ -1,7 +1,7 @@
 #!/usr/bin/perl
 # Review finding: in a full zone, eviction takes messages that live subscribers have not
-# received yet before the oldest messages of the zone (SPEC §2 "the oldest messages of the
-# zone are evicted first"; §4 "every subscriber gets every message of its channels once").
+# received yet before the oldest messages of the zone (README "Publishing" "the oldest messages of the
+# zone are evicted first"; README "SSE": "every subscriber gets every message of its channels once").
 #
 # A message that history trims out of its channel stays in the publish log, on the zone's
 # `trimmed` list, while a worker holding subscribers of its channel has not read it: "its live

@@ -1,6 +1,6 @@
 #!/usr/bin/perl
 # Review finding: an HTTP/2 SSE stream whose client lags grows its request pool for as long
-# as it lives (SPEC §9 "Worker memory: per subscriber, at most ~1 MiB of unsent data plus a
+# as it lives (README "What one client can cost" "Worker memory: per subscriber, at most ~1 MiB of unsent data plus a
 # small fixed cost").
 #
 # HTTP/2 streams copy events into their own buffers (FilterOutput::copy_into): 4 KiB, or the

@@ -1,7 +1,7 @@
 #!/usr/bin/perl
 # Review finding: in a zone that is full of messages of mixed sizes (the steady state of a
 # busy zone), a subscriber of a new channel is refused with 503 "channel zone is full" while
-# the idle-channel memory is far below its cap (SPEC §9: only past the cap of 1/8 of the
+# the idle-channel memory is far below its cap (README "What one client can cost": only past the cap of 1/8 of the
 # zone are subscribers of channels without messages refused).
 #
 # The cap is kept by accounting (Shared::message_budget = 7/8 of the pages, counted in slab

@@ -1,6 +1,6 @@
 #!/usr/bin/perl
 # Review finding: a delivery pass that starts caught up walks the publish log backwards
-# under the zone lock, over every entry appended since its previous pass (SPEC §9 "The
+# under the zone lock, over every entry appended since its previous pass (README "What one client can cost" "The
 # lock and the CPU": no step longer than about a millisecond, work bounded by a page).
 #
 # ShmStore::read_log(): when the worker record has no bookmark (it was caught up at its

@@ -1,7 +1,7 @@
 #!/usr/bin/perl
 # Review finding (low): a long-poll client whose answer carried the last messages of a channel
-# that was deleted right after them never learns of the deletion (SPEC §3: every subscriber of
-# a deleted channel is told; §5 long-poll: 410).
+# that was deleted right after them never learns of the deletion (README "Publishing": every subscriber of
+# a deleted channel is told; README "Long polling": 410).
 #
 # A waiting LongpollWaiter collects one pass's entries (on_message): a message, then the
 # deletion marker. on_flush() answers 200 with the messages (answer_->n > 0) and drops the

@@ -1,7 +1,7 @@
 #!/usr/bin/perl
 # Review finding: a worker's Redis tail holds a whole XREAD reply in memory, up to 512 entries
-# of any size: a host that fell behind takes one reply of 512 x the largest message (SPEC §8
-# "Reply sizes are bounded"; §9 worker memory).
+# of any size: a host that fell behind takes one reply of 512 x the largest message (README "channel_redis"
+# "Reply sizes are bounded"; README "What one client can cost": worker memory).
 #
 # read_log() asks `XREAD COUNT 512 BLOCK 0`. The only bound on a reply is the check in
 # on_socket_read(): `reader->len > kMaxReplyBytes` (64 MiB). But hiredis's reader->len is its

@@ -1,13 +1,13 @@
 #!/usr/bin/perl
 # Review finding (low): the refusals of a long-poll location (404 of channel_existing_only,
-# 503 past the idle-channel cap) carry no `Cache-Control: no-cache` (SPEC §5: "Cache-Control:
+# 503 past the idle-channel cap) carry no `Cache-Control: no-cache` (README "Long polling": "Cache-Control:
 # no-cache always"), nor the `Last-Event-ID` every long-poll answer carries. A 404 is
 # cacheable by default (RFC 9111 §4.2.2, heuristic freshness): a browser or a CDN may keep
 # answering 404 for a channel after it was created. send_refusal() / send_unavailable()
 # (ngx_http_channels_request.cpp) add only Retry-After. The same holds for SSE's refusals.
 #
 # Also (low): HEAD on a subscriber location answers 200 where a GET gets 404 under
-# channel_existing_only (SPEC §5: HEAD answers "with the headers a GET would"): both handlers
+# channel_existing_only (README "Long polling": HEAD answers "with the headers a GET would"): both handlers
 # answer HEAD before the store is asked.
 use strict;
 use warnings;

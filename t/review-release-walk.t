@@ -1,6 +1,6 @@
 #!/usr/bin/perl
 # Review finding: when a lagging worker's last subscriber leaves, the entries kept for it are
-# all freed in one hold of the zone lock (SPEC §9: no subscriber-triggered step holds the lock
+# all freed in one hold of the zone lock (README "What one client can cost": no subscriber-triggered step holds the lock
 # for more than about a millisecond; work bounded by a page, never by the retained history).
 #
 # Entries that history trims out of a channel stay on the zone's `trimmed` list while a worker

@@ -1,8 +1,8 @@
 #!/usr/bin/perl
 # Review finding: a reload that changes a zone's size drops every retained message without a
 # gap floor, so a client resuming from a cursor older than the dropped messages is not told
-# (SPEC §4: "if messages after the cursor were already evicted or expired, the stream first
-# sends event: channel-gap"; §2: the history floor is kept so that a client resuming from an
+# (README "SSE": "if messages after the cursor were already evicted or expired, the stream first
+# sends event: channel-gap"; README "Publishing": the history floor is kept so that a client resuming from an
 # older cursor still gets channel-gap).
 #
 # A size change makes nginx create a new shared zone. ShmStore::init() builds its root from

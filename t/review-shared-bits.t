@@ -1,7 +1,7 @@
 #!/usr/bin/perl
 # Review finding: with more than 64 worker records in a zone, channels that subscribers left
-# are never freed, and the idle-channel cap fills up for good (SPEC §2 "what that costs in the
-# zone is freed as soon as its last subscriber leaves"; §9).
+# are never freed, and the idle-channel cap fills up for good (README "Publishing" "what that costs in the
+# zone is freed as soon as its last subscriber leaves"; README "What one client can cost").
 #
 # Zone::claim_record() gives the 65th record a wake bit already used (`n % 64`). 65 records
 # exist with worker_processes 65, and, on any machine with 33 cores or more, during every

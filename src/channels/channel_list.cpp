@@ -1,4 +1,4 @@
-// Channel ids, event types, percent-decoding and channel lists (SPEC §1, §3).
+// Channel ids, event types, percent-decoding and channel lists (README "Directives", "Publishing").
 #include "channels/channel_list.h"
 
 #include <cstring>

@@ -1,4 +1,4 @@
-// Channel ids and channel lists (SPEC §1). Pure logic, no nginx.
+// Channel ids and channel lists (README "Directives"). Pure logic, no nginx.
 #pragma once
 
 #include <array>
@@ -13,7 +13,7 @@ inline constexpr size_t kMaxChannels = 64;
 // 1..255 bytes from A-Z a-z 0-9 _ . : @ ~ -
 bool is_valid_channel_id(std::string_view id);
 
-// Event types: 1..64 bytes without CR, LF or NUL (SPEC §3).
+// Event types: 1..64 bytes without CR, LF or NUL (README "Publishing").
 inline constexpr size_t kMaxEventTypeLen = 64;
 bool is_valid_event_type(std::string_view event);
 

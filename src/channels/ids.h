@@ -1,4 +1,4 @@
-// Message ids: "<publish ms>-<counter>", strictly increasing within a zone (SPEC §2).
+// Message ids: "<publish ms>-<counter>", strictly increasing within a zone (README "Publishing").
 // Pure logic, no nginx: unit-tested in t/unit.
 #pragma once
 

@@ -1,4 +1,4 @@
-// JSON string escaping, UTF-8 validation and base64 (SPEC §3, §5, §6). Pure logic.
+// JSON string escaping, UTF-8 validation and base64 (README "Publishing", "Long polling", "Statistics"). Pure logic.
 #pragma once
 
 #include <cstdint>

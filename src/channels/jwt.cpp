@@ -1,4 +1,4 @@
-// Compact JWS parsing, JWT claims and channel grant patterns (SPEC §10, RFC 7515/7519).
+// Compact JWS parsing, JWT claims and channel grant patterns (README "Authorization (JWT)", RFC 7515/7519).
 #include "channels/jwt.h"
 
 #include <cmath>

@@ -1,4 +1,4 @@
-// JSON Web Tokens as channel grants (SPEC §10): compact JWS parsing, claims, grant
+// JSON Web Tokens as channel grants (README "Authorization (JWT)"): compact JWS parsing, claims, grant
 // patterns. Pure logic; signatures are checked by jwt_keys.h (OpenSSL).
 #pragma once
 

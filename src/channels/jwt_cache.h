@@ -1,4 +1,4 @@
-// A per-worker cache of verified tokens (SPEC §10 / issue 15): a long-poll loop or a
+// A per-worker cache of verified tokens (README "Authorization (JWT)" / issue 15): a long-poll loop or a
 // reconnecting stream re-presents the same token, and an RSA or ECDSA verification costs
 // far more than the request itself. Keyed by the SHA-256 of the token and the key set
 // that verified it; bounded in entries and bytes (least recently used goes first);

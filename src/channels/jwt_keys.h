@@ -38,7 +38,7 @@ public:
     // a one-line reason; the set is then unchanged.
     bool add_file(std::string_view contents, std::string &error);
 
-    // Verifies the JWS signature with the configured keys (SPEC §10): a token naming a kid
+    // Verifies the JWS signature with the configured keys (README "Authorization (JWT)"): a token naming a kid
     // only by the JWK with that kid, else by any key of the kind its alg needs.
     // TokenError::none when one verifies.
     TokenError verify(const Jws &jws) const;

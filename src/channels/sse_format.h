@@ -1,4 +1,4 @@
-// Server-Sent Events framing (SPEC §4, WHATWG "event stream" format). Pure logic.
+// Server-Sent Events framing (README "SSE", WHATWG "event stream" format). Pure logic.
 //
 // Events are written into a Sink (json_writer.h): a SizeSink counts, a BufferSink writes
 // into memory sized that way, a StringSink appends to a std::string.
