@@ -341,6 +341,33 @@ TEST_F(Log, ManyLossesBecomeOneZoneWideMark)
     EXPECT_CONSISTENT(z);
 }
 
+// A deletion marker freed before a lagging worker read it (evicted here; expiry takes the
+// same path) is lost to that worker's subscribers like a message would be: they must be
+// told, not left waiting on a channel that was deleted.
+TEST_F(Log, ADeletionFreedBeforeALaggingWorkerReadItIsNotLostSilently)
+{
+    TestZone::Options o;
+    o.bytes = 64 * 1024;
+    o.history = 1000;
+    TestZone z(o);
+    Worker &a = z.add_worker();
+    Worker &b = z.add_worker();
+    auto s = a.subscribe({"x"});
+    b.publish("x", "m");
+    ASSERT_TRUE(b.remove("x").ok());
+    MessageId marker = z.channel("x")->slot(z.channel("x")->head_seq)->id;
+    for (int i = 0; z.channel("x")->ring_len() > 0; i++) {
+        ASSERT_LT(i, 1000);
+        b.publish("f" + std::to_string(i % 50), std::string(300, 'f'));
+    }
+    Page p = a.read_log();
+    bool delivered = std::any_of(p.items.begin(), p.items.end(), [](const Msg &m) { return m.kind == EntryKind::deleted; });
+    bool told = p.all_lost >= marker || (p.has_gap("x") && p.gaps[0].upto >= marker);
+    EXPECT_TRUE(delivered || told) << "the delete of x (" << text(marker) << ") vanished: gap upto "
+                                   << (p.gaps.empty() ? std::string("none") : text(p.gaps[0].upto));
+    EXPECT_CONSISTENT(z);
+}
+
 // A deletion reaches a live worker after the messages published before it (the worker
 // had not read them: they wait in the log).
 TEST_F(Log, ADeleteComesAfterTheMessagesBeforeIt)

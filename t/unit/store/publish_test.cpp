@@ -411,6 +411,37 @@ TEST_F(Publish, IngestThatCannotFitIsALossForSubscribers)
     EXPECT_CONSISTENT(z);
 }
 
+// The Redis store's calls when the shared log lost data: every cursor now falls short, and
+// live subscribers are told with their next read.
+TEST_F(Publish, MarkGapTellsResumingAndLiveSubscribers)
+{
+    TestZone z;
+    Worker &a = z.add_worker();
+    Worker &b = z.add_worker();
+    auto live = b.subscribe({"x"});
+    MessageId first = a.publish("x", "1").id;
+    MessageId last = a.publish("x", "2").id;
+    EXPECT_EQ(b.read_log().items.size(), 2u);
+    {
+        As as(a);
+        a.store.mark_gap();
+    }
+    Page p = b.read_log();
+    EXPECT_GT(p.all_lost, last);
+    EXPECT_TRUE(b.read_log().all_lost == MessageId{}) << "told once";
+    EXPECT_TRUE(a.subscribe({"x"}, from_cursor(first))->first.has_gap("x"));
+    EXPECT_TRUE(a.subscribe({"new"}, from_cursor(first))->first.has_gap("new"));
+    EXPECT_FALSE(a.subscribe({"x"}, from_cursor(last))->first.has_gap("x"));
+    MessageId later = a.publish("x", "3").id;
+    {
+        As as(a);
+        a.store.raise_floor(later);
+    }
+    EXPECT_TRUE(a.subscribe({"x"}, from_cursor(last))->first.has_gap("x"));
+    EXPECT_FALSE(a.subscribe({"x"}, from_cursor(later))->first.has_gap("x"));
+    EXPECT_CONSISTENT(z);
+}
+
 // ---- the idle-channel cap (SPEC §9) ----
 
 TEST_F(Publish, SubscribersOfNewChannelsNeverEvictAndAreCapped)

@@ -377,6 +377,53 @@ TEST_F(Subscribe, SmallPagesOfManyChannelsKeepThePublishOrder)
     EXPECT_CONSISTENT(z);
 }
 
+// A channel's sequence numbers are 32 bits and wrap: rings, positions, trimming, the
+// binary search of a cursor and last-N all work across the wrap.
+TEST_F(Subscribe, SequenceNumbersWrapAround)
+{
+    TestZone::Options o;
+    o.history = 50;
+    TestZone z(o);
+    Worker &w = z.add_worker();
+    {
+        auto creator = w.subscribe({"a"});
+        Channel *ch = z.channel("a");
+        ASSERT_EQ(ch->ring, nullptr);
+        ch->head_seq = ch->next_seq = UINT32_MAX - 20;   // as after four billion appends
+        w.publish("a", "0");   // the channel holds a message: it outlives its creator
+    }
+    std::vector<MessageId> ids;
+    std::vector<std::string> data;
+    for (int i = 1; i < 80; i++) {
+        ids.push_back(w.publish("a", std::to_string(i)).id);
+        data.push_back(std::to_string(i));
+        if (i == 15) {   // a replay positioned before the wrap, read after it
+            SubOptions so = first_oldest();
+            so.limit = 4;
+            auto early = w.subscribe({"a"}, so);
+            EXPECT_EQ(early->first.items.size(), 4u);
+        }
+    }
+    EXPECT_TRUE(seq_before(z.channel("a")->head_seq, z.channel("a")->next_seq));
+    EXPECT_LT(z.channel("a")->next_seq, 100u) << "wrapped";
+    auto oldest = w.subscribe({"a"}, first_oldest());
+    EXPECT_EQ(oldest->first.data(), std::vector<std::string>(data.end() - 50, data.end()));
+    SubOptions so = from_cursor(ids[40]);
+    so.limit = 3;
+    auto cursor = w.subscribe({"a"}, so);
+    std::vector<Msg> all = cursor->first.items;
+    std::vector<Msg> rest = cursor->replay_all();
+    all.insert(all.end(), rest.begin(), rest.end());
+    EXPECT_EQ(data_of(all), std::vector<std::string>(data.begin() + 41, data.end()));
+    auto last = w.subscribe({"a"}, first_last(10));
+    EXPECT_EQ(last->first.data(), std::vector<std::string>(data.end() - 10, data.end()));
+    ChannelInfo info = w.info("a");
+    EXPECT_EQ(info.messages, 50u);
+    EXPECT_EQ(info.newest, ids.back());
+    EXPECT_EQ(info.oldest, ids[ids.size() - 50]);
+    EXPECT_CONSISTENT(z);
+}
+
 TEST_F(Subscribe, SeveralSubscribersOfOneChannelInOneWorker)
 {
     TestZone z;
