@@ -9,6 +9,7 @@
 #include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
+#include <algorithm>
 #include <cstring>
 #include <deque>
 #include <map>
@@ -48,6 +49,7 @@ struct Arena {
     bool allow_unlocked = false;
     std::function<bool(size_t)> fail;
     uint64_t failed = 0;
+    size_t frees_this_hold = 0, max_frees = 0;
 
     void update_pfree() { pool->pfree = (capacity > live ? capacity - live : 0) / kPage; }
 };
@@ -253,6 +255,7 @@ void ngx_shmtx_lock(ngx_shmtx_t *mtx)
     Arena &a = arena_of_mutex(mtx);
     if (a.held) ADD_FAILURE() << "the zone mutex taken while held (a deadlock in nginx)";
     a.held = true;
+    a.frees_this_hold = 0;
 }
 
 void ngx_shmtx_unlock(ngx_shmtx_t *mtx)
@@ -311,6 +314,7 @@ void ngx_slab_free_locked(ngx_slab_pool_t *pool, void *p)
     ASAN_POISON_MEMORY_REGION(p, bytes);
     a.spare[bytes].push_back(static_cast<u_char *>(p));
     a.update_pfree();
+    a.max_frees = std::max(a.max_frees, ++a.frees_this_hold);
 }
 
 // An ordered binary tree without rebalancing: the order and node identity of nginx's
@@ -453,6 +457,8 @@ bool locked(ngx_slab_pool_t *pool) { return arena_of(pool).held; }
 void fail_allocs_if(ngx_slab_pool_t *pool, std::function<bool(size_t)> fn) { arena_of(pool).fail = std::move(fn); }
 uint64_t allocs_failed(ngx_slab_pool_t *pool) { return arena_of(pool).failed; }
 bool is_live(ngx_slab_pool_t *pool, const void *p) { return arena_of(pool).blocks.count(p) != 0; }
+size_t max_frees_per_hold(ngx_slab_pool_t *pool) { return arena_of(pool).max_frees; }
+void reset_max_frees(ngx_slab_pool_t *pool) { arena_of(pool).max_frees = 0; }
 
 std::vector<LogLine> &log_lines() { return log_state().lines; }
 void clear_log() { log_state().lines.clear(); }

@@ -62,6 +62,10 @@ void fail_allocs_if(ngx_slab_pool_t *pool, std::function<bool(size_t)> fn);
 uint64_t allocs_failed(ngx_slab_pool_t *pool);
 // Whether p is the start of a live block of the pool.
 bool is_live(ngx_slab_pool_t *pool, const void *p);
+// Blocks freed within one hold of the zone mutex, the most since the last reset: a measure
+// of the work done under the lock (SPEC §9).
+size_t max_frees_per_hold(ngx_slab_pool_t *pool);
+void reset_max_frees(ngx_slab_pool_t *pool);
 
 // ---- the error log ----
 struct LogLine {

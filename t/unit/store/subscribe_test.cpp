@@ -424,6 +424,32 @@ TEST_F(Subscribe, SequenceNumbersWrapAround)
     EXPECT_CONSISTENT(z);
 }
 
+// SPEC §9: what one subscriber's request does under the zone lock is bounded by its page
+// and its channel count, never by the history. Measured in slab frees per lock hold: a
+// subscriber leaving a worker that lags behind a burst (its entries were kept for it).
+TEST_F(Subscribe, ALeavingSubscriberDoesBoundedWorkUnderTheLock)
+{
+    TestZone::Options o;
+    o.bytes = 16 << 20;
+    o.history = 1;
+    TestZone z(o);
+    Worker &a = z.add_worker();
+    Worker &b = z.add_worker();
+    auto s = a.subscribe({"x"});
+    auto other = a.subscribe({"y"});   // a stays active
+    for (int i = 0; i < 20000; i++) b.publish("x", "m");
+    ngxstub::reset_max_frees(z.pool);
+    auto resumed = a.subscribe({"x"}, from_cursor(MessageId{}));
+    resumed->replay_all();
+    resumed->close();
+    EXPECT_LE(ngxstub::max_frees_per_hold(z.pool), 64u) << "subscribing, replaying";
+    ngxstub::reset_max_frees(z.pool);
+    s->close();
+    EXPECT_LE(ngxstub::max_frees_per_hold(z.pool), channels::kLogPageEntries)
+        << "one unsubscribe freed every entry kept for its worker under one lock hold";
+    EXPECT_CONSISTENT(z);
+}
+
 TEST_F(Subscribe, SeveralSubscribersOfOneChannelInOneWorker)
 {
     TestZone z;
