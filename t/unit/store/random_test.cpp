@@ -263,7 +263,9 @@ private:
     }
 
     // A worker died mid-update: the next lock rebuilds, and the one that rebuilt wakes the
-    // others, which put their subscribers back.
+    // others, which put their subscribers back. Here they do so at once: a publish before
+    // one of them does is Records.AfterARebuildAWorkerPutBackLateMissesNothingUntold (a
+    // silent loss this model finds within a few hundred steps when the wake-up is late).
     void torn_update()
     {
         zone_->sh()->updating = 1;
