@@ -92,7 +92,7 @@ TEST_F(Harness, StubChargesSlabSizesAndRefusesPastCapacity)
     }
     ngx_slab_pool_t *pool = ngxstub::pool_create(8 * 4096);
     ngxstub::allow_unlocked(pool, true);
-    void *a = ngx_slab_alloc_locked(pool, 5000);   // two pages
+    void *a = ngx_slab_alloc_locked(pool, 5000);  // two pages
     void *b = ngx_slab_alloc_locked(pool, 6 * 4096);
     EXPECT_NE(a, nullptr);
     EXPECT_NE(b, nullptr);
@@ -147,7 +147,8 @@ TEST_F(Harness, StubTreeKeepsOrderThroughDeletes)
         if (k % 50 != 0 && k + 1 != order.size()) continue;
         std::vector<ngx_rbtree_key_t> walked;
         if (tree.root != &sentinel) {
-            for (ngx_rbtree_node_t *n = ngx_rbtree_min(tree.root, &sentinel); n != nullptr; n = ngx_rbtree_next(&tree, n)) {
+            for (ngx_rbtree_node_t *n = ngx_rbtree_min(tree.root, &sentinel); n != nullptr;
+                 n = ngx_rbtree_next(&tree, n)) {
                 walked.push_back(n->key);
             }
         }

@@ -17,7 +17,8 @@ std::vector<std::string> ids_of(const channels::ChannelListing &l)
     return out;
 }
 
-channels::ChannelListing list(Worker &w, std::string_view prefix, std::string_view after, size_t limit)
+channels::ChannelListing list(Worker &w, std::string_view prefix, std::string_view after,
+                              size_t limit)
 {
     As as(w);
     return w.store.list(prefix, after, limit);
@@ -26,8 +27,24 @@ channels::ChannelListing list(Worker &w, std::string_view prefix, std::string_vi
 // Ids that share their first 8 bytes (one tree key), prefixes of each other, and bytes on
 // either side of the letters.
 const std::vector<std::string> kTricky = {
-    "abcdefgh", "abcdefgh1", "abcdefgh0", "abcdefg", "abcdefgi", "a", "a.b", "ab", "a-", "a_",
-    "b",        "B",         "0",         "~",       "@",        "a:b", "abcdefghabcdefgh", "abcdefghabcdefgg",
+    "abcdefgh",
+    "abcdefgh1",
+    "abcdefgh0",
+    "abcdefg",
+    "abcdefgi",
+    "a",
+    "a.b",
+    "ab",
+    "a-",
+    "a_",
+    "b",
+    "B",
+    "0",
+    "~",
+    "@",
+    "a:b",
+    "abcdefghabcdefgh",
+    "abcdefghabcdefgg",
 };
 
 TEST_F(List, ChannelsComeInBytewiseIdOrder)
@@ -98,8 +115,10 @@ TEST_F(List, PrefixAfterAndLimitAgreeWithAModel)
         bool more = expected.size() > limit;
         if (more) expected.resize(limit);
         channels::ChannelListing l = list(w, prefix, after, limit);
-        ASSERT_EQ(ids_of(l), expected) << "prefix \"" << prefix << "\" after \"" << after << "\" limit " << limit;
-        ASSERT_EQ(l.more, more) << "prefix \"" << prefix << "\" after \"" << after << "\" limit " << limit;
+        ASSERT_EQ(ids_of(l), expected)
+            << "prefix \"" << prefix << "\" after \"" << after << "\" limit " << limit;
+        ASSERT_EQ(l.more, more) << "prefix \"" << prefix << "\" after \"" << after << "\" limit "
+                                << limit;
     }
 }
 
@@ -123,7 +142,7 @@ TEST_F(List, PagingVisitsEveryChannelOnce)
             for (const std::string &id : ids_of(l)) got.push_back(id);
             if (!l.more) break;
             after = l.rows.back().id;
-            if (limit == 1) {   // 3000 pages of one: enough to see it go on; jump near the end
+            if (limit == 1) {  // 3000 pages of one: enough to see it go on; jump near the end
                 if (pages == 20) after = ids[2990];
             }
         }

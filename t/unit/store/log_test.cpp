@@ -23,7 +23,9 @@ std::vector<Msg> items_of(const std::vector<Page> &pages)
 size_t log_length(TestZone &z)
 {
     size_t n = 0;
-    for (ngx_queue_t *q = ngx_queue_head(&z.sh()->log); q != ngx_queue_sentinel(&z.sh()->log); q = ngx_queue_next(q)) n++;
+    for (ngx_queue_t *q = ngx_queue_head(&z.sh()->log); q != ngx_queue_sentinel(&z.sh()->log);
+         q = ngx_queue_next(q))
+        n++;
     return n;
 }
 
@@ -185,7 +187,7 @@ TEST_F(Log, NothingIsKeptForWorkersThatHaveReadOrHoldNothing)
     TestZone z(o);
     Worker &a = z.add_worker();
     Worker &b = z.add_worker();
-    auto sb = b.subscribe({"other"});   // active, but not on "a"
+    auto sb = b.subscribe({"other"});  // active, but not on "a"
     for (int i = 0; i < 10; i++) a.publish("a", std::to_string(i));
     EXPECT_EQ(log_length(z), 2u);
     EXPECT_CONSISTENT(z);
@@ -205,7 +207,7 @@ TEST_F(Log, TrimmedEntriesWaitForEveryLaggingWorkerThenGo)
     EXPECT_EQ(a.read_log().items.size(), 5u);
     EXPECT_EQ(log_length(z), 5u) << "b has not read them";
     EXPECT_CONSISTENT(z);
-    b.stop();   // the lagging worker exits: nothing waits for it any more
+    b.stop();  // the lagging worker exits: nothing waits for it any more
     EXPECT_EQ(log_length(z), 1u);
     EXPECT_CONSISTENT(z);
 }
@@ -231,7 +233,8 @@ TEST_F(Log, EvictingAWorkersNextEntryMovesItsBookmarkAndTellsTheLoss)
     EXPECT_EQ(a.record()->bookmark->id, ids[1024]);
     EXPECT_CONSISTENT(z);
     // Publishing elsewhere evicts the oldest, past the bookmark.
-    while (z.channel("a") != nullptr && z.channel("a")->ring_len() > 300) b.publish("b", std::string(500, 'b'));
+    while (z.channel("a") != nullptr && z.channel("a")->ring_len() > 300)
+        b.publish("b", std::string(500, 'b'));
     ASSERT_NE(z.channel("a"), nullptr);
     MessageId oldest_left = z.channel("a")->slot(z.channel("a")->head_seq)->id;
     ASSERT_GT(oldest_left, ids[1024]);
@@ -273,7 +276,7 @@ TEST_F(Log, EvictingUnreadTrimmedEntriesIsALossToldToTheWorker)
     EXPECT_EQ(z.channel("a")->log_refs, 39u);
     for (int i = 0; z.channel("a")->log_refs > 20; i++) {
         ASSERT_LT(i, 1000);
-        b.publish("b" + std::to_string(i), std::string(300, 'b'));   // history 1: many channels
+        b.publish("b" + std::to_string(i), std::string(300, 'b'));  // history 1: many channels
     }
     EXPECT_EQ(z.sh()->evicted, 0u) << "out of the history already: not counted as evicted messages";
     EXPECT_EQ(b.info("k").oldest, oldest) << "a retained message went before unread trimmed ones";
@@ -283,7 +286,8 @@ TEST_F(Log, EvictingUnreadTrimmedEntriesIsALossToldToTheWorker)
     MessageId upto = p.gaps[0].upto;
     for (const Msg &m : p.items) EXPECT_GT(m.id, upto);
     for (MessageId id : ids) {
-        bool read = std::any_of(p.items.begin(), p.items.end(), [&](const Msg &m) { return m.id == id; });
+        bool read =
+            std::any_of(p.items.begin(), p.items.end(), [&](const Msg &m) { return m.id == id; });
         EXPECT_TRUE(read || id <= upto) << text(id);
     }
     ASSERT_FALSE(p.items.empty());
@@ -335,7 +339,8 @@ TEST_F(Log, ManyLossesBecomeOneZoneWideMark)
     for (const Gap &g : p.gaps) told[g.channel] = g.upto;
     for (const std::string &c : chs) {
         MessageId covered = std::max(told.count(c) ? told[c] : MessageId{}, p.all_lost);
-        bool any_read = std::any_of(p.items.begin(), p.items.end(), [&](const Msg &m) { return m.channel == c; });
+        bool any_read = std::any_of(p.items.begin(), p.items.end(),
+                                    [&](const Msg &m) { return m.channel == c; });
         EXPECT_TRUE(any_read || covered != MessageId{}) << c;
     }
     EXPECT_CONSISTENT(z);
@@ -361,7 +366,8 @@ TEST_F(Log, ADeletionFreedBeforeALaggingWorkerReadItIsNotLostSilently)
         b.publish("f" + std::to_string(i % 50), std::string(300, 'f'));
     }
     Page p = a.read_log();
-    bool delivered = std::any_of(p.items.begin(), p.items.end(), [](const Msg &m) { return m.kind == EntryKind::deleted; });
+    bool delivered = std::any_of(p.items.begin(), p.items.end(),
+                                 [](const Msg &m) { return m.kind == EntryKind::deleted; });
     bool told = p.all_lost >= marker || (p.has_gap("x") && p.gaps[0].upto >= marker);
     EXPECT_TRUE(delivered || told) << "the delete of x (" << text(marker) << ") vanished: gap upto "
                                    << (p.gaps.empty() ? std::string("none") : text(p.gaps[0].upto));

@@ -5,11 +5,11 @@
 #include <sanitizer/asan_interface.h>
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
-#include <algorithm>
 #include <cstring>
 #include <deque>
 #include <map>
@@ -32,19 +32,19 @@ namespace {
 // ---- the slab pool ----
 
 constexpr size_t kPage = 4096;
-constexpr size_t kBlockRegionMin = 64 << 20;   // virtual: freed blocks are reused by size only
+constexpr size_t kBlockRegionMin = 64 << 20;  // virtual: freed blocks are reused by size only
 
 struct Arena {
     u_char *map = nullptr;
     size_t map_size = 0;
-    ngx_slab_pool_t *pool = nullptr;   // at the start of the mapping, shared with children
-    u_char *base = nullptr;            // blocks
+    ngx_slab_pool_t *pool = nullptr;  // at the start of the mapping, shared with children
+    u_char *base = nullptr;           // blocks
     u_char *bump = nullptr;
     u_char *limit = nullptr;
     size_t capacity = 0;
     size_t live = 0;
-    std::unordered_map<const void *, size_t> blocks;   // live block -> its slab bytes
-    std::map<size_t, std::deque<u_char *>> spare;      // freed blocks by slab bytes, oldest first
+    std::unordered_map<const void *, size_t> blocks;  // live block -> its slab bytes
+    std::map<size_t, std::deque<u_char *>> spare;     // freed blocks by slab bytes, oldest first
     bool held = false;
     bool allow_unlocked = false;
     std::function<bool(size_t)> fail;
@@ -83,10 +83,11 @@ u_char *take_block(Arena &a, size_t bytes)
         it->second.pop_front();
         return p;
     }
-    size_t align = bytes < kPage ? bytes : kPage;   // slots are aligned to their size
+    size_t align = bytes < kPage ? bytes : kPage;  // slots are aligned to their size
     auto at = (reinterpret_cast<uintptr_t>(a.bump) + align - 1) & ~uintptr_t(align - 1);
     u_char *p = reinterpret_cast<u_char *>(at);
-    if (p + bytes > a.limit) stub_abort("the block region is exhausted (a test allocates too much)");
+    if (p + bytes > a.limit)
+        stub_abort("the block region is exhausted (a test allocates too much)");
     a.bump = p + bytes;
     return p;
 }
@@ -187,7 +188,7 @@ struct Globals {
         ngx_pagesize = kPage;
         ngx_cycle = &cycle_state().cycle;
         ngx_cached_time = &cached_time;
-        for (uint32_t i = 0; i < 16; i++) {   // CRC-32 (reflected 0xEDB88320), four bits at a time
+        for (uint32_t i = 0; i < 16; i++) {  // CRC-32 (reflected 0xEDB88320), four bits at a time
             uint32_t c = i;
             for (int k = 0; k < 4; k++) c = (c & 1) ? (c >> 1) ^ 0xEDB88320u : c >> 1;
             crc32_short_table[i] = c;
@@ -231,8 +232,14 @@ u_char *ngx_sprintf(u_char *buf, const char *fmt, ...)
     return buf + text.size();
 }
 
-void *ngx_alloc(size_t size, ngx_log_t *) { return std::malloc(size); }
-void *ngx_calloc(size_t size, ngx_log_t *) { return std::calloc(1, size); }
+void *ngx_alloc(size_t size, ngx_log_t *)
+{
+    return std::malloc(size);
+}
+void *ngx_calloc(size_t size, ngx_log_t *)
+{
+    return std::calloc(1, size);
+}
 
 void *ngx_pnalloc(ngx_pool_t *, size_t size)
 {
@@ -290,7 +297,7 @@ void *ngx_slab_alloc_locked(ngx_slab_pool_t *pool, size_t size)
     }
     u_char *p = take_block(a, bytes);
     ASAN_UNPOISON_MEMORY_REGION(p, size);
-    std::memset(p, 0xa5, size);   // the slab does not zero: nothing may rely on it
+    std::memset(p, 0xa5, size);  // the slab does not zero: nothing may rely on it
     a.blocks[p] = bytes;
     a.live += bytes;
     a.update_pfree();
@@ -396,7 +403,10 @@ void set_time_ms(uint64_t ms)
     cached_time.msec = ngx_msec_t(ms % 1000);
 }
 
-uint64_t time_ms() { return uint64_t(cached_time.sec) * 1000 + cached_time.msec; }
+uint64_t time_ms()
+{
+    return uint64_t(cached_time.sec) * 1000 + cached_time.msec;
+}
 
 size_t slab_bytes(size_t size)
 {
@@ -412,8 +422,8 @@ ngx_slab_pool_t *pool_create(size_t zone_bytes)
     size_t header = (sizeof(ngx_slab_pool_t) + kPage - 1) / kPage * kPage;
     size_t region = std::max(kBlockRegionMin, 4 * zone_bytes);
     a->map_size = header + region;
-    void *m = mmap(nullptr, a->map_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE,
-                   -1, 0);
+    void *m = mmap(nullptr, a->map_size, PROT_READ | PROT_WRITE,
+                   MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (m == MAP_FAILED) stub_abort("cannot map a pool");
     a->map = static_cast<u_char *>(m);
     a->pool = reinterpret_cast<ngx_slab_pool_t *>(a->map);
@@ -449,19 +459,55 @@ void set_capacity(ngx_slab_pool_t *pool, size_t bytes)
     arena_of(pool).update_pfree();
 }
 
-size_t capacity(ngx_slab_pool_t *pool) { return arena_of(pool).capacity; }
-size_t live_bytes(ngx_slab_pool_t *pool) { return arena_of(pool).live; }
-size_t live_blocks(ngx_slab_pool_t *pool) { return arena_of(pool).blocks.size(); }
-void allow_unlocked(ngx_slab_pool_t *pool, bool allow) { arena_of(pool).allow_unlocked = allow; }
-bool locked(ngx_slab_pool_t *pool) { return arena_of(pool).held; }
-void fail_allocs_if(ngx_slab_pool_t *pool, std::function<bool(size_t)> fn) { arena_of(pool).fail = std::move(fn); }
-uint64_t allocs_failed(ngx_slab_pool_t *pool) { return arena_of(pool).failed; }
-bool is_live(ngx_slab_pool_t *pool, const void *p) { return arena_of(pool).blocks.count(p) != 0; }
-size_t max_frees_per_hold(ngx_slab_pool_t *pool) { return arena_of(pool).max_frees; }
-void reset_max_frees(ngx_slab_pool_t *pool) { arena_of(pool).max_frees = 0; }
+size_t capacity(ngx_slab_pool_t *pool)
+{
+    return arena_of(pool).capacity;
+}
+size_t live_bytes(ngx_slab_pool_t *pool)
+{
+    return arena_of(pool).live;
+}
+size_t live_blocks(ngx_slab_pool_t *pool)
+{
+    return arena_of(pool).blocks.size();
+}
+void allow_unlocked(ngx_slab_pool_t *pool, bool allow)
+{
+    arena_of(pool).allow_unlocked = allow;
+}
+bool locked(ngx_slab_pool_t *pool)
+{
+    return arena_of(pool).held;
+}
+void fail_allocs_if(ngx_slab_pool_t *pool, std::function<bool(size_t)> fn)
+{
+    arena_of(pool).fail = std::move(fn);
+}
+uint64_t allocs_failed(ngx_slab_pool_t *pool)
+{
+    return arena_of(pool).failed;
+}
+bool is_live(ngx_slab_pool_t *pool, const void *p)
+{
+    return arena_of(pool).blocks.count(p) != 0;
+}
+size_t max_frees_per_hold(ngx_slab_pool_t *pool)
+{
+    return arena_of(pool).max_frees;
+}
+void reset_max_frees(ngx_slab_pool_t *pool)
+{
+    arena_of(pool).max_frees = 0;
+}
 
-std::vector<LogLine> &log_lines() { return log_state().lines; }
-void clear_log() { log_state().lines.clear(); }
+std::vector<LogLine> &log_lines()
+{
+    return log_state().lines;
+}
+void clear_log()
+{
+    log_state().lines.clear();
+}
 
 size_t count_log(ngx_uint_t level_or_above, const std::string &containing)
 {
@@ -474,7 +520,8 @@ size_t count_log(ngx_uint_t level_or_above, const std::string &containing)
 
 std::string dump_log()
 {
-    static const char *const names[] = {"", "emerg", "alert", "crit", "error", "warn", "notice", "info", "debug"};
+    static const char *const names[] = {"",     "emerg",  "alert", "crit", "error",
+                                        "warn", "notice", "info",  "debug"};
     std::string out;
     for (const LogLine &l : log_state().lines) {
         out += std::string("[") + (l.level < 9 ? names[l.level] : "?") + "] " + l.text + "\n";
@@ -482,9 +529,18 @@ std::string dump_log()
     return out;
 }
 
-ngx_cycle_t *cycle() { return &cycle_state().cycle; }
-ngx_log_t *log() { return &cycle_state().log; }
-void set_pid_path(const std::string &path) { cycle_state().set_pid(path); }
+ngx_cycle_t *cycle()
+{
+    return &cycle_state().cycle;
+}
+ngx_log_t *log()
+{
+    return &cycle_state().log;
+}
+void set_pid_path(const std::string &path)
+{
+    cycle_state().set_pid(path);
+}
 
 void set_cycle_zones(std::vector<ngx_shm_zone_t> zones)
 {

@@ -39,7 +39,10 @@ namespace ngxstub {
 // ---- clock ----
 void set_time_ms(uint64_t ms);
 uint64_t time_ms();
-inline void advance_ms(uint64_t ms) { set_time_ms(time_ms() + ms); }
+inline void advance_ms(uint64_t ms)
+{
+    set_time_ms(time_ms() + ms);
+}
 
 // ---- the slab pool ----
 // A new pool whose usable range (pool->end - pool->start, what the store divides into its
@@ -49,7 +52,7 @@ void pool_destroy(ngx_slab_pool_t *pool);
 // The most live slab bytes the pool holds; allocations past it fail (NULL).
 void set_capacity(ngx_slab_pool_t *pool, size_t bytes);
 size_t capacity(ngx_slab_pool_t *pool);
-size_t live_bytes(ngx_slab_pool_t *pool);    // sum of the slab sizes of live blocks
+size_t live_bytes(ngx_slab_pool_t *pool);  // sum of the slab sizes of live blocks
 size_t live_blocks(ngx_slab_pool_t *pool);
 // Slab bytes an allocation of `size` takes, by the stub's own rule (independent of the
 // store's slab_size(), which tests compare with it).

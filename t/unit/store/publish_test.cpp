@@ -38,15 +38,16 @@ TEST_F(Publish, IdsNeverGoBackWhenTheClockIsSetBack)
     Worker &b = z.add_worker();
     ngxstub::advance_ms(10000);
     MessageId last = a.publish("x", "before").id;
-    ngxstub::advance_ms(uint64_t(-60000));   // a minute back
+    ngxstub::advance_ms(uint64_t(-60000));  // a minute back
     std::vector<MessageId> ids;
-    for (int i = 0; i < 20; i++) ids.push_back((i % 2 ? a : b).publish(i % 3 ? "x" : "y", "after").id);
+    for (int i = 0; i < 20; i++)
+        ids.push_back((i % 2 ? a : b).publish(i % 3 ? "x" : "y", "after").id);
     for (MessageId id : ids) {
         EXPECT_GT(id, last);
         EXPECT_EQ(id.ms, last.ms) << "the clock is behind: the counter moves, not the time";
         last = id;
     }
-    ngxstub::advance_ms(120000);   // past the old time again
+    ngxstub::advance_ms(120000);  // past the old time again
     MessageId later = a.publish("x", "later").id;
     EXPECT_GT(later, last);
     EXPECT_EQ(later.seq, 0u);
@@ -108,9 +109,9 @@ TEST_F(Publish, TtlExpiresAtExactlyPublishTimePlusTtl)
     w.publish("a", "old");
     ngxstub::advance_ms(400);
     MessageId young = w.publish("a", "young").id;
-    ngxstub::advance_ms(599);   // old is 999 ms old
+    ngxstub::advance_ms(599);  // old is 999 ms old
     EXPECT_EQ(w.info("a").messages, 2u);
-    ngxstub::advance_ms(1);   // 1000 ms: gone
+    ngxstub::advance_ms(1);  // 1000 ms: gone
     ChannelInfo info = w.info("a");
     EXPECT_EQ(info.messages, 1u);
     EXPECT_EQ(info.oldest, young);
@@ -134,7 +135,7 @@ TEST_F(Publish, CollectExpiresALargeBacklogInBoundedRounds)
     size_t baseline_channels = z.nchannels();
     EXPECT_EQ(baseline_channels, 7u);
     ngxstub::advance_ms(1000);
-    w.collect();   // 4096 per lock hold, up to 16 holds
+    w.collect();  // 4096 per lock hold, up to 16 holds
     EXPECT_EQ(z.sh()->nmessages, 0u);
     EXPECT_EQ(z.nchannels(), 0u);
     EXPECT_EQ(z.sh()->message_bytes, 0u);
@@ -172,7 +173,8 @@ TEST_F(Publish, EvictionTakesTheOldestOfTheZoneFirst)
     ASSERT_FALSE(retained.empty());
     size_t first = published.size() - retained.size();
     for (size_t i = 0; i < retained.size(); i++) {
-        EXPECT_EQ(retained[i], published[first + i].second) << "retained messages are not the newest run";
+        EXPECT_EQ(retained[i], published[first + i].second)
+            << "retained messages are not the newest run";
     }
     EXPECT_EQ(z.sh()->evicted, first);
     EXPECT_EQ(z.sh()->published, published.size());
@@ -224,7 +226,8 @@ TEST_F(Publish, WhatFitsAnEmptyZoneFitsAFullOne)
     {
         TestZone z(o);
         Worker &w = z.add_worker();
-        for (int i = 0; i < 300; i++) ASSERT_TRUE(w.publish("c" + std::to_string(i % 9), std::string(100, 'm')).ok());
+        for (int i = 0; i < 300; i++)
+            ASSERT_TRUE(w.publish("c" + std::to_string(i % 9), std::string(100, 'm')).ok());
         EXPECT_TRUE(w.publish("big", std::string(largest, 'x')).ok()) << "a zone full of messages";
         EXPECT_CONSISTENT(z);
     }
@@ -233,8 +236,10 @@ TEST_F(Publish, WhatFitsAnEmptyZoneFitsAFullOne)
         Worker &w = z.add_worker();
         Worker &lagging = z.add_worker();
         auto sub = lagging.subscribe({"c0", "c1"});
-        for (int i = 0; i < 300; i++) ASSERT_TRUE(w.publish("c" + std::to_string(i % 2), std::string(100, 'm')).ok());
-        EXPECT_TRUE(w.publish("big", std::string(largest, 'x')).ok()) << "a lagging worker's unread entries";
+        for (int i = 0; i < 300; i++)
+            ASSERT_TRUE(w.publish("c" + std::to_string(i % 2), std::string(100, 'm')).ok());
+        EXPECT_TRUE(w.publish("big", std::string(largest, 'x')).ok())
+            << "a lagging worker's unread entries";
         EXPECT_CONSISTENT(z);
     }
     {
@@ -247,10 +252,12 @@ TEST_F(Publish, WhatFitsAnEmptyZoneFitsAFullOne)
             waiting.push_back(std::move(s));
         }
         ASSERT_GT(waiting.size(), 10u);
-        for (int i = 0; i < 300; i++) ASSERT_TRUE(w.publish("c" + std::to_string(i % 9), std::string(100, 'm')).ok());
+        for (int i = 0; i < 300; i++)
+            ASSERT_TRUE(w.publish("c" + std::to_string(i % 9), std::string(100, 'm')).ok());
         EXPECT_TRUE(w.publish("big", std::string(largest, 'x')).ok())
             << "subscribers' idle channels at their cap made a publish fail (SPEC §9); idle "
-            << z.sh()->idle_bytes << " of " << z.sh()->idle_cap << ", budget " << z.sh()->message_budget;
+            << z.sh()->idle_bytes << " of " << z.sh()->idle_cap << ", budget "
+            << z.sh()->message_budget;
         EXPECT_CONSISTENT(z);
     }
 }
@@ -319,7 +326,7 @@ TEST_F(Publish, DeleteWithSubscribersLeavesAMarkerThenRepublishStartsOver)
     Published again = w.publish("a", "2");
     EXPECT_TRUE(again.ok());
     EXPECT_EQ(again.messages, 1u);
-    sub->leave(0);   // the stream leaves the deleted channel
+    sub->leave(0);  // the stream leaves the deleted channel
     EXPECT_CONSISTENT(z);
     EXPECT_EQ(w.info("a").messages, 1u);
 }
@@ -351,9 +358,11 @@ TEST_F(Publish, IngestKeepsGivenIdsAndIgnoresWhatIsNotNewer)
     Worker &a = z.add_worker();
     Worker &b = z.add_worker();
     auto sub = b.subscribe({"r"});
-    uint64_t t = ngxstub::time_ms() - 5000;   // Redis' clock: ids come from there
-    EXPECT_NE(a.ingest(EntryKind::message, {t, 3}, "r", "one"), 0u) << "wake bits of b's subscriber";
-    EXPECT_EQ(b.ingest(EntryKind::message, {t, 3}, "r", "dup"), 0u) << "another worker mirrored it first";
+    uint64_t t = ngxstub::time_ms() - 5000;  // Redis' clock: ids come from there
+    EXPECT_NE(a.ingest(EntryKind::message, {t, 3}, "r", "one"), 0u)
+        << "wake bits of b's subscriber";
+    EXPECT_EQ(b.ingest(EntryKind::message, {t, 3}, "r", "dup"), 0u)
+        << "another worker mirrored it first";
     EXPECT_EQ(b.ingest(EntryKind::message, {t - 1, 9}, "r", "old"), 0u);
     EXPECT_NE(b.ingest(EntryKind::message, {t, 4}, "r", "two"), 0u);
     EXPECT_EQ(z.sh()->last_id, (MessageId{t, 4}));
@@ -385,7 +394,8 @@ TEST_F(Publish, IngestOfAnIdOlderThanTtlExpiresWithoutBeingRead)
     w.ingest(EntryKind::message, {t + 1500, 0}, "r", "fresh");
     Page log = w.read_log();
     EXPECT_EQ(log.data(), (std::vector<std::string>{"fresh"}));
-    EXPECT_TRUE(log.has_gap("r")) << "an expired entry the worker had not read is a loss it is told about";
+    EXPECT_TRUE(log.has_gap("r"))
+        << "an expired entry the worker had not read is a loss it is told about";
     EXPECT_CONSISTENT(z);
 }
 
@@ -450,7 +460,8 @@ TEST_F(Publish, SubscribersOfNewChannelsNeverEvictAndAreCapped)
     o.bytes = 64 * 1024;
     TestZone z(o);
     Worker &w = z.add_worker();
-    for (int i = 0; i < 400; i++) ASSERT_TRUE(w.publish("m" + std::to_string(i % 4), std::string(150, 'x')).ok());
+    for (int i = 0; i < 400; i++)
+        ASSERT_TRUE(w.publish("m" + std::to_string(i % 4), std::string(150, 'x')).ok());
     uint64_t evicted = z.sh()->evicted, messages = z.sh()->nmessages;
     ASSERT_GT(evicted, 0u) << "the zone should be full of messages";
     std::vector<std::unique_ptr<Sub>> subs;
@@ -484,7 +495,8 @@ TEST_F(Publish, AZoneFullOfMessagesStillHasTheIdleShare)
         TestZone z(o);
         for (size_t i = 0; i < nworkers; i++) z.add_worker();
         Worker &w = z.w(0);
-        for (int i = 0; i < 400; i++) ASSERT_TRUE(w.publish("m" + std::to_string(i % 4), std::string(150, 'x')).ok());
+        for (int i = 0; i < 400; i++)
+            ASSERT_TRUE(w.publish("m" + std::to_string(i % 4), std::string(150, 'x')).ok());
         std::vector<std::unique_ptr<Sub>> subs;
         SubscribeStatus refusal;
         for (;;) {
@@ -493,10 +505,12 @@ TEST_F(Publish, AZoneFullOfMessagesStillHasTheIdleShare)
             subs.push_back(std::move(s));
         }
         EXPECT_EQ(refusal, SubscribeStatus::over_cap)
-            << nworkers << " workers: refused with no_memory at " << z.sh()->idle_bytes << " idle bytes of a cap of "
-            << z.sh()->idle_cap << "; the pool holds " << ngxstub::live_bytes(z.pool) << " of " << z.usable()
-            << ": messages " << z.sh()->message_bytes << " (budget " << z.sh()->message_budget
-            << "), and the root, its log context and " << nworkers << " worker records, counted in neither";
+            << nworkers << " workers: refused with no_memory at " << z.sh()->idle_bytes
+            << " idle bytes of a cap of " << z.sh()->idle_cap << "; the pool holds "
+            << ngxstub::live_bytes(z.pool) << " of " << z.usable() << ": messages "
+            << z.sh()->message_bytes << " (budget " << z.sh()->message_budget
+            << "), and the root, its log context and " << nworkers
+            << " worker records, counted in neither";
     }
 }
 
@@ -530,7 +544,7 @@ TEST_F(Publish, ARefusedSubscribeReleasesWhatItCreated)
     TestZone z(o);
     Worker &w = z.add_worker();
     std::vector<std::unique_ptr<Sub>> subs;
-    for (;;) {   // fill the cap to within two channels
+    for (;;) {  // fill the cap to within two channels
         auto s = w.subscribe({"f" + std::to_string(subs.size())});
         if (s->status != SubscribeStatus::ok) break;
         subs.push_back(std::move(s));
@@ -544,7 +558,8 @@ TEST_F(Publish, ARefusedSubscribeReleasesWhatItCreated)
     EXPECT_EQ(s->failed_index, 2u);
     EXPECT_EQ(z.sh()->idle_bytes, idle);
     EXPECT_EQ(z.nchannels(), channels);
-    EXPECT_EQ(w.session.size(), subs.size()) << "the registry keeps what a refused subscribe prepared";
+    EXPECT_EQ(w.session.size(), subs.size())
+        << "the registry keeps what a refused subscribe prepared";
     EXPECT_CONSISTENT(z);
 }
 
@@ -563,7 +578,7 @@ TEST_F(Publish, ExistingOnlyRefusesMissingAndDeletedChannels)
     EXPECT_EQ(s->status, SubscribeStatus::not_found);
     EXPECT_EQ(s->failed_index, 1u);
     EXPECT_EQ(w.subscribe({"gone"}, o)->status, SubscribeStatus::not_found);
-    auto waiting = w.subscribe({"waited"});   // waited on, never published: not "existing"
+    auto waiting = w.subscribe({"waited"});  // waited on, never published: not "existing"
     EXPECT_EQ(w.subscribe({"waited"}, o)->status, SubscribeStatus::not_found);
     EXPECT_EQ(z.channel("missing"), nullptr);
     EXPECT_CONSISTENT(z);

@@ -29,8 +29,8 @@ size_t env_or(const char *name, size_t fallback)
 
 // What one worker's delivery owes: messages of channels it held when they were published.
 struct Owed {
-    std::map<std::string, std::set<MessageId>> pending;   // channel -> ids not yet read or told
-    MessageId last_read;                                  // ids read come in order
+    std::map<std::string, std::set<MessageId>> pending;  // channel -> ids not yet read or told
+    MessageId last_read;                                 // ids read come in order
 };
 
 class Model {
@@ -42,8 +42,18 @@ public:
 private:
     std::string channel()
     {
-        static const std::vector<std::string> ids = {"a", "b", "c", "d", "e", "f", "news", "news.x", "abcdefgh",
-                                                     "abcdefgh0", std::string(255, 'L'), std::string(200, 'M')};
+        static const std::vector<std::string> ids = {"a",
+                                                     "b",
+                                                     "c",
+                                                     "d",
+                                                     "e",
+                                                     "f",
+                                                     "news",
+                                                     "news.x",
+                                                     "abcdefgh",
+                                                     "abcdefgh0",
+                                                     std::string(255, 'L'),
+                                                     std::string(200, 'M')};
         return ids[rng_() % ids.size()];
     }
     size_t pick(size_t n) { return rng_() % n; }
@@ -78,7 +88,7 @@ private:
         size_t size = chance(3) ? 9000 + pick(20000) : pick(400);
         std::string data(size, char('a' + pick(26)));
         MessageId id;
-        if (redis_) {   // ids assigned by Redis, mirrored by every worker (most see it twice)
+        if (redis_) {  // ids assigned by Redis, mirrored by every worker (most see it twice)
             id = channels::next_id(redis_last_, ngxstub::time_ms() - pick(50));
             redis_last_ = id;
             MessageId before = zone_->sh()->last_id;
@@ -99,7 +109,7 @@ private:
     void remove()
     {
         if (!redis_) {
-            live_worker().remove(channel());   // markers are not owed: see Log.ADeletionFreed...
+            live_worker().remove(channel());  // markers are not owed: see Log.ADeletionFreed...
             return;
         }
         redis_last_ = channels::next_id(redis_last_, ngxstub::time_ms());
@@ -208,9 +218,10 @@ private:
             if (!p.more) {
                 for (auto &[ch, ids] : owed.pending) {
                     for (MessageId id : ids) {
-                        ADD_FAILURE() << "seed " << seed_ << " step " << step_ << ": worker " << w.index
-                                      << " passed " << text(id) << " of " << ch.substr(0, 20)
-                                      << " without reading it or being told it was lost";
+                        ADD_FAILURE()
+                            << "seed " << seed_ << " step " << step_ << ": worker " << w.index
+                            << " passed " << text(id) << " of " << ch.substr(0, 20)
+                            << " without reading it or being told it was lost";
                     }
                     ids.clear();
                 }
@@ -229,10 +240,12 @@ private:
             ids.erase(ids.begin(), ids.upper_bound(g.upto));
         }
         if (p.all_lost != MessageId{}) {
-            for (auto &[ch, ids] : owed.pending) ids.erase(ids.begin(), ids.upper_bound(p.all_lost));
+            for (auto &[ch, ids] : owed.pending)
+                ids.erase(ids.begin(), ids.upper_bound(p.all_lost));
         }
         for (const Msg &m : p.items) {
-            EXPECT_GT(m.id, owed.last_read) << "seed " << seed_ << " step " << step_ << ": read out of order or twice";
+            EXPECT_GT(m.id, owed.last_read)
+                << "seed " << seed_ << " step " << step_ << ": read out of order or twice";
             owed.last_read = m.id;
             owed.pending[m.channel].erase(m.id);
         }
@@ -279,13 +292,14 @@ private:
     {
         Worker &w = live_worker();
         As as(w);
-        channels::ChannelListing l = w.store.list(chance(50) ? "" : channel().substr(0, 2), "", 1 + pick(10));
+        channels::ChannelListing l =
+            w.store.list(chance(50) ? "" : channel().substr(0, 2), "", 1 + pick(10));
         for (size_t i = 1; i < l.rows.size(); i++) ASSERT_LT(l.rows[i - 1].id, l.rows[i].id);
     }
 
     std::mt19937_64 rng_;
     uint64_t seed_;
-    bool redis_ = false;   // even seeds: a Redis zone, its entries ingested
+    bool redis_ = false;  // even seeds: a Redis zone, its entries ingested
     MessageId redis_last_;
     size_t step_ = 0;
     size_t read_ = 0, told_ = 0;
@@ -308,7 +322,7 @@ void Model::run(size_t steps)
     for (int i = 0; i < 3; i++) zone_->add_worker();
     for (step_ = 0; step_ < steps && !::testing::Test::HasFailure(); step_++) {
         int op = int(pick(1000)) / 10;
-        if (op == 97 && pick(4) != 0) op = 99;   // a torn update in 400 steps
+        if (op == 97 && pick(4) != 0) op = 99;  // a torn update in 400 steps
         if (op < 35) {
             publish();
         } else if (op < 38) {
@@ -349,15 +363,19 @@ void Model::run(size_t steps)
                                    }),
                     subs_.end());
         std::vector<std::string> problems = zone_->problems();
-        ASSERT_TRUE(problems.empty()) << "seed " << seed_ << " step " << step_ << " (op " << op << "):\n"
-                                      << join(problems);
+        ASSERT_TRUE(problems.empty())
+            << "seed " << seed_ << " step " << step_ << " (op " << op << "):\n"
+            << join(problems);
     }
     Shared *sh = zone_->sh();
-    std::printf("seed %llu%s: %zu steps, zone %zu KiB history %llu; published %llu evicted %llu rebuilds %llu; "
-                "read %zu, told lost %zu, replayed %zu; workers %zu\n",
-                (unsigned long long)seed_, redis_ ? " (redis)" : "", step_, o.bytes / 1024, (unsigned long long)o.history,
-                (unsigned long long)sh->published, (unsigned long long)sh->evicted, (unsigned long long)sh->rebuilds,
-                read_, told_, seen_.size(), zone_->nworkers());
+    std::printf(
+        "seed %llu%s: %zu steps, zone %zu KiB history %llu; published %llu evicted %llu rebuilds "
+        "%llu; "
+        "read %zu, told lost %zu, replayed %zu; workers %zu\n",
+        (unsigned long long)seed_, redis_ ? " (redis)" : "", step_, o.bytes / 1024,
+        (unsigned long long)o.history, (unsigned long long)sh->published,
+        (unsigned long long)sh->evicted, (unsigned long long)sh->rebuilds, read_, told_,
+        seen_.size(), zone_->nworkers());
     subs_.clear();
     zone_.reset();
 }
@@ -373,7 +391,8 @@ TEST_F(Random, InterleavingsKeepTheZoneConsistentAndDeliveryExact)
         if (only != 0 && seed != only) continue;
         Model m(seed);
         m.run(steps);
-        EXPECT_EQ(ngxstub::count_log(NGX_LOG_CRIT), 0u) << "seed " << seed << ":\n" << ngxstub::dump_log();
+        EXPECT_EQ(ngxstub::count_log(NGX_LOG_CRIT), 0u) << "seed " << seed << ":\n"
+                                                        << ngxstub::dump_log();
         ngxstub::clear_log();
     }
 }

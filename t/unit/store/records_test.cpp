@@ -22,8 +22,8 @@ class Records : public StoreTest {};
 size_t nrecords(TestZone &z)
 {
     size_t n = 0;
-    for (ngx_queue_t *q = ngx_queue_head(&z.sh()->records); q != ngx_queue_sentinel(&z.sh()->records);
-         q = ngx_queue_next(q)) {
+    for (ngx_queue_t *q = ngx_queue_head(&z.sh()->records);
+         q != ngx_queue_sentinel(&z.sh()->records); q = ngx_queue_next(q)) {
         n++;
     }
     return n;
@@ -58,7 +58,7 @@ TEST_F(Records, AWorkerThatExitsReleasesWhatItHeld)
     auto sa1 = a.subscribe({"shared", "only-a"});
     auto sa2 = a.subscribe({"shared"});
     auto sb = b.subscribe({"shared"});
-    for (int i = 0; i < 5; i++) b.publish("shared", "m");   // trimmed entries wait for a
+    for (int i = 0; i < 5; i++) b.publish("shared", "m");  // trimmed entries wait for a
     EXPECT_EQ(z.channel("shared")->log_refs, 4u);
     a.stop();
     EXPECT_EQ(z.channel("only-a"), nullptr);
@@ -93,13 +93,16 @@ TEST_F(Records, ADeadWorkersRecordIsDroppedAndCountsArePutBack)
     a.die();
     b.collect();
     EXPECT_EQ(nrecords(z), 2u);
-    EXPECT_EQ(ngxstub::count_log(NGX_LOG_NOTICE, "releasing subscribers of exited worker " + std::to_string(a.pid())), 1u);
+    EXPECT_EQ(ngxstub::count_log(NGX_LOG_NOTICE, "releasing subscribers of exited worker " +
+                                                     std::to_string(a.pid())),
+              1u);
     EXPECT_EQ(z.sh()->count_epoch, epoch + 1);
     EXPECT_EQ(z.channel("only-a"), nullptr);
     EXPECT_EQ(z.channel("shared")->log_refs, 0u) << "nothing waits for a dead worker";
     EXPECT_EQ(z.sh()->connections, 3u);
     ASSERT_FALSE(b.listener.appended.empty()) << "live workers are woken to put their counts back";
-    EXPECT_EQ(b.listener.appended.back(), (uint64_t(1) << b.record()->bit) | (uint64_t(1) << c.record()->bit));
+    EXPECT_EQ(b.listener.appended.back(),
+              (uint64_t(1) << b.record()->bit) | (uint64_t(1) << c.record()->bit));
     // Until a live worker is in step again its channels lack its counts, but are kept.
     ASSERT_NE(z.channel("b2"), nullptr);
     b.read_log();
@@ -131,7 +134,7 @@ TEST_F(Records, ANewWorkerDropsTheRecordsOfDeadOnes)
     Worker &a = z.add_worker();
     auto sa = a.subscribe({"x"});
     a.die();
-    z.add_worker();   // replaces it: claims its own record, then drops the dead one
+    z.add_worker();  // replaces it: claims its own record, then drops the dead one
     EXPECT_EQ(nrecords(z), 1u);
     EXPECT_EQ(z.channel("x"), nullptr);
     Worker &c = z.add_worker();
@@ -147,7 +150,7 @@ TEST_F(Records, APidTakenByAnotherProcessIsADeadWorker)
     Worker &b = z.add_worker();
     auto sa = a.subscribe({"x"});
     ASSERT_NE(a.record()->start_time, 0u) << "/proc gives the helper's start time";
-    a.record()->start_time += 1;   // the live process with a's pid started at another time
+    a.record()->start_time += 1;  // the live process with a's pid started at another time
     a.abandon();
     b.collect();
     EXPECT_EQ(nrecords(z), 1u);
@@ -189,7 +192,8 @@ TEST_F(Records, ChannelsGoWhenLeftUnderASharedWakeBit)
                                        << (z.channel("x") ? z.channel("x")->wake_bits : 0);
     auto s2 = w65.subscribe({"y"});
     s2->close();
-    EXPECT_EQ(z.channel("y"), nullptr) << "an idle channel kept forever counts against the idle cap";
+    EXPECT_EQ(z.channel("y"), nullptr)
+        << "an idle channel kept forever counts against the idle cap";
     EXPECT_EQ(z.sh()->idle_bytes, 0u);
     EXPECT_CONSISTENT(z);
 }
@@ -207,7 +211,7 @@ bool die_in_child(const std::function<void()> &fn)
         ngx_pid = getpid();
         channels::fault::configure(ngxstub::log());
         fn();
-        _exit(3);   // no kill point reached
+        _exit(3);  // no kill point reached
     }
     int status = 0;
     waitpid(pid, &status, 0);
@@ -273,15 +277,16 @@ TEST_F(Records, AfterARebuildAWorkerPutBackLateMissesNothingUntold)
     a.publish("x", "before");
     EXPECT_EQ(b.read_log().data(), (std::vector<std::string>{"before"}));
     ASSERT_TRUE(die_in_child([&] { a.publish("y", "torn"); }));
-    a.read_log();   // a's lock rebuilds the zone; b is woken, but has not run yet
+    a.read_log();  // a's lock rebuilds the zone; b is woken, but has not run yet
     ngxstub::advance_ms(5);
     MessageId p = a.publish("x", "published meanwhile").id;
     Page got = b.read_log();
     bool delivered = got.data() == std::vector<std::string>{"published meanwhile"};
     bool told = got.all_lost >= p || (got.has_gap("x") && got.gaps[0].upto >= p);
-    EXPECT_TRUE(delivered || told) << "lost silently: " << text(p) << " neither read nor covered (all_lost "
-                                   << text(got.all_lost) << ", read_upto of the new record "
-                                   << text(b.record()->read_upto) << ")";
+    EXPECT_TRUE(delivered || told)
+        << "lost silently: " << text(p) << " neither read nor covered (all_lost "
+        << text(got.all_lost) << ", read_upto of the new record " << text(b.record()->read_upto)
+        << ")";
     EXPECT_CONSISTENT(z);
 }
 
@@ -331,7 +336,7 @@ TEST_F(Records, ARebuildPutsBackMoreChannelsThanTheIdleCap)
     Worker &a = z.add_worker();
     std::vector<std::unique_ptr<Sub>> subs;
     for (int i = 0; i < 80; i++) {
-        a.publish("c" + std::to_string(i), "m");   // channels with messages: not capped
+        a.publish("c" + std::to_string(i), "m");  // channels with messages: not capped
         subs.push_back(a.subscribe({"c" + std::to_string(i)}));
         ASSERT_EQ(subs.back()->status, SubscribeStatus::ok);
     }

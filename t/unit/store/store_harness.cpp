@@ -13,7 +13,10 @@ extern "C" {
 extern ngx_module_t ngx_http_channels_module;
 }
 
-void channels::PrintTo(const MessageId &id, std::ostream *os) { *os << storetest::text(id); }
+void channels::PrintTo(const MessageId &id, std::ostream *os)
+{
+    *os << storetest::text(id);
+}
 
 void channels::PrintTo(const SubscribeStatus &status, std::ostream *os)
 {
@@ -60,8 +63,8 @@ LiveProcess::LiveProcess()
     if (pipe(fds) != 0) std::abort();
     pid_ = fork();
     if (pid_ < 0) std::abort();
-    if (pid_ == 0) {   // waits for its pipe to close: the test ended or died
-        for (int fd = 3; fd < 1024; fd++) {   // holds no other helper's pipe open
+    if (pid_ == 0) {                         // waits for its pipe to close: the test ended or died
+        for (int fd = 3; fd < 1024; fd++) {  // holds no other helper's pipe open
             if (fd != fds[0]) close(fd);
         }
         char c;
@@ -93,7 +96,8 @@ void LiveProcess::kill_now()
 std::vector<std::string> Page::data() const
 {
     std::vector<std::string> out;
-    for (const Msg &m : items) out.push_back(m.kind == EntryKind::deleted ? "<deleted " + m.channel + ">" : m.data);
+    for (const Msg &m : items)
+        out.push_back(m.kind == EntryKind::deleted ? "<deleted " + m.channel + ">" : m.data);
     return out;
 }
 
@@ -116,10 +120,11 @@ Page copy_of(const Batch &b)
 {
     Page p;
     for (const MessageCopy &m : b.items) {
-        p.items.push_back({m.id, m.kind, m.channel_index, std::string(m.channel_id), std::string(m.event),
-                           std::string(m.content_type), std::string(m.data)});
+        p.items.push_back({m.id, m.kind, m.channel_index, std::string(m.channel_id),
+                           std::string(m.event), std::string(m.content_type), std::string(m.data)});
     }
-    for (const GapInfo &g : b.gaps) p.gaps.push_back({g.channel_index, std::string(g.channel_id), g.oldest, g.upto});
+    for (const GapInfo &g : b.gaps)
+        p.gaps.push_back({g.channel_index, std::string(g.channel_id), g.oldest, g.upto});
     p.position = b.position;
     p.all_lost = b.all_lost;
     p.more = b.more;
@@ -136,14 +141,18 @@ Batch make_batch(size_t bytes)
 
 // ---- Sub ----
 
-Sub::Sub(Worker &worker, std::vector<std::string> channel_ids) : w(worker), ids(std::move(channel_ids))
+Sub::Sub(Worker &worker, std::vector<std::string> channel_ids)
+    : w(worker), ids(std::move(channel_ids))
 {
     for (const std::string &id : ids) {
         if (list.append_one(id) != ListError::none) ADD_FAILURE() << "bad channel id " << id;
     }
 }
 
-Sub::~Sub() { close(); }
+Sub::~Sub()
+{
+    close();
+}
 
 Page Sub::next_page(size_t limit, size_t byte_limit, size_t byte_room)
 {
@@ -185,7 +194,7 @@ void Sub::close()
 {
     if (closed) return;
     closed = true;
-    if (!attached || !w.started) return;   // a worker that exited or died took it along
+    if (!attached || !w.started) return;  // a worker that exited or died took it along
     As as(w);
     LocalChannel *lcs[kMaxChannels];
     size_t n = 0;
@@ -205,13 +214,20 @@ void Sub::close()
 Worker::Worker(TestZone &z, size_t i) : zone(z), index(i), store(z.master)
 {
     As as(*this);
-    if (store.start_worker(ngxstub::cycle(), &session, &listener) != NGX_OK) ADD_FAILURE() << "start_worker";
+    if (store.start_worker(ngxstub::cycle(), &session, &listener) != NGX_OK)
+        ADD_FAILURE() << "start_worker";
     started = true;
 }
 
-Worker::~Worker() { stop(); }
+Worker::~Worker()
+{
+    stop();
+}
 
-WorkerRecord *Worker::record() const { return static_cast<WorkerRecord *>(session.record); }
+WorkerRecord *Worker::record() const
+{
+    return static_cast<WorkerRecord *>(session.record);
+}
 
 Published Worker::publish(std::string_view channel, std::string_view data, std::string_view event,
                           std::string_view content_type)
@@ -273,7 +289,8 @@ std::unique_ptr<Sub> Worker::subscribe(std::vector<std::string> ids, SubOptions 
     if (!sub->first.more) sub->cursor = std::max(sub->cursor, sub->first.position);
     if (res.status != SubscribeStatus::ok || !res.attached) {
         for (size_t i = 0; i < n; i++) {
-            if (!sub->locals[i]->registered && sub->locals[i]->count == 0) session.discard(sub->locals[i]);
+            if (!sub->locals[i]->registered && sub->locals[i]->count == 0)
+                session.discard(sub->locals[i]);
             sub->pos[i].channel = nullptr;
         }
         return sub;
@@ -299,7 +316,7 @@ std::vector<Page> Worker::drain_log()
     for (int n = 0; n < 100000; n++) {
         Page p = read_log();
         if (p.need_bytes > 0) {
-            pages.push_back(p);   // its loss notices were taken with it
+            pages.push_back(p);  // its loss notices were taken with it
             p = read_log(false, p.need_bytes);
         }
         pages.push_back(p);
@@ -309,7 +326,8 @@ std::vector<Page> Worker::drain_log()
     return pages;
 }
 
-uint64_t Worker::ingest(EntryKind kind, MessageId id, std::string_view channel, std::string_view data)
+uint64_t Worker::ingest(EntryKind kind, MessageId id, std::string_view channel,
+                        std::string_view data)
 {
     As as(*this);
     return store.ingest(kind, id, {channel, data, {}, {}});
@@ -331,11 +349,14 @@ void Worker::stop()
 
 void Worker::die()
 {
-    started = false;   // no stop_worker: the record stays behind
+    started = false;  // no stop_worker: the record stays behind
     proc.kill_now();
 }
 
-void Worker::abandon() { started = false; }
+void Worker::abandon()
+{
+    started = false;
+}
 
 size_t Worker::wake_targets(uint64_t bits, std::vector<ngx_pid_t> *pids)
 {
@@ -352,17 +373,19 @@ TestZone::TestZone(Options o)
     : opts(o),
       pool(ngxstub::pool_create(o.bytes)),
       name(o.name),
-      master(&shm_zone, ngx_str_t{name.size(), reinterpret_cast<u_char *>(name.data())}, o.history, o.ttl_ms)
+      master(&shm_zone, ngx_str_t{name.size(), reinterpret_cast<u_char *>(name.data())}, o.history,
+             o.ttl_ms)
 {
     shm_zone.shm.addr = reinterpret_cast<u_char *>(pool);
     shm_zone.shm.size = o.bytes;
     shm_zone.shm.name = ngx_str_t{name.size(), reinterpret_cast<u_char *>(name.data())};
     shm_zone.tag = &ngx_http_channels_module;
     master.redis_ids = o.redis_ids;
-    ngxstub::allow_unlocked(pool, true);   // configuration time: one process
+    ngxstub::allow_unlocked(pool, true);  // configuration time: one process
     if (master.init(false) != NGX_OK) ADD_FAILURE() << "init of a new zone failed";
     ngxstub::allow_unlocked(pool, false);
-    if (o.open_id_file && master.open_id_file(ngxstub::cycle()) != NGX_OK) ADD_FAILURE() << "open_id_file";
+    if (o.open_id_file && master.open_id_file(ngxstub::cycle()) != NGX_OK)
+        ADD_FAILURE() << "open_id_file";
 }
 
 TestZone::~TestZone()
@@ -416,7 +439,8 @@ struct DeepCheck {
                 problem("tree not in id order at " + name);
             }
             if (n->left != sentinel && n->left->parent != n) problem("tree link wrong at " + name);
-            if (n->right != sentinel && n->right->parent != n) problem("tree link wrong at " + name);
+            if (n->right != sentinel && n->right->parent != n)
+                problem("tree link wrong at " + name);
             if (channels.size() > 1000000) break;
             channels.insert(ch);
             prev = ch;
@@ -425,7 +449,8 @@ struct DeepCheck {
 
     void log()
     {
-        for (ngx_queue_t *q = ngx_queue_head(&sh->log); q != ngx_queue_sentinel(&sh->log); q = ngx_queue_next(q)) {
+        for (ngx_queue_t *q = ngx_queue_head(&sh->log); q != ngx_queue_sentinel(&sh->log);
+             q = ngx_queue_next(q)) {
             const Entry *e = ngx_queue_data(q, Entry, in_log);
             in_log.insert(e);
             if (!ngxstub::is_live(z.pool, e)) problem("log entry not a live block");
@@ -436,15 +461,16 @@ struct DeepCheck {
                 continue;
             }
             if (e->state == EntryState::retained) {
-                if (!(!seq_before(e->seq, ch->head_seq) && seq_before(e->seq, ch->next_seq)) || ch->slot(e->seq) != e) {
+                if (!(!seq_before(e->seq, ch->head_seq) && seq_before(e->seq, ch->next_seq)) ||
+                    ch->slot(e->seq) != e) {
                     problem("retained entry not in its ring: " + std::string(ch->name()));
                 }
             } else {
                 trimmed_of[ch]++;
             }
             uint32_t marks = 0;
-            for (ngx_queue_t *r = ngx_queue_head(&sh->records); r != ngx_queue_sentinel(&sh->records);
-                 r = ngx_queue_next(r)) {
+            for (ngx_queue_t *r = ngx_queue_head(&sh->records);
+                 r != ngx_queue_sentinel(&sh->records); r = ngx_queue_next(r)) {
                 if ((ngx_queue_data(r, WorkerRecord, in_zone))->bookmark == e) marks++;
             }
             if (marks != e->bookmarks) problem("entry bookmark count wrong");
@@ -478,13 +504,14 @@ struct DeepCheck {
             if (in_log.count(ch->slot(seq)) == 0) problem("ring entry not in the log: " + name);
         }
         if (ch->log_refs != trimmed_of[ch]) {
-            problem("log_refs " + std::to_string(ch->log_refs) + " but " + std::to_string(trimmed_of[ch]) +
-                    " trimmed entries: " + name);
+            problem("log_refs " + std::to_string(ch->log_refs) + " but " +
+                    std::to_string(trimmed_of[ch]) + " trimmed entries: " + name);
         }
         if (ch->has(kPinned)) problem("channel left pinned: " + name);
         if (ch->nmessages > sh->history) problem("channel holds more than history: " + name);
         bool held = ch->nmessages > 0 || ch->subscribers > 0 || ch->wake_bits != 0;
-        if (!held && (ch->ring_len() > 0 || ch->log_refs == 0)) problem("channel nothing holds was kept: " + name);
+        if (!held && (ch->ring_len() > 0 || ch->log_refs == 0))
+            problem("channel nothing holds was kept: " + name);
     }
 
     void records()
@@ -501,32 +528,37 @@ struct DeepCheck {
             if (r->bit >= 64) problem("record bit out of range");
             if (bits >> r->bit & 1) distinct = false;
             bits |= uint64_t(1) << r->bit;
-            if (r->bookmark != nullptr && in_log.count(r->bookmark) == 0) problem("record bookmark not in the log");
+            if (r->bookmark != nullptr && in_log.count(r->bookmark) == 0)
+                problem("record bookmark not in the log");
             if (r->nlosses > kLossNotices) problem("record loss notices overflow");
             for (uint32_t i = 0; i < r->nlosses && i < kLossNotices; i++) {
-                if (channels.count(r->losses[i].channel) == 0) problem("loss notice of a freed channel");
+                if (channels.count(r->losses[i].channel) == 0)
+                    problem("loss notice of a freed channel");
             }
             connections += r->connections;
         }
         if (n <= 64 && !distinct) problem("records share a bit with 64 or fewer records");
-        if (connections != sh->connections) problem("zone connections differ from the records' sum");
+        if (connections != sh->connections)
+            problem("zone connections differ from the records' sum");
         size_t expected = message_bytes + idle_bytes + ngxstub::slab_bytes(sizeof(Shared)) +
                           ngxstub::slab_bytes(sizeof(" in channel_zone \"\"") + z.name.size()) +
                           n * ngxstub::slab_bytes(sizeof(WorkerRecord));
         if (ngxstub::live_bytes(z.pool) != expected) {
-            problem("pool holds " + std::to_string(ngxstub::live_bytes(z.pool)) + " bytes, the zone accounts for " +
-                    std::to_string(expected) + " (a leak, or a double count)");
+            problem("pool holds " + std::to_string(ngxstub::live_bytes(z.pool)) +
+                    " bytes, the zone accounts for " + std::to_string(expected) +
+                    " (a leak, or a double count)");
         }
     }
 
     void bytes()
     {
         if (sh->message_bytes != message_bytes) {
-            problem("message_bytes " + std::to_string(sh->message_bytes) + ", entries/rings/channels take " +
-                    std::to_string(message_bytes));
+            problem("message_bytes " + std::to_string(sh->message_bytes) +
+                    ", entries/rings/channels take " + std::to_string(message_bytes));
         }
         if (sh->idle_bytes != idle_bytes) {
-            problem("idle_bytes " + std::to_string(sh->idle_bytes) + ", idle channels take " + std::to_string(idle_bytes));
+            problem("idle_bytes " + std::to_string(sh->idle_bytes) + ", idle channels take " +
+                    std::to_string(idle_bytes));
         }
     }
 
@@ -544,7 +576,9 @@ struct DeepCheck {
             Worker &w = z.w(i);
             if (!w.started) continue;
             const ZoneSession &s = w.session;
-            if (s.record == nullptr || s.generation != sh->generation || s.counted_epoch != sh->count_epoch) return;
+            if (s.record == nullptr || s.generation != sh->generation ||
+                s.counted_epoch != sh->count_epoch)
+                return;
             uint32_t held = 0;
             s.for_each([&](LocalChannel *lc) {
                 if (lc->count == 0 || lc->key == 0) return;
@@ -558,15 +592,19 @@ struct DeepCheck {
                 bits[ch] |= uint64_t(1) << s.bit;
             });
             if (held != s.held) problem("session held count wrong, worker " + std::to_string(i));
-            if (w.record()->active != (s.held > 0)) problem("record active flag wrong, worker " + std::to_string(i));
-            if (w.record()->connections != s.connections) problem("record connections wrong, worker " + std::to_string(i));
+            if (w.record()->active != (s.held > 0))
+                problem("record active flag wrong, worker " + std::to_string(i));
+            if (w.record()->connections != s.connections)
+                problem("record connections wrong, worker " + std::to_string(i));
         }
         for (const Channel *ch : channels) {
             if (ch->subscribers != subs[ch]) {
-                problem("channel " + std::string(ch->name()) + " counts " + std::to_string(ch->subscribers) +
-                        " subscribers, registries hold " + std::to_string(subs[ch]));
+                problem("channel " + std::string(ch->name()) + " counts " +
+                        std::to_string(ch->subscribers) + " subscribers, registries hold " +
+                        std::to_string(subs[ch]));
             }
-            if (records <= 64 && ch->wake_bits != bits[ch]) problem("wake bits wrong: " + std::string(ch->name()));
+            if (records <= 64 && ch->wake_bits != bits[ch])
+                problem("wake bits wrong: " + std::string(ch->name()));
         }
     }
 };
@@ -577,7 +615,7 @@ std::vector<std::string> TestZone::problems(bool with_counts)
 {
     std::vector<std::string> out;
     if (ngxstub::locked(pool)) out.push_back("zone mutex left held");
-    ZoneCheck c = master.check();   // also rebuilds a torn zone first, as any lock would
+    ZoneCheck c = master.check();  // also rebuilds a torn zone first, as any lock would
     out.insert(out.end(), c.problems.begin(), c.problems.end());
     Shared *s = sh();
     if (s->updating) out.push_back("zone left marked as being updated");
@@ -603,8 +641,10 @@ void StoreTest::SetUp()
 
 void StoreTest::TearDown()
 {
-    EXPECT_EQ(ngxstub::count_log(NGX_LOG_CRIT), 0u) << "[alert]/[crit]/[emerg] in the log:\n" << ngxstub::dump_log();
-    if (HasFailure()) std::fprintf(stderr, "---- the test's log ----\n%s", ngxstub::dump_log().c_str());
+    EXPECT_EQ(ngxstub::count_log(NGX_LOG_CRIT), 0u) << "[alert]/[crit]/[emerg] in the log:\n"
+                                                    << ngxstub::dump_log();
+    if (HasFailure())
+        std::fprintf(stderr, "---- the test's log ----\n%s", ngxstub::dump_log().c_str());
     ngxstub::run_cleanups();
 }
 

@@ -36,14 +36,14 @@ using channels::Batch;
 using channels::ChannelInfo;
 using channels::EntryKind;
 using channels::FirstMessage;
+using channels::kMaxChannels;
+using channels::kPageBytes;
+using channels::kPageMessages;
 using channels::LocalChannel;
 using channels::MessageId;
 using channels::PublishCall;
 using channels::ReadPosition;
 using channels::SubscribeStatus;
-using channels::kMaxChannels;
-using channels::kPageBytes;
-using channels::kPageMessages;
 
 std::string text(MessageId id);
 MessageId id_of(const std::string &text);
@@ -56,7 +56,7 @@ public:
     LiveProcess(const LiveProcess &) = delete;
     LiveProcess &operator=(const LiveProcess &) = delete;
     pid_t pid() const { return pid_; }
-    void kill_now();   // SIGKILL and reap: its pid is then dead
+    void kill_now();  // SIGKILL and reap: its pid is then dead
 
 private:
     pid_t pid_ = -1;
@@ -82,7 +82,7 @@ struct Page {
     bool more = false;
     size_t need_bytes = 0;
 
-    std::vector<std::string> data() const;   // the items' data, in order
+    std::vector<std::string> data() const;  // the items' data, in order
     std::vector<MessageId> ids() const;
     bool has_gap(const std::string &channel) const;
 };
@@ -94,7 +94,7 @@ struct Published {
     PublishCall::Status status = PublishCall::Status::failed;
     MessageId id;
     uint32_t subscribers = 0, messages = 0;
-    ChannelInfo info;   // delete: the channel before
+    ChannelInfo info;  // delete: the channel before
     bool ok() const { return status == PublishCall::Status::ok; }
 };
 
@@ -141,11 +141,12 @@ public:
 
     // The next replay page after the positions (read_page), moving the cursor as an SSE
     // stream does; byte_room: what its batch reserves for data.
-    Page next_page(size_t limit = kPageMessages, size_t byte_limit = kPageBytes, size_t byte_room = kPageBytes);
+    Page next_page(size_t limit = kPageMessages, size_t byte_limit = kPageBytes,
+                   size_t byte_room = kPageBytes);
     // Pages until one comes without `more`; the items of all, and every page's gaps.
     std::vector<Msg> replay_all(std::vector<Gap> *gaps = nullptr);
-    void leave(size_t index);   // the channel was deleted: its registry reference goes
-    void close();               // the connection ends
+    void leave(size_t index);  // the channel was deleted: its registry reference goes
+    void close();              // the connection ends
 
     Worker &w;
     std::vector<std::string> ids;
@@ -187,11 +188,12 @@ public:
     // Delivery passes until the log has nothing more for this worker (a message larger
     // than a page is read again with a batch large enough, as the delivery layer does).
     std::vector<Page> drain_log();
-    uint64_t ingest(EntryKind kind, MessageId id, std::string_view channel, std::string_view data = {});
+    uint64_t ingest(EntryKind kind, MessageId id, std::string_view channel,
+                    std::string_view data = {});
     void collect();
-    void stop();   // the worker exits cleanly
-    void die();    // killed: its record stays, its process is gone
-    void abandon();   // no longer used, its process left running (a pid taken by another)
+    void stop();     // the worker exits cleanly
+    void die();      // killed: its record stays, its process is gone
+    void abandon();  // no longer used, its process left running (a pid taken by another)
     size_t wake_targets(uint64_t bits, std::vector<ngx_pid_t> *pids);
 
     TestZone &zone;
@@ -221,7 +223,7 @@ public:
         uint64_t ttl_ms = 3600 * 1000;
         bool redis_ids = false;
         std::string name = "z";
-        bool open_id_file = false;   // with ngxstub::set_pid_path() set by the test
+        bool open_id_file = false;  // with ngxstub::set_pid_path() set by the test
     };
     explicit TestZone(Options o);
     TestZone() : TestZone(Options{}) {}
@@ -229,7 +231,7 @@ public:
     TestZone(const TestZone &) = delete;
     TestZone &operator=(const TestZone &) = delete;
 
-    Worker &add_worker();   // started (start_worker) at once
+    Worker &add_worker();  // started (start_worker) at once
     Worker &w(size_t i) { return *workers_.at(i); }
     size_t nworkers() const { return workers_.size(); }
     channels::shm::Shared *sh() const { return static_cast<channels::shm::Shared *>(pool->data); }
@@ -246,7 +248,7 @@ public:
     ngx_slab_pool_t *pool;
     ngx_shm_zone_t shm_zone{};
     std::string name;
-    channels::ShmStore master;   // the master's copy: init, id file
+    channels::ShmStore master;  // the master's copy: init, id file
 
 private:
     std::deque<std::unique_ptr<Worker>> workers_;
@@ -255,15 +257,15 @@ private:
 std::string join(const std::vector<std::string> &lines);
 
 // The store check and the deep checks find nothing.
-#define EXPECT_CONSISTENT(zone)                                                      \
-    do {                                                                             \
-        std::vector<std::string> problems_ = (zone).problems();                      \
-        EXPECT_TRUE(problems_.empty()) << storetest::join(problems_);                \
+#define EXPECT_CONSISTENT(zone)                                       \
+    do {                                                              \
+        std::vector<std::string> problems_ = (zone).problems();       \
+        EXPECT_TRUE(problems_.empty()) << storetest::join(problems_); \
     } while (0)
-#define EXPECT_CONSISTENT_NO_COUNTS(zone)                                            \
-    do {                                                                             \
-        std::vector<std::string> problems_ = (zone).problems(false);                 \
-        EXPECT_TRUE(problems_.empty()) << storetest::join(problems_);                \
+#define EXPECT_CONSISTENT_NO_COUNTS(zone)                             \
+    do {                                                              \
+        std::vector<std::string> problems_ = (zone).problems(false);  \
+        EXPECT_TRUE(problems_.empty()) << storetest::join(problems_); \
     } while (0)
 
 // Fails a test on [alert], [crit] or [emerg] lines, as every t/*.t does; prints the log

@@ -61,7 +61,8 @@ TEST_F(Subscribe, OldestMergesChannelsInIdOrder)
     }
     auto s = w.subscribe({"c", "a", "b"}, first_oldest());
     EXPECT_EQ(s->first.data(), order);
-    for (const Msg &m : s->first.items) EXPECT_EQ(s->ids[m.index], m.channel) << "channel_index names its channel";
+    for (const Msg &m : s->first.items)
+        EXPECT_EQ(s->ids[m.index], m.channel) << "channel_index names its channel";
     EXPECT_FALSE(s->first.more);
     EXPECT_CONSISTENT(z);
 }
@@ -89,7 +90,7 @@ TEST_F(Subscribe, LastNSkipsDeletionMarkers)
 {
     TestZone z;
     Worker &w = z.add_worker();
-    auto keeper = w.subscribe({"a"});   // keeps the marker in the ring
+    auto keeper = w.subscribe({"a"});  // keeps the marker in the ring
     w.publish("a", "before");
     w.remove("a");
     w.publish("a", "after1");
@@ -104,7 +105,8 @@ TEST_F(Subscribe, CursorReplaysWhatCameAfterIt)
     TestZone z;
     Worker &w = z.add_worker();
     std::vector<MessageId> ids;
-    for (int i = 0; i < 6; i++) ids.push_back(w.publish(i % 2 ? "odd" : "even", std::to_string(i)).id);
+    for (int i = 0; i < 6; i++)
+        ids.push_back(w.publish(i % 2 ? "odd" : "even", std::to_string(i)).id);
     auto s = w.subscribe({"odd", "even"}, from_cursor(ids[2]));
     EXPECT_EQ(s->first.data(), (std::vector<std::string>{"3", "4", "5"}));
     EXPECT_TRUE(s->first.gaps.empty());
@@ -129,7 +131,7 @@ TEST_F(Subscribe, CursorBeforeTrimmedMessagesGetsAGap)
     EXPECT_EQ(s->first.gaps[0].channel, "a");
     EXPECT_EQ(s->first.gaps[0].oldest, ids[3]);
     EXPECT_EQ(s->first.data(), (std::vector<std::string>{"3", "4", "5"}));
-    auto exact = w.subscribe({"a"}, from_cursor(ids[2]));   // the newest trimmed: nothing missed
+    auto exact = w.subscribe({"a"}, from_cursor(ids[2]));  // the newest trimmed: nothing missed
     EXPECT_TRUE(exact->first.gaps.empty());
     EXPECT_EQ(exact->first.data(), (std::vector<std::string>{"3", "4", "5"}));
     EXPECT_CONSISTENT(z);
@@ -230,7 +232,7 @@ TEST_F(Subscribe, PagesStopAtTheByteLimitButTakeOneMessageAlways)
     w.publish("a", k100 + "1");
     w.publish("a", k100 + "2");
     w.publish("a", k100 + "3");
-    w.publish("a", std::string(300 * 1024, 'h'));   // larger than a page
+    w.publish("a", std::string(300 * 1024, 'h'));  // larger than a page
     w.publish("a", "tail");
     auto s = w.subscribe({"a"}, first_oldest());
     EXPECT_EQ(s->first.items.size(), 2u) << "200 KiB fit a 256 KiB page, 300 KiB do not";
@@ -269,11 +271,12 @@ TEST_F(Subscribe, LongPollAttachesOnlyWhenThereIsNothingToAnswer)
     EXPECT_TRUE(waiting->attached);
     EXPECT_EQ(w.info("a").subscribers, 1u);
     SubOptions head = from_cursor(id);
-    head.attach = false;   // HEAD, or a peek: never attached
+    head.attach = false;  // HEAD, or a peek: never attached
     auto peek = w.subscribe({"a", "new"}, head);
     EXPECT_FALSE(peek->attached);
     EXPECT_EQ(w.info("a").subscribers, 1u);
-    EXPECT_EQ(z.channel("new"), nullptr) << "a channel created for an unattached subscriber stays behind";
+    EXPECT_EQ(z.channel("new"), nullptr)
+        << "a channel created for an unattached subscriber stays behind";
     EXPECT_EQ(z.sh()->connections, 1u);
     EXPECT_CONSISTENT(z);
 }
@@ -389,15 +392,15 @@ TEST_F(Subscribe, SequenceNumbersWrapAround)
         auto creator = w.subscribe({"a"});
         Channel *ch = z.channel("a");
         ASSERT_EQ(ch->ring, nullptr);
-        ch->head_seq = ch->next_seq = UINT32_MAX - 20;   // as after four billion appends
-        w.publish("a", "0");   // the channel holds a message: it outlives its creator
+        ch->head_seq = ch->next_seq = UINT32_MAX - 20;  // as after four billion appends
+        w.publish("a", "0");  // the channel holds a message: it outlives its creator
     }
     std::vector<MessageId> ids;
     std::vector<std::string> data;
     for (int i = 1; i < 80; i++) {
         ids.push_back(w.publish("a", std::to_string(i)).id);
         data.push_back(std::to_string(i));
-        if (i == 15) {   // a replay positioned before the wrap, read after it
+        if (i == 15) {  // a replay positioned before the wrap, read after it
             SubOptions so = first_oldest();
             so.limit = 4;
             auto early = w.subscribe({"a"}, so);
@@ -436,7 +439,7 @@ TEST_F(Subscribe, ALeavingSubscriberDoesBoundedWorkUnderTheLock)
     Worker &a = z.add_worker();
     Worker &b = z.add_worker();
     auto s = a.subscribe({"x"});
-    auto other = a.subscribe({"y"});   // a stays active
+    auto other = a.subscribe({"y"});  // a stays active
     for (int i = 0; i < 20000; i++) b.publish("x", "m");
     ngxstub::reset_max_frees(z.pool);
     auto resumed = a.subscribe({"x"}, from_cursor(MessageId{}));

@@ -29,7 +29,7 @@ protected:
     }
     void TearDown() override
     {
-        StoreTest::TearDown();   // closes the id file (the cycle pool's cleanup)
+        StoreTest::TearDown();  // closes the id file (the cycle pool's cleanup)
         std::remove(id_file().c_str());
         rmdir(dir_.c_str());
         ngxstub::set_pid_path("/nonexistent/nginx.pid");
@@ -59,7 +59,8 @@ TEST_F(ZoneLife, TheIdFileIsAheadFromTheStartAndExactAtExit)
     Worker &w = z.add_worker();
     uint64_t t0 = ngxstub::time_ms();
     std::string text = file_text();
-    ASSERT_EQ(text.size(), channels::kMaxIdText + 1) << "fixed width, so a rewrite covers the old text";
+    ASSERT_EQ(text.size(), channels::kMaxIdText + 1)
+        << "fixed width, so a rewrite covers the old text";
     EXPECT_EQ(id_of(text.substr(0, text.find(' '))), (MessageId{t0 + 2000, 0}));
     MessageId last = w.publish("a", "m").id;
     z.master.save_id_file();
@@ -102,9 +103,9 @@ TEST_F(ZoneLife, IdsGoOnAfterACrashWithTheClockSetBack)
         for (int i = 0; i < 20; i++) {
             ngxstub::advance_ms(300);
             for (int k = 0; k < 3; k++) last = w.publish("a", "m").id;
-            if (i % 3 == 0) w.collect();   // about every second
+            if (i % 3 == 0) w.collect();  // about every second
         }
-        ngxstub::run_cleanups();   // killed: no save_id_file()
+        ngxstub::run_cleanups();  // killed: no save_id_file()
     }
     ngxstub::advance_ms(uint64_t(-3600 * 1000));
     TestZone z(with_id_file());
@@ -158,8 +159,8 @@ TEST_F(ZoneLife, AReloadAdoptsTheZoneWithNewSettings)
     TestZone z;
     Worker &w = z.add_worker();
     for (int i = 0; i < 5; i++) w.publish("a", std::to_string(i));
-    channels::ShmStore reloaded(&z.shm_zone, ngx_str_t{z.name.size(), reinterpret_cast<u_char *>(z.name.data())}, 2,
-                                5000);
+    channels::ShmStore reloaded(
+        &z.shm_zone, ngx_str_t{z.name.size(), reinterpret_cast<u_char *>(z.name.data())}, 2, 5000);
     ASSERT_EQ(reloaded.init(true), NGX_OK);
     EXPECT_EQ(z.sh()->history, 2u);
     EXPECT_EQ(z.sh()->ttl_ms, 5000u);
@@ -173,12 +174,12 @@ TEST_F(ZoneLife, AZoneLaidOutByOtherCodeIsRefused)
 {
     TestZone z;
     z.sh()->layout += 1;
-    channels::ShmStore reloaded(&z.shm_zone, ngx_str_t{z.name.size(), reinterpret_cast<u_char *>(z.name.data())}, 2,
-                                5000);
+    channels::ShmStore reloaded(
+        &z.shm_zone, ngx_str_t{z.name.size(), reinterpret_cast<u_char *>(z.name.data())}, 2, 5000);
     EXPECT_EQ(reloaded.init(true), NGX_ERROR);
     EXPECT_EQ(ngxstub::count_log(NGX_LOG_EMERG, "laid out by another version"), 1u);
     z.sh()->layout -= 1;
-    ngxstub::clear_log();   // the emerg line was the point
+    ngxstub::clear_log();  // the emerg line was the point
 }
 
 TEST_F(ZoneLife, StatsAddUp)
@@ -198,7 +199,8 @@ TEST_F(ZoneLife, StatsAddUp)
     a.store.count_dropped_slow();
     channels::ZoneStats st = a.store.stats();
     EXPECT_EQ(st.size, o.bytes);
-    EXPECT_EQ(st.used, ngxstub::live_bytes(z.pool) / 4096 * 4096 + (ngxstub::live_bytes(z.pool) % 4096 ? 4096 : 0))
+    EXPECT_EQ(st.used, ngxstub::live_bytes(z.pool) / 4096 * 4096 +
+                           (ngxstub::live_bytes(z.pool) % 4096 ? 4096 : 0))
         << "used: the pool's pages not free";
     EXPECT_EQ(st.channels, z.sh()->nchannels);
     EXPECT_EQ(st.messages, z.sh()->nmessages);
