@@ -262,11 +262,6 @@ std::string join(const std::vector<std::string> &lines);
         std::vector<std::string> problems_ = (zone).problems();       \
         EXPECT_TRUE(problems_.empty()) << storetest::join(problems_); \
     } while (0)
-#define EXPECT_CONSISTENT_NO_COUNTS(zone)                             \
-    do {                                                              \
-        std::vector<std::string> problems_ = (zone).problems(false);  \
-        EXPECT_TRUE(problems_.empty()) << storetest::join(problems_); \
-    } while (0)
 
 // Fails a test on [alert], [crit] or [emerg] lines, as every t/*.t does; prints the log
 // of a failed test.
