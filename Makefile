@@ -3,6 +3,7 @@
 #                   (installs the missing build dependencies, nothing else)
 #   make run        install what is missing, build, run the demo on 127.0.0.1:8080/8081
 #   make test       install what is missing, build, run unit tests and t/*.t
+#   make unit-store the shared-memory store's unit tests (nginx's headers, a stub of nginx)
 #   make deb        build/libnginx-mod-http-channels_<version>_amd64.deb for Debian's nginx
 #   make check-build  the build's own checks (exports, C++ standard, a build without hiredis)
 #   make bench      compare with nchan (see bench/README.md)
@@ -46,7 +47,7 @@ UNIT_SRCS   := $(wildcard t/unit/*.cpp)
 DEB_INPUTS  := $(MODULE_SRCS) config config.make $(wildcard debian/* debian/source/*) \
                $(wildcard conf-examples/*) README.md www/channels.js tools/build-deb.sh tools/conf-compat
 
-.PHONY: all deps run test unit unit-asan prove bench clean fuzz sanitize valgrind deb check-build stress
+.PHONY: all deps run test unit unit-asan unit-store prove bench clean fuzz sanitize valgrind deb check-build stress
 
 all: $(MODULE)
 
@@ -95,6 +96,20 @@ unit-asan: $(BUILD)/.deps-test
 	    -o $(BUILD)/unit_asan $(PURE_SRCS) $(UNIT_SRCS) -lgtest -lgtest_main -lcrypto -pthread
 	$(BUILD)/unit_asan
 
+# The shared-memory store compiled against nginx's headers (the configured tree's objs/ for
+# ngx_auto_*.h) and linked with a stub of the nginx symbols it uses, under ASan+UBSan.
+STORE_UNIT_BIN  := $(BUILD)/unit_store
+STORE_UNIT_SRCS := $(addprefix src/ngx_http_channels_,session.cpp zone_ops.cpp shm_store.cpp shm_zone.cpp fault.cpp) \
+                   src/channels/ids.cpp src/channels/channel_list.cpp $(wildcard t/unit/store/*.cpp)
+NGX_INCS        := $(addprefix -I$(NGX_TREE)/,src/core src/event src/event/modules src/os/unix objs)
+
+$(STORE_UNIT_BIN): $(NGX_TREE)/objs/Makefile $(STORE_UNIT_SRCS) $(MODULE_SRCS) $(wildcard t/unit/store/*.h) $(BUILD)/.deps-test
+	$(CXX) $(UNIT_CXXFLAGS) -fsanitize=address,undefined -fno-sanitize-recover=all $(NGX_INCS) -It/unit/store \
+	    -o $@ $(STORE_UNIT_SRCS) -lgtest -lgtest_main -pthread
+
+unit-store: $(STORE_UNIT_BIN)
+	$(STORE_UNIT_BIN)
+
 # libFuzzer targets of the pure parsers and formatters (SECONDS=N per target, default 300).
 fuzz: $(BUILD)/.deps-fuzz
 	$(MAKE) -C fuzz run
@@ -104,7 +119,7 @@ prove: $(MODULE) $(BUILD)/.deps-test
 	sh t/js/ensure-deps.sh
 	CHANNELS_MODULE=$(MODULE) NGINX_BIN=$(NGINX_BIN) prove -j$(PROVE_JOBS) -r t/
 
-test: $(MODULE) unit prove
+test: $(MODULE) unit prove unit-store
 
 # Issue 12's random schedules checked against the model of SPEC §2/§4/§5 (t/model.t), many of
 # them, in parallel nginx instances; the diverging seeds replay with MODEL_SEEDS=<seed>.
