@@ -187,7 +187,7 @@ void ShmStore::publish_locally(PublishCall *call) {
         }
         z.set_exists(ch, true);
         z.trim_history(ch);
-        z.keep_headroom();
+        z.keep_headroom(e);
         lock.sh()->published++;
         call->status = PublishCall::Status::ok;
         call->id = e->id;
@@ -261,7 +261,7 @@ uint64_t ShmStore::ingest(EntryKind kind, MessageId id, const PublishInput &in) 
             }
             z.set_exists(ch, true);
             z.trim_history(ch);
-            z.keep_headroom();
+            z.keep_headroom(e);
             sh->published++;
             wake = ch->wake_bits;
             z.unpin(ch);

@@ -111,6 +111,8 @@ ngx_int_t ShmStore::create_root(uint64_t first_ms) {
     size_t len = sizeof(" in channel_zone \"\"") + name_.len;
     pool_->log_ctx = static_cast<u_char *>(ngx_slab_alloc_locked(pool_, len));
     if (pool_->log_ctx == nullptr) return NGX_ERROR;
+    // The root and the log context come out of the messages' share, not the idle channels'.
+    sh->message_budget -= std::min(sh->message_budget, uint64_t(slab_size(sizeof(Shared)) + slab_size(len)));
     ngx_sprintf(pool_->log_ctx, " in channel_zone \"%V\"%Z", &name_);
     pool_->log_nomem = 0;   // eviction handles a full zone; what fails is logged by us
     return NGX_OK;

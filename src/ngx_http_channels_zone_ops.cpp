@@ -387,7 +387,7 @@ void Zone::remove_entry(Entry *e) {
         ngx_queue_remove(&e->in_trimmed);
         ch->log_refs--;
     }
-    if (e->kind == EntryKind::message) note_loss_all(ch, e->id);
+    note_loss_all(ch, e->id);   // a message or a deletion a worker had not read: told, not skipped
     sh_->message_bytes -= slab_size(entry_size(e));
     ngx_slab_free_locked(pool_, e);
     free_if_unused(ch);
@@ -444,10 +444,11 @@ bool Zone::evict_one() {
 // Messages of several slab sizes leave pages partly used: counted in slots, the idle cap
 // could still have room while no page is free for a channel. A publish evicts (a few
 // entries at a time) until the free pages cover what idle channels may still claim.
-void Zone::keep_headroom() {
+void Zone::keep_headroom(const Entry *newest) {
     uint64_t reserve = sh_->idle_cap - std::min(sh_->idle_cap, sh_->idle_bytes);
     for (int n = 0; n < kHeadroomEvictions && uint64_t(pool_->pfree) * ngx_pagesize < reserve; n++) {
-        if (!evict_one()) return;
+        if (ngx_queue_empty(&sh_->log) || ngx_queue_head(&sh_->log) == &newest->in_log) return;   // not the new one
+        evict_one();
     }
 }
 
@@ -484,7 +485,10 @@ uint32_t Zone::seq_last(Channel *ch, uint32_t n) const {
 }
 
 MessageId Zone::oldest_retained(Channel *ch) const {
-    for (uint32_t seq = ch->head_seq, n = 0; seq != ch->next_seq && n < 64; seq++, n++) {
+    // Expired entries the collector has not taken yet are skipped by id, not one by one.
+    uint64_t cutoff = now_ >= sh_->ttl_ms ? now_ - sh_->ttl_ms : 0;
+    uint32_t first = seq_after(ch, MessageId{cutoff, UINT32_MAX});
+    for (uint32_t seq = first, n = 0; seq != ch->next_seq && n < 64; seq++, n++) {
         const Entry *e = ch->slot(seq);
         if (e->kind == EntryKind::message && !expired(e)) return e->id;
     }
@@ -509,8 +513,12 @@ bool Zone::copy(const Entry *e, uint16_t channel_index, Batch &out) const {
 // ---- workers ----
 
 WorkerRecord *Zone::claim_record(ngx_pid_t pid, uint64_t start_time, uint32_t wake_nonce) {
+    // Counted with the messages (it may evict some), so that the idle channels' share stays whole.
+    while (sh_->message_bytes + slab_size(sizeof(WorkerRecord)) > sh_->message_budget && evict_one()) {
+    }
     auto *rec = static_cast<WorkerRecord *>(alloc_evicting(sizeof(WorkerRecord)));
     if (rec == nullptr) return nullptr;
+    sh_->message_bytes += slab_size(sizeof(WorkerRecord));
     uint64_t used = 0;
     size_t n = 0;
     for_each_record([&](WorkerRecord *r) {
@@ -618,6 +626,9 @@ void Zone::sync(ZoneSession &s) {
     rec->connections = s.connections;
     sh_->connections += s.connections;
     rec->active = held > 0;
+    // Published in the rebuilt zone before this worker came back: not read by it, so lost to
+    // its subscribers, and told.
+    rec->lost_upto = std::max(rec->lost_upto, sh_->last_id);
 }
 
 void Zone::attach(ZoneSession &s, Channel *ch, LocalChannel *lc) {
@@ -659,6 +670,7 @@ void Zone::drop_record(WorkerRecord *rec) {
     sh_->connections -= std::min(sh_->connections, rec->connections);
     ngx_queue_remove(&rec->in_zone);
     ngx_slab_free_locked(pool_, rec);
+    sh_->message_bytes -= slab_size(sizeof(WorkerRecord));
     sh_->records_version++;
 }
 

@@ -83,8 +83,9 @@ public:
     void clear(Channel *ch);
     // Removes expired entries from the head of the log, at most `budget` of them.
     size_t expire(size_t budget);
-    // After a publish: evicts until the room idle channels may still claim is free.
-    void keep_headroom();
+    // After a publish: evicts (entries older than the new one) until the room idle channels
+    // may still claim is free.
+    void keep_headroom(const Entry *newest);
     // Frees trimmed entries every worker that needed them has read, at most `budget` (one
     // lock hold stays short; the collector takes the rest). Returns how many.
     size_t release_read(size_t budget = kReleaseBudget);

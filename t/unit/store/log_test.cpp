@@ -101,7 +101,9 @@ TEST_F(Log, APassExaminesAtMostOnePageOfTheLog)
     }
     Page first = a.read_log();
     EXPECT_TRUE(first.more);
-    EXPECT_EQ(first.items.size(), 682u) << "the a-messages among the first 1024 entries";
+    // Entry 0 (of b) was skipped as it came (the worker was caught up and does not hold b):
+    // the page is the 1024 entries from the first of a.
+    EXPECT_EQ(first.items.size(), 683u) << "the a-messages among 1024 entries";
     std::vector<Page> pages = a.drain_log();
     pages.insert(pages.begin(), first);
     EXPECT_EQ(pages.size(), 3u);
@@ -269,7 +271,7 @@ TEST_F(Log, EvictingUnreadTrimmedEntriesIsALossToldToTheWorker)
     TestZone z(o);
     Worker &a = z.add_worker();
     Worker &b = z.add_worker();
-    MessageId oldest = b.publish("k", "the oldest retained").id;
+    b.publish("k", "the oldest retained");
     auto s = a.subscribe({"a"});
     std::vector<MessageId> ids;
     for (int i = 0; i < 40; i++) ids.push_back(b.publish("a", std::to_string(i)).id);
@@ -278,8 +280,10 @@ TEST_F(Log, EvictingUnreadTrimmedEntriesIsALossToldToTheWorker)
         ASSERT_LT(i, 1000);
         b.publish("b" + std::to_string(i), std::string(300, 'b'));  // history 1: many channels
     }
-    EXPECT_EQ(z.sh()->evicted, 0u) << "out of the history already: not counted as evicted messages";
-    EXPECT_EQ(b.info("k").oldest, oldest) << "a retained message went before unread trimmed ones";
+    // The zone's oldest entries go first, retained or kept for the lagging worker: "k" (older
+    // than all) went before them, and the unread ones evicted count as evicted messages.
+    EXPECT_FALSE(b.info("k").exists) << "the oldest of the zone goes first";
+    EXPECT_GE(z.sh()->evicted, 20u) << "the unread trimmed messages evicted are counted";
     EXPECT_EQ(b.info("a").messages, 1u);
     Page p = a.read_log();
     ASSERT_TRUE(p.has_gap("a"));
@@ -324,9 +328,11 @@ TEST_F(Log, ManyLossesBecomeOneZoneWideMark)
     TestZone z(o);
     Worker &a = z.add_worker();
     Worker &b = z.add_worker();
-    std::vector<std::string> chs;
-    for (int i = 0; i < 40; i++) chs.push_back("c" + std::to_string(i));
-    auto s = a.subscribe(chs);
+    std::vector<std::string> chs;   // more channels than notices (two subscribers: 64 a request)
+    for (size_t i = 0; i < kLossNotices + 16; i++) chs.push_back("c" + std::to_string(i));
+    size_t half = chs.size() / 2;
+    auto s1 = a.subscribe(std::vector<std::string>(chs.begin(), chs.begin() + half));
+    auto s2 = a.subscribe(std::vector<std::string>(chs.begin() + half, chs.end()));
     for (int round = 0; round < 3; round++) {
         for (const std::string &c : chs) b.publish(c, "m");
     }
