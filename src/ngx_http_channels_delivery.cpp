@@ -15,7 +15,6 @@
 #include <new>
 
 #include "ngx_http_channels_fault.h"
-#include "ngx_http_channels_shm.h"
 #include "ngx_http_channels_wake.h"
 
 namespace channels {

@@ -24,7 +24,6 @@
 #include "channels/jwt_cache.h"
 #include "channels/jwt_keys.h"
 #include "ngx_http_channels_request.h"
-#include "ngx_http_channels_shm.h"
 
 namespace channels {
 namespace {

@@ -328,7 +328,7 @@ ngx_int_t wait_or_answer(ngx_http_request_t *r, LongpollWaiter *sub, const Chann
     q.first = first_message(lcf);
     q.existing_only = lcf->existing_only;
     q.attach_only_if_empty = true;
-    q.limit = answer_limit(lcf);
+    q.limit = std::min(answer_limit(lcf), kPageMessages);   // one page under the lock (the next request gets more)
     q.byte_limit = kPageBytes;
     SubscribeResult res = wz->store->subscribe(wz->session, q, sub->positions, *page);
     if (res.status == SubscribeStatus::ok && page->need_bytes > 0 && batch_grow(page)) {
@@ -359,15 +359,16 @@ ngx_int_t wait_or_answer(ngx_http_request_t *r, LongpollWaiter *sub, const Chann
     return NGX_DONE;
 }
 
-ngx_int_t handle(ngx_http_request_t *r) {
-    ChannelArgs args;
-    ngx_int_t rc = NGX_OK;
-    if (!subscriber_prelude(r, args, &rc)) return rc;
+ngx_int_t serve_longpoll(ngx_http_request_t *r) {
     LocConf *lcf = loc_conf(r);
     ZoneConf *zone = zone_of(lcf);
     WorkerZone *wz = worker_zone(zone);
     MessageId client_cursor;
     bool has_cursor = request_cursor(r, &client_cursor);
+    MessageId refusal_cursor = has_cursor ? client_cursor : zone->store->position();
+    ChannelArgs args;
+    ngx_int_t rc = NGX_OK;
+    if (!subscriber_prelude(r, args, &rc, &refusal_cursor)) return rc;
 
     if (r->method & NGX_HTTP_HEAD) {   // the headers a GET would carry, at once
         if (const std::string_view *missing = missing_channel(r, args)) {
@@ -394,7 +395,7 @@ ngx_int_t handle(ngx_http_request_t *r) {
 }  // namespace
 
 ngx_int_t ngx_http_channels_longpoll_handler(ngx_http_request_t *r) noexcept {
-    return guarded(r->connection->log, ngx_int_t(NGX_HTTP_INTERNAL_SERVER_ERROR), [r] { return handle(r); });
+    return guarded(r->connection->log, ngx_int_t(NGX_HTTP_INTERNAL_SERVER_ERROR), [r] { return serve_longpoll(r); });
 }
 
 }  // namespace channels

@@ -29,6 +29,8 @@ constexpr const char *kReadBudget = "4194304";        // data bytes of a catch-u
 constexpr size_t kMaxArgs = 24;
 constexpr uint64_t kMaxAheadMs = 3600 * 1000;   // an id further ahead of the clock is invalid
 constexpr size_t kMaxReplyBytes = 64 * 1024 * 1024;   // buffered by hiredis for one reply, at most
+constexpr size_t kMaxEntryBytes = 32 * 1024 * 1024;   // of one message's fields: larger ones are refused
+constexpr const char *kMaxEntryText = "33554432";
 
 // KEYS: channel stream, shared log, last id, floor. ARGV: now ms, history, ttl ms, log max
 // length, channel, event, content type, data, kind ("m" message, "d" delete), the
@@ -84,13 +86,22 @@ return 0
 
 // One catch-up page of the shared log after a cursor: at most ARGV[2] entries and ARGV[3]
 // bytes of field values (but one entry), so that a host far behind never takes more than a
-// page in one reply. KEYS: log. ARGV: cursor, count, budget. Reply: [[id, [field, value...]]...].
+// page in one reply. An entry larger than ARGV[4] (not written by this module) comes as
+// its id, channel and size only ('z'): it is lost, and its channel's subscribers are told.
+// KEYS: log. ARGV: cursor, count, budget, largest entry. Reply: [[id, [field, value...]]...].
 constexpr const char kPageScript[] = R"lua(
 local rows = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])
-local budget, bytes, out = tonumber(ARGV[3]), 0, {}
+local budget, largest, bytes, out = tonumber(ARGV[3]), tonumber(ARGV[4]), 0, {}
 for i, row in ipairs(rows) do
-  local size = 0
-  for j = 2, #row[2], 2 do size = size + #row[2][j] end
+  local size, channel = 0, ''
+  for j = 1, #row[2], 2 do
+    size = size + #row[2][j + 1]
+    if row[2][j] == 'c' then channel = row[2][j + 1] end
+  end
+  if size > largest then
+    row = {row[1], {'c', channel, 'z', tostring(size)}}
+    size = 0
+  end
   if i > 1 and bytes + size > budget then break end
   bytes = bytes + size
   out[i] = row
@@ -160,11 +171,13 @@ std::string_view reply_text(const redisReply *r) {
 void on_socket_read(ngx_event_t *ev) noexcept {
     auto *link = static_cast<RedisLink *>(static_cast<ngx_connection_t *>(ev->data)->data);
     if (link->ac == nullptr) return;
-    // Reply sizes are bounded: a server that sends more than this for one reply is dropped.
+    // Reply sizes are bounded: a server that sends more than this for one reply is dropped at
+    // once (a disconnect would wait for the reply). The tail reconnects reading pages, which
+    // hand an oversized entry over as a loss.
     if (link->ac->c.reader != nullptr && link->ac->c.reader->len > kMaxReplyBytes) {
         ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0, "channels: redis reply larger than %uz bytes, disconnecting",
                       kMaxReplyBytes);
-        redisAsyncDisconnect(link->ac);
+        redisAsyncFree(link->ac);
         return;
     }
     redisAsyncHandleRead(link->ac);
@@ -333,6 +346,7 @@ struct LogEntry {
     MessageId id;
     EntryKind kind = EntryKind::message;
     PublishInput in;
+    bool oversized = false;   // larger than kMaxEntryBytes: its channel lost it
 };
 
 bool valid_content_type(std::string_view t) {
@@ -358,7 +372,13 @@ const char *check_entry(const redisReply *entry, uint64_t now, LogEntry *out) {
         const redisReply *value = fields->element[i + 1];
         if (value->type != REDIS_REPLY_STRING) return "a field that is not a string";
         std::string_view text = reply_text(value);
-        unsigned bit = name == "c" ? 1 : name == "e" ? 2 : name == "t" ? 4 : name == "d" ? 8 : name == "x" ? 16 : 0;
+        unsigned bit = name == "c"   ? 1
+                       : name == "e" ? 2
+                       : name == "t" ? 4
+                       : name == "d" ? 8
+                       : name == "x" ? 16
+                       : name == "z" ? 32
+                                     : 0;
         if (bit == 0 || (seen & bit)) return "unknown or repeated field";
         seen |= bit;
         if (bit == 1) out->in.channel = text;
@@ -368,6 +388,8 @@ const char *check_entry(const redisReply *entry, uint64_t now, LogEntry *out) {
         if (bit == 16) out->kind = EntryKind::deleted;
     }
     if (!(seen & 1) || !is_valid_channel_id(out->in.channel)) return "invalid channel id";
+    out->oversized = (seen & 32) || out->in.event.size() + out->in.content_type.size() + out->in.data.size() > kMaxEntryBytes;
+    if (out->oversized) return nullptr;
     if (!out->in.event.empty() && !is_valid_event_type(out->in.event)) return "invalid event type";
     if (!valid_content_type(out->in.content_type)) return "invalid content type";
     if (out->in.data.size() > UINT32_MAX) return "data too large";
@@ -394,6 +416,11 @@ uint64_t ingest_entry(RedisWorker *w, const redisReply *entry, bool *far_ahead) 
         ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0, "channels: zone \"%V\": skipping redis log entry \"%V\": %s", &z,
                       &text, problem);
         return 0;
+    }
+    if (e.oversized) {
+        w->invalid++;
+        log_zone(NGX_LOG_ERR, w, "redis log entry larger than 32 MiB lost; its subscribers get channel-gap", nullptr);
+        return w->store->local()->ingest_lost(e.in.channel, e.id);
     }
     if (e.kind == EntryKind::deleted) e.in = PublishInput{e.in.channel, {}, {}, {}};
     return w->store->local()->ingest(e.kind, e.id, e.in);
@@ -455,7 +482,7 @@ void read_log(RedisWorker *w) {
     std::string log_key = key(w->store->conf(), "#log");
     if (w->catching_up) {
         send_argv(&w->log, guarded_reply<on_log_reply>, w,
-                  {"EVAL", kPageScript, "1", log_key, {cursor, len}, kReadBatch, kReadBudget});
+                  {"EVAL", kPageScript, "1", log_key, {cursor, len}, kReadBatch, kReadBudget, kMaxEntryText});
     } else {   // one entry: a reply holds at most one message
         send_argv(&w->log, guarded_reply<on_log_reply>, w,
                   {"XREAD", "COUNT", "1", "BLOCK", "0", "STREAMS", log_key, {cursor, len}});
@@ -628,6 +655,12 @@ T *pool_new(ngx_pool_t *pool, Args &&...args) {
 
 ngx_int_t RedisStore::start(PublishCall *call) {
     RedisWorker *w = worker_;
+    const PublishInput &input = call->in;
+    if (input.event.size() + input.content_type.size() + input.data.size() > kMaxEntryBytes) {
+        call->status = PublishCall::Status::too_large;   // the other hosts would not mirror it
+        call->done(call);
+        return NGX_OK;
+    }
     if (w == nullptr || !w->cmd.ready) {
         call->status = PublishCall::Status::unavailable;
         call->done(call);

@@ -25,11 +25,21 @@ ngx_int_t eval_channels(ngx_http_request_t *r, const LocConf *lcf, ChannelArgs &
     return NGX_OK;
 }
 
-bool subscriber_prelude(ngx_http_request_t *r, ChannelArgs &args, ngx_int_t *rc) {
-    if (!(r->method & (NGX_HTTP_GET | NGX_HTTP_HEAD))) {
-        *rc = add_header(r, "Allow", "GET, HEAD") == NGX_OK ? send_text(r, NGX_HTTP_NOT_ALLOWED, "method not allowed")
-                                                            : NGX_HTTP_INTERNAL_SERVER_ERROR;
+bool subscriber_prelude(ngx_http_request_t *r, ChannelArgs &args, ngx_int_t *rc, const MessageId *cursor) {
+    // A refusal is of this request only (no cache keeps it); a long-poll one carries the
+    // cursor like every long-poll answer.
+    auto refuse = [&](ngx_uint_t status, std::string_view text) {
+        bool headers = add_header(r, "Cache-Control", "no-cache") == NGX_OK &&
+                       (cursor == nullptr || add_cursor_header(r, *cursor) == NGX_OK);
+        *rc = headers ? send_text(r, status, text) : NGX_HTTP_INTERNAL_SERVER_ERROR;
         return false;
+    };
+    if (!(r->method & (NGX_HTTP_GET | NGX_HTTP_HEAD))) {
+        if (add_header(r, "Allow", "GET, HEAD") != NGX_OK) {
+            *rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
+            return false;
+        }
+        return refuse(NGX_HTTP_NOT_ALLOWED, "method not allowed");
     }
     LocConf *lcf = loc_conf(r);
     if (ngx_http_discard_request_body(r) != NGX_OK || eval_channels(r, lcf, args) != NGX_OK) {
@@ -40,13 +50,9 @@ bool subscriber_prelude(ngx_http_request_t *r, ChannelArgs &args, ngx_int_t *rc)
         u_char line[64];
         u_char *end = ngx_snprintf(line, sizeof(line), "too many channels: at most %ui per subscriber",
                                    lcf->max_per_request);
-        *rc = send_text(r, NGX_HTTP_BAD_REQUEST, {reinterpret_cast<char *>(line), size_t(end - line)});
-        return false;
+        return refuse(NGX_HTTP_BAD_REQUEST, {reinterpret_cast<char *>(line), size_t(end - line)});
     }
-    if (args.error != ListError::none) {
-        *rc = send_text(r, NGX_HTTP_BAD_REQUEST, describe(args.error));
-        return false;
-    }
+    if (args.error != ListError::none) return refuse(NGX_HTTP_BAD_REQUEST, describe(args.error));
     return true;
 }
 

@@ -18,8 +18,9 @@ struct ChannelArgs {
 // NGX_ERROR on an internal failure; args.error tells a client error.
 ngx_int_t eval_channels(ngx_http_request_t *r, const LocConf *lcf, ChannelArgs &args);
 // Common start of subscriber requests: GET/HEAD only (405 otherwise), body discarded,
-// channels evaluated (400 when bad). true: go on; false: answered, return *rc.
-bool subscriber_prelude(ngx_http_request_t *r, ChannelArgs &args, ngx_int_t *rc);
+// channels evaluated (400 when bad). true: go on; false: answered, return *rc. Refusals
+// carry Cache-Control: no-cache, and Last-Event-ID: *cursor when given (long-poll).
+bool subscriber_prelude(ngx_http_request_t *r, ChannelArgs &args, ngx_int_t *rc, const MessageId *cursor = nullptr);
 // Watches a parked request for the client's close (ngx_http_test_reading). A close that
 // arrived while the request was being read raised no new edge-triggered event, so a read
 // event already ready is run once, posted.

@@ -58,6 +58,9 @@ public:
     // Appends when newer than the zone's last id (else another worker of this host mirrored
     // it first). Returns the wake bits of its channel.
     uint64_t ingest(EntryKind kind, MessageId id, const PublishInput &in);
+    // An entry of the shared log too large to mirror: lost, its channel's subscribers told.
+    // Returns the wake bits of its channel.
+    uint64_t ingest_lost(std::string_view channel, MessageId id);
     MessageId last_id();
     // Every retained cursor now counts as short of messages (the shared log lost data).
     void mark_gap();
@@ -97,8 +100,6 @@ private:
     uint64_t start_time_ = 0;           // of this worker process
 };
 
-// Wall clock in milliseconds (nginx's cached time).
-uint64_t now_ms();
 // A process's start time (Linux: /proc/PID/stat field 22), 0 when unknown.
 uint64_t process_start_time(ngx_pid_t pid);
 

@@ -144,6 +144,17 @@ uint64_t delete_channel(Zone &z, Channel *ch, const MessageId *given, bool *mark
     return wake;
 }
 
+// A message of the shared log this zone cannot keep: ids go on past it, and the workers
+// holding its channel tell their subscribers (channel-gap). Returns whom to wake for that.
+uint64_t lose(Zone &z, std::string_view channel, MessageId id) {
+    z.sh()->last_id = std::max(z.sh()->last_id, id);
+    Channel *ch = z.find(channel);
+    if (ch == nullptr) return 0;
+    ch->trimmed_upto = PackedId::of(std::max(ch->trimmed_upto.get(), id));
+    z.note_loss_all(ch, id);
+    return ch->wake_bits;
+}
+
 }  // namespace
 
 void ShmStore::notify(uint64_t wake_bits) {
@@ -251,13 +262,8 @@ uint64_t ShmStore::ingest(EntryKind kind, MessageId id, const PublishInput &in) 
             if (ch != nullptr) z.pin(ch);
             Entry *e = ch != nullptr ? z.append(ch, EntryKind::message, in, &id) : nullptr;
             if (e == nullptr) {
-                sh->last_id = id;   // cannot be kept here: its subscribers will be told (gap)
-                if (ch != nullptr) {
-                    ch->trimmed_upto = PackedId::of(std::max(ch->trimmed_upto.get(), id));
-                    z.note_loss_all(ch, id);
-                    z.unpin(ch);
-                }
-                return 0;
+                if (ch != nullptr) z.unpin(ch);
+                return lose(z, in.channel, id);   // cannot be kept here: its subscribers are told (gap)
             }
             z.set_exists(ch, true);
             z.trim_history(ch);
@@ -272,6 +278,13 @@ uint64_t ShmStore::ingest(EntryKind kind, MessageId id, const PublishInput &in) 
                       "channels: zone \"%V\" too full to tell subscribers of a deleted channel", &name_);
     }
     return wake;
+}
+
+uint64_t ShmStore::ingest_lost(std::string_view channel, MessageId id) {
+    ZoneLock lock(*this);
+    Zone z(*this, lock.sh(), now_ms());
+    if (id <= lock.sh()->last_id) return 0;   // another worker of this host was first
+    return lose(z, channel, id);
 }
 
 MessageId ShmStore::last_id() {

@@ -20,11 +20,6 @@ namespace channels {
 
 using namespace shm;
 
-uint64_t now_ms() {
-    ngx_time_t *tp = ngx_timeofday();
-    return uint64_t(tp->sec) * 1000 + tp->msec;
-}
-
 uint64_t process_start_time(ngx_pid_t pid) {
     char path[64];
     snprintf(path, sizeof(path), "/proc/%d/stat", int(pid));

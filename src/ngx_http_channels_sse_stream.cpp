@@ -7,7 +7,6 @@
 #include "ngx_http_channels_sse_stream.h"
 
 #include "ngx_http_channels_fault.h"
-#include "ngx_http_channels_shm.h"
 #include "channels/jwt.h"
 #include "ngx_http_channels_sse_events.h"
 

@@ -24,6 +24,12 @@ extern "C" {
 
 namespace channels {
 
+// Wall clock in milliseconds (nginx's cached time).
+inline uint64_t now_ms() {
+    ngx_time_t *tp = ngx_timeofday();
+    return uint64_t(tp->sec) * 1000 + tp->msec;
+}
+
 // Opaque identity of a channel in the zone (valid while some local subscriber holds it,
 // for the zone generation it was obtained in).
 using ChannelKey = uintptr_t;

@@ -68,14 +68,16 @@ sub poll_raw {
     return { status => $status // 0, bytes => length($body // ''), next => $next, msgs => \@msgs };
 }
 
-# ---- 100 messages at most
+# ---- 100 messages at most; an answer read at once is one page read under the lock (64)
 {
     $t->publish('many', "m$_") for 1 .. 150;
     my $a = poll_raw('/poll/many', '0-0');
     is($a->{status}, 200, '150 small messages: 200');
-    is(scalar @{ $a->{msgs} }, 100, '150 small messages: the first answer holds 100');
+    is(scalar @{ $a->{msgs} }, 64, '150 small messages: the first answer holds one page, 64');
     my $b = poll_raw('/poll/many', $a->{next});
-    is(scalar @{ $b->{msgs} }, 50, 'the next request gets the other 50 at once');
+    is(scalar @{ $b->{msgs} }, 64, 'the next request the next page at once');
+    my $c = poll_raw('/poll/many', $b->{next});
+    is(scalar @{ $c->{msgs} }, 22, 'and the next the other 22');
 }
 
 # ---- about 1 MiB of data at most (ten 300,000-byte messages)

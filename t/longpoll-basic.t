@@ -234,19 +234,25 @@ my $MARK = $t->log_mark;
     }
 }
 
-# ---- at most 100 messages per answer; the next poll gets the rest
+# ---- at most 100 messages per answer (one 64-message page when answered at once: README
+# "What one client can cost"); the next poll gets the rest
 {
     my $c = $t->publish('many', 'before');
     my @ids = map { $t->publish('many', "n$_") } 1 .. 150;
     my $r = $t->poll('/poll/many', cursor => $c);
     my $m = json_ok($r, '150 retained');
-    is(scalar @$m, 100, 'the first answer holds 100 messages');
-    is_deeply(ids_of($m), [ @ids[0 .. 99] ], 'the oldest 100, in order');
-    is($r->{headers}{'last-event-id'}, $ids[99], 'Last-Event-ID: the 100th');
-    $r = $t->poll('/poll/many', cursor => $r->{headers}{'last-event-id'});
-    $m = json_ok($r, 'the rest');
-    is_deeply(ids_of($m), [ @ids[100 .. 149] ], 'the next poll: the other 50, in order');
-    cmp_ok($r->{elapsed}, '<', 0.9, 'at once');
+    is(scalar @$m, 64, 'the first answer holds one page, 64 messages');
+    is_deeply(ids_of($m), [ @ids[0 .. 63] ], 'the oldest 64, in order');
+    is($r->{headers}{'last-event-id'}, $ids[63], 'Last-Event-ID: the 64th');
+    my @rest;
+    for (1 .. 3) {
+        $r = $t->poll('/poll/many', cursor => $r->{headers}{'last-event-id'});
+        last if $r->{status} != 200;
+        cmp_ok($r->{elapsed}, '<', 0.9, 'the next page at once');
+        push @rest, @{ json_ok($r, 'a next page') };
+        last if @rest >= 86;
+    }
+    is_deeply(ids_of(\@rest), [ @ids[64 .. 149] ], 'the next polls: the other 86, in order');
     $r = $t->poll('/poll/many', cursor => $ids[-1]);
     is($r->{status}, 204, 'then nothing: the next poll times out (204)');
 }
