@@ -56,6 +56,8 @@ struct Opts {
     std::string save_body;
     std::string path = "/";     // fetch
     int repeat = 3;             // fetch
+    std::string header;         // fetch: one more request header ("Name: value")
+    uint64_t until_bytes = 0;   // fetch: done after this many body bytes (an event stream)
 };
 
 constexpr const char *kHelp =
@@ -85,6 +87,7 @@ constexpr const char *kHelp =
     "                        time the replay: replay_ms = subscribe -> last message received\n"
     "  --save-body FILE      the decoded SSE body of the first connection, for a static copy\n"
     "  fetch: --path P --repeat N   GET P N times on fresh connections, time to the last byte\n"
+    "         [--header 'Name: value'] [--until-bytes B: done after B body bytes, for an event stream]\n"
     "  --sync                print {\"event\":\"ready\"} and {\"event\":\"done\"} lines and wait for a\n"
     "                        line on stdin after each (lets a driver measure the server)\n"
     "Prints one JSON line: throughput, latency, and lost/dup/ooo checks. See bench/README.md.\n";
@@ -154,6 +157,8 @@ Opts parse_opts(int argc, char **argv) {
         else if (k == "--save-body") o.save_body = v;
         else if (k == "--path") o.path = v;
         else if (k == "--repeat") o.repeat = I();
+        else if (k == "--header") o.header = v;
+        else if (k == "--until-bytes") o.until_bytes = uint64_t(std::stoull(v));
         else usage(("unknown option " + k).c_str());
     }
     if (o.mode == "ceiling") o.server = Server::Ceiling;
@@ -1106,7 +1111,8 @@ double fetch_once(const Opts &o, uint64_t &bytes, int &status) {
         ::close(fd);
         return NAN;
     }
-    std::string req = "GET " + o.path + " HTTP/1.1\r\nHost: " + o.host + "\r\nConnection: close\r\n\r\n";
+    std::string req = "GET " + o.path + " HTTP/1.1\r\nHost: " + o.host + "\r\nConnection: close\r\n" +
+                      (o.header.empty() ? std::string() : o.header + "\r\n") + "\r\n";
     write_all(fd, req);
     std::string head;
     RespHead rh;
@@ -1132,11 +1138,12 @@ double fetch_once(const Opts &o, uint64_t &bytes, int &status) {
             in_body = true;
         }
         if (body.feed(p, n, [&](const char *, size_t m) { bytes += m; }) < 0) break;
-        if (body.done()) break;
+        if (body.done() || (o.until_bytes > 0 && bytes >= o.until_bytes)) break;
     }
     int64_t t1 = now_us();
     ::close(fd);
-    return in_body && body.done() && status == 200 ? double(t1 - t0) / 1000.0 : NAN;
+    bool whole = o.until_bytes > 0 ? bytes >= o.until_bytes : body.done();
+    return in_body && whole && status == 200 ? double(t1 - t0) / 1000.0 : NAN;
 }
 
 int run_fetch(const Opts &o) {
