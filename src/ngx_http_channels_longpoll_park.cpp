@@ -51,6 +51,7 @@ struct ParkedRequest {
     uint32_t               lens[nparts];
     uint32_t               nvariables;
     uint16_t               port;
+    uint16_t               absent;   // bit k: part k (a string) had no data pointer (not even empty)
     unsigned               keepalive : 1;
     unsigned               lingering_close : 1;
     unsigned               pipeline : 1;
@@ -97,7 +98,15 @@ const Settings &configured() {
     return settings;
 }
 
-ngx_str_t saved(ParkedRequest *p, Part k, u_char *base) { return {p->lens[k], base + p->offset(k)}; }
+// A saved string as it was: $args of a request without arguments is "not found", not "".
+// memcpy() must not be given a null pointer, even for no bytes.
+u_char *put(u_char *dst, const void *src, size_t n) { return n == 0 ? dst : ngx_cpymem(dst, src, n); }
+
+ngx_str_t saved(ParkedRequest *p, Part k, u_char *base) {
+    return {p->lens[k], (p->absent & (1u << k)) ? nullptr : base + p->offset(k)};
+}
+
+uint16_t absent_bit(const ngx_str_t &s, Part k) { return s.data == nullptr ? uint16_t(1u << k) : 0; }
 
 // ---- what may park ----
 
@@ -185,7 +194,7 @@ u_char *write_lines(ngx_http_request_t *r, u_char *p) {
             p = ngx_cpymem(p, h[i].key.data, h[i].key.len);
             *p++ = ':';
             *p++ = ' ';
-            p = ngx_cpymem(p, h[i].value.data, h[i].value.len);
+            p = put(p, h[i].value.data, h[i].value.len);
             *p++ = CR;
             *p++ = LF;
         }
@@ -226,7 +235,7 @@ void write_variables(ngx_http_request_t *r, u_char *p) {
         rec.not_found = v.not_found;
         rec.escape = v.escape;
         p = ngx_cpymem(p, &rec, sizeof(rec));
-        if (v.len > 0) p = ngx_cpymem(p, v.data, v.len);
+        p = put(p, v.data, v.len);
     }
 }
 
@@ -260,14 +269,16 @@ ParkedRequest *build_image(ngx_http_request_t *r) {
     ngx_memcpy(p->lens, lens, sizeof(lens));
     p->nvariables = nvars;
     write_lines(r, p->part(text));
-    ngx_memcpy(p->part(uri), r->uri.data, r->uri.len);
-    ngx_memcpy(p->part(args), r->args.data, r->args.len);
-    ngx_memcpy(p->part(exten), r->exten.data, r->exten.len);
-    ngx_memcpy(p->part(server), r->headers_in.server.data, r->headers_in.server.len);
-    ngx_memcpy(p->part(captures), r->captures, lens[captures]);
-    ngx_memcpy(p->part(captures_data), r->captures_data, lens[captures_data]);
+    p->absent = absent_bit(r->uri, uri) | absent_bit(r->args, args) | absent_bit(r->exten, exten) |
+                absent_bit(r->headers_in.server, server);
+    put(p->part(uri), r->uri.data, r->uri.len);
+    put(p->part(args), r->args.data, r->args.len);
+    put(p->part(exten), r->exten.data, r->exten.len);
+    put(p->part(server), r->headers_in.server.data, r->headers_in.server.len);
+    put(p->part(captures), r->captures, lens[captures]);
+    put(p->part(captures_data), r->captures_data, lens[captures_data]);
     write_variables(r, p->part(variables));
-    ngx_memcpy(p->part(pipelined), r->header_in->pos, lens[pipelined]);
+    put(p->part(pipelined), r->header_in->pos, lens[pipelined]);
     return p;
 }
 
@@ -396,7 +407,7 @@ bool restore_buffer(ngx_connection_t *c, ParkedRequest *p) {
         b->end = mem + size;
     }
     b->pos = b->start;
-    b->last = ngx_cpymem(b->start, p->part(pipelined), p->lens[pipelined]);
+    b->last = put(b->start, p->part(pipelined), p->lens[pipelined]);
     return true;
 }
 
