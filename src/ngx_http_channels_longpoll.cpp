@@ -8,6 +8,7 @@
 // An answer holds at most 100 messages (raw: one) and about 1 MiB of encoded data (but
 // always one message), and is built in one exact allocation (README "Long polling", "What one client can cost").
 
+#include <algorithm>
 #include <new>
 
 #include "channels/json.h"
@@ -16,6 +17,7 @@
 #include "ngx_http_channels_frame.h"
 #include "ngx_http_channels_fault.h"
 #include "ngx_http_channels_jwt.h"
+#include "ngx_http_channels_longpoll_park.h"
 #include "ngx_http_channels_request.h"
 
 namespace channels {
@@ -208,10 +210,19 @@ ngx_int_t answer_page(ngx_http_request_t *r, const Batch &page, size_t limit) {
     return answer_messages(r, a);
 }
 
+void ngx_http_channels_longpoll_cleanup(void *data) noexcept;
+
+// Lives in its request's pool, links too. One that waited park_delay() moves to the heap
+// and gives up its request (parked, ngx_http_channels_longpoll_park.h), which comes back
+// when it answers.
 class LongpollWaiter final : public Subscriber {
 public:
-    LongpollWaiter(ngx_http_request_t *r, WorkerZone *zone) : request_(r), limit_(answer_limit(loc_conf(r))) {
+    LongpollWaiter(ngx_http_request_t *r, WorkerZone *zone)
+        : request_(r), conn_(r->connection), limit_(answer_limit(loc_conf(r))) {
         wz = zone;
+    }
+    ~LongpollWaiter() {
+        if (parked_answer_) ngx_free(answer_);
     }
 
     // Collects the pass's messages: the first pass that reaches a waiting request holds
@@ -227,7 +238,9 @@ public:
             return;
         }
         if (answer_ == nullptr) {
-            answer_ = static_cast<Answer *>(ngx_palloc(request_->pool, sizeof(Answer)));
+            parked_answer_ = request_ == nullptr;
+            answer_ = static_cast<Answer *>(parked_answer_ ? ngx_alloc(sizeof(Answer), conn_->log)
+                                                           : ngx_palloc(request_->pool, sizeof(Answer)));
             if (answer_ == nullptr) {
                 failed_ = true;
                 return;
@@ -246,6 +259,8 @@ public:
     }
 
     void on_flush() noexcept override {
+        bool answers = failed_ || (answer_ != nullptr && answer_->n > 0) || deleted_;
+        if (!answers || !ensure_request()) return;
         if (failed_) {
             finish(NGX_HTTP_INTERNAL_SERVER_ERROR);
         } else if (answer_ != nullptr && answer_->n > 0) {
@@ -255,15 +270,19 @@ public:
         }
     }
 
-    void on_shutdown() noexcept override { finish(answer_empty(request_, NGX_HTTP_NO_CONTENT, reply_cursor)); }
+    void on_shutdown() noexcept override {
+        if (ensure_request()) finish(answer_empty(request_, NGX_HTTP_NO_CONTENT, reply_cursor));
+    }
 
-    // Waits from here on: registered with the delivery, timed, watching the client.
-    void park(ngx_msec_t timeout, bool gap) {
+    // Waits from here on: registered with the delivery, timed, watching the client. The
+    // timer first fires to park the request, if the wait is longer than park_delay().
+    void park(ngx_msec_t timeout, bool gap, MessageId last_news) {
         gap_ = gap;
         timeout_.handler = timeout_handler;
         timeout_.data = this;
-        timeout_.log = request_->connection->log;
-        ngx_add_timer(&timeout_, timeout);
+        timeout_.log = conn_->log;
+        deadline_ = ngx_current_msec + timeout;
+        ngx_add_timer(&timeout_, std::min(timeout, park_delay(last_news.ms)));
     }
 
     void stop() noexcept {
@@ -271,12 +290,85 @@ public:
         if (timeout_.timer_set) ngx_del_timer(&timeout_);
     }
 
+    // Ends this object (its request is gone, or never comes back).
+    void release() noexcept {
+        stop();
+        delivery_free_links(this);
+        bool heap = on_heap_;
+        this->~LongpollWaiter();
+        if (heap) ngx_free(this);
+    }
+
     MessageId reply_cursor;   // the cursor the client sent, or where it started waiting
 
 private:
     static void timeout_handler(ngx_event_t *ev) noexcept {
         auto *sub = static_cast<LongpollWaiter *>(ev->data);
-        sub->finish(answer_empty(sub->request_, NGX_HTTP_NO_CONTENT, sub->reply_cursor));
+        auto left = ngx_msec_int_t(sub->deadline_ - ngx_current_msec);
+        if (left > 0) {   // waited park_delay(): the request can go until the answer
+            sub = sub->try_park();
+            ngx_add_timer(&sub->timeout_, ngx_msec_t(left));
+            return;
+        }
+        if (sub->ensure_request()) sub->finish(answer_empty(sub->request_, NGX_HTTP_NO_CONTENT, sub->reply_cursor));
+    }
+
+    // The waiter that goes on: this one, or its copy on the heap once the request is parked
+    // (this object went with the request's pool). Not while an answer is on its way
+    // (touched: flushed soon, its answer in the pool).
+    LongpollWaiter *try_park() noexcept {
+        if (request_ == nullptr || touched || answer_ != nullptr || deleted_ || failed_ || !attached) return this;
+        ParkedRequest *p = park_prepare(request_, this);
+        if (p == nullptr) return this;
+        LongpollWaiter *moved = relocate();
+        if (moved == nullptr) {
+            park_cancel(p);
+            return this;
+        }
+        moved->parked_ = p;
+        park_commit(p, request_, moved, parked_gone);
+        return moved;
+    }
+
+    LongpollWaiter(const LongpollWaiter &) = default;
+
+    // A copy on the heap, in this one's place in the delivery (this one holds nothing after).
+    LongpollWaiter *relocate() noexcept {
+        void *mem = ngx_alloc(sizeof(LongpollWaiter), conn_->log);
+        if (mem == nullptr) return nullptr;
+        auto *to = new (mem) LongpollWaiter(*this);
+        if (!move_subscriber(this, to)) {
+            to->~LongpollWaiter();
+            ngx_free(mem);
+            return nullptr;
+        }
+        to->request_ = nullptr;
+        to->on_heap_ = true;
+        to->timeout_.data = to;   // (not armed: it is what fired)
+        return to;
+    }
+
+    static void parked_gone(void *owner) noexcept { static_cast<LongpollWaiter *>(owner)->release(); }
+
+    // A parked waiter gets its request back before it answers, and is again the request's
+    // (its cleanup). false: the request could not come back; this object is gone.
+    bool ensure_request() noexcept {
+        if (request_ != nullptr) return true;
+        ParkedRequest *p = parked_;
+        parked_ = nullptr;
+        ngx_connection_t *c = conn_;
+        ngx_http_request_t *r = unpark_request(p);
+        ngx_http_cleanup_t *cln = r != nullptr ? ngx_http_cleanup_add(r, 0) : nullptr;
+        if (cln == nullptr) {
+            release();
+            if (r != nullptr) ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+            ngx_http_run_posted_requests(c);
+            return false;
+        }
+        cln->handler = ngx_http_channels_longpoll_cleanup;
+        cln->data = this;
+        request_ = r;
+        return true;
     }
 
     void finish(ngx_int_t rc) noexcept {
@@ -287,21 +379,22 @@ private:
         ngx_http_run_posted_requests(c);
     }
 
-    ngx_http_request_t *request_;
+    ngx_http_request_t *request_;     // nullptr while parked
+    ngx_connection_t *conn_;
+    ParkedRequest *parked_ = nullptr;
     size_t limit_;
     ngx_event_t timeout_{};
+    ngx_msec_t deadline_ = 0;
     Answer *answer_ = nullptr;
+    bool parked_answer_ = false;      // answer_ was allocated while parked: on the heap
+    bool on_heap_ = false;
     bool deleted_ = false;
     MessageId deleted_at_;    // the deletion's id: a client polling on from it is past it
     bool failed_ = false;
     bool gap_ = false;        // messages after its cursor were lost before it waited
 };
 
-void ngx_http_channels_longpoll_cleanup(void *data) noexcept {
-    auto *sub = static_cast<LongpollWaiter *>(data);
-    sub->stop();
-    sub->~LongpollWaiter();
-}
+void ngx_http_channels_longpoll_cleanup(void *data) noexcept { static_cast<LongpollWaiter *>(data)->release(); }
 
 // The first page answers at once when it holds anything; else the request waits.
 ngx_int_t wait_or_answer(ngx_http_request_t *r, LongpollWaiter *sub, const ChannelArgs &args, bool has_cursor,
@@ -351,7 +444,8 @@ ngx_int_t wait_or_answer(ngx_http_request_t *r, LongpollWaiter *sub, const Chann
     // Never below the client's own cursor: a host still mirroring Redis may get older ids.
     sub->cursor = has_cursor ? std::max(res.attached_at, client_cursor) : res.attached_at;
     sub->reply_cursor = has_cursor ? client_cursor : res.attached_at;
-    sub->park(auth_bounded_wait(r, lcf->longpoll_timeout), !page->gaps.empty());   // never past the token's exp
+    sub->park(auth_bounded_wait(r, lcf->longpoll_timeout), !page->gaps.empty(),   // never past the token's exp
+              has_cursor ? client_cursor : MessageId{});
     batch_give(wz, page);
     r->write_event_handler = ngx_http_request_empty_handler;
     watch_client_close(r);
