@@ -348,9 +348,9 @@ void SseStream::detach_handler(ngx_event_t *ev) noexcept {
 
 void SseStream::detach_later() noexcept {
     want_detach_ = false;
-    if (timer_.timer_set) ngx_del_timer(&timer_);
-    timer_.handler = detach_handler;
-    ngx_post_event(&timer_, &ngx_posted_events);
+    if (timer_->timer_set) ngx_del_timer(timer_);
+    timer_->handler = detach_handler;
+    ngx_post_event(timer_, &ngx_posted_events);
 }
 
 namespace {
@@ -414,6 +414,7 @@ bool SseStream::detach() noexcept {
     c->read->handler = sse_detached_read;
     c->write->handler = sse_detached_write;
     if (c->read->timer_set) ngx_del_timer(c->read);
+    timer_ = c->read;   // the request's event went with its pool (not armed: see detach_later())
     detached_ = true;
     out_.filters.~FilterOutput();   // its buffers went with the request pool
     new (&out_.socket) SocketOutput();
@@ -443,6 +444,11 @@ void SseStream::close_detached() noexcept {
 void sse_detached_read(ngx_event_t *rev) noexcept {
     auto *c = static_cast<ngx_connection_t *>(rev->data);
     auto *sub = static_cast<SseStream *>(c->data);
+    if (rev->timedout) {   // the ping timer
+        rev->timedout = 0;
+        sub->ping();
+        return;
+    }
     u_char buf[kReadChunk];
     ssize_t n = c->recv(c, buf, sizeof(buf));
     if (n == NGX_AGAIN) {

@@ -24,14 +24,16 @@ ngx_int_t SseStream::start(ngx_http_cleanup_t *cln, const Batch &first_page, boo
     auto *clcf = static_cast<ngx_http_core_loc_conf_t *>(ngx_http_get_module_loc_conf(request, ngx_http_core_module));
     ping_interval_ = uint32_t(std::min<ngx_msec_t>(lcf->sse_ping, UINT32_MAX));
     send_timeout_ = uint32_t(std::min<ngx_msec_t>(clcf->send_timeout, UINT32_MAX));
-    timer_.data = this;
-    timer_.log = conn_->log;
+    timer_ = static_cast<ngx_event_t *>(ngx_pcalloc(request->pool, sizeof(ngx_event_t)));
+    if (timer_ == nullptr) return NGX_ERROR;
+    timer_->data = this;
+    timer_->log = conn_->log;
     catching_up_ = more;
     if (!queue_page(first_page, true) || write_output() != NGX_OK) return NGX_ERROR;
     if (catching_up_) schedule_refill();
     if (may_detach()) {
-        timer_.handler = detach_handler;   // once the handler has returned
-        ngx_post_event(&timer_, &ngx_posted_events);
+        timer_->handler = detach_handler;   // once the handler has returned
+        ngx_post_event(timer_, &ngx_posted_events);
     } else {
         start_pings();
     }

@@ -218,10 +218,10 @@ void SseStream::stop() noexcept {
     finished_ = true;
     catching_up_ = false;
     delivery_detach(this);
-    if (timer_.timer_set) ngx_del_timer(&timer_);
+    if (timer_ != nullptr && timer_->timer_set) ngx_del_timer(timer_);
     if (expiry_ != nullptr && expiry_->event.timer_set) ngx_del_timer(&expiry_->event);
-    if (timer_.posted) {
-        ngx_delete_posted_event(&timer_);
+    if (timer_ != nullptr && !detached_ && timer_->posted) {   // (a detached one's is the read event)
+        ngx_delete_posted_event(timer_);
     }
     if (conn_->write->timer_set) ngx_del_timer(conn_->write);
 }
@@ -246,8 +246,8 @@ void SseStream::leave_deleted_channels() noexcept {
 // ---- events ----
 
 void SseStream::start_pings() noexcept {
-    timer_.handler = ping_handler;
-    if (ping_interval_ > 0) ngx_add_timer(&timer_, ping_interval_);
+    if (!detached_) timer_->handler = ping_handler;   // detached: sse_detached_read() pings
+    if (ping_interval_ > 0) ngx_add_timer(timer_, ping_interval_);
 }
 
 void SseStream::ping() noexcept {
@@ -256,7 +256,7 @@ void SseStream::ping() noexcept {
     if (f == nullptr || !queue(f)) {
         abort_stream("out of memory queuing a ping, closing the stream");
     } else if (send() == NGX_OK && ping_interval_ > 0) {
-        ngx_add_timer(&timer_, ping_interval_);
+        ngx_add_timer(timer_, ping_interval_);
     }
     run_posted(c);
 }

@@ -165,7 +165,9 @@ private:
     // "What one client can cost").
     ngx_connection_t   *conn_;
     ngx_http_cleanup_t *cleanup_ = nullptr;
-    ngx_event_t         timer_{};          // posted once to detach, then the ping timer
+    // Posted once to detach, then the ping timer: in request mode an event in the request's
+    // pool; once detached, the connection's read event (which has no timer of its own then).
+    ngx_event_t        *timer_ = nullptr;
     SseExpiry          *expiry_ = nullptr; // the token's exp (JWT), allocated when there is one
     size_t              armed_at_ = 0;     // progress() when the write timer was armed
     uint32_t            ping_interval_ = 0;  // ms (sse_ping, at most 49 days)
