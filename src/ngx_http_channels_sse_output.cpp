@@ -25,7 +25,7 @@ constexpr size_t kMaxIovecs = 64;
 constexpr size_t kReadChunk = 4096;
 constexpr size_t kMaxReadAfterRequest = 65536; // bytes a client may send on an event stream
 const char kBufTag = 0;                        // identifies our bufs in chains
-constexpr ngx_msec_t kTrimDelay = 100;         // after a detach: at most ten trims a second
+constexpr ngx_msec_t kTrimDelay = 1000;        // after a detach: at most one trim a second
 
 ngx_event_t trim_timer;
 
