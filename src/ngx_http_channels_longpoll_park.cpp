@@ -24,14 +24,10 @@ constexpr ngx_msec_t kTrimDelay = 1000;        // at most one trim a second, aft
 
 enum Part : unsigned { text, uri, args, exten, server, captures, captures_data, variables, pipelined, nparts };
 
-constexpr uint32_t kNotInLine = UINT32_MAX;
-
-// One evaluated variable in the image (then its bytes, unless they are a view of the
-// request line: at is where they start in it, as $arg_ch's value of a 64-channel poll).
+// One evaluated variable in the image (then its bytes).
 struct VariableRecord {
     uint32_t index;
     uint32_t len;
-    uint32_t at;
     uint8_t  valid : 1, no_cacheable : 1, not_found : 1, escape : 1;
 };
 
@@ -53,8 +49,6 @@ struct ParkedRequest {
     size_t                 limit_rate;
     size_t                 limit_rate_after;
     uint32_t               lens[nparts];
-    uint32_t               args_at;   // args are a view of the request line from here (kNotInLine: copied)
-    uint32_t               args_len;
     uint32_t               nvariables;
     uint16_t               port;
     uint16_t               absent;   // bit k: part k (a string) had no data pointer (not even empty)
@@ -180,15 +174,6 @@ bool may_park(ngx_http_request_t *r, void *owner) {
 
 // ---- the image ----
 
-// Where s lies in the request line, which the image's text starts with: long values
-// (the query string, $args, $arg_x) are kept once, as that view. kNotInLine: elsewhere.
-uint32_t in_request_line(ngx_http_request_t *r, const u_char *data, size_t len) {
-    const u_char *line = r->request_line.data;
-    if (data == nullptr || line == nullptr || len < 16 || data < line) return kNotInLine;
-    size_t at = size_t(data - line);
-    return at <= r->request_line.len && len <= r->request_line.len - at ? uint32_t(at) : kNotInLine;
-}
-
 size_t lines_size(ngx_http_request_t *r) {
     size_t n = r->request_line.len + 2 + 2;
     for (ngx_list_part_t *part = &r->headers_in.headers.part; part != nullptr; part = part->next) {
@@ -232,7 +217,7 @@ size_t variables_size(ngx_http_request_t *r, uint32_t *count) {
     for (ngx_uint_t i = 0, end = nvariables(r); i < end; i++) {
         const ngx_http_variable_value_t &v = r->variables[i];
         if (!v.valid && !v.not_found) continue;
-        n += sizeof(VariableRecord) + (in_request_line(r, v.data, v.len) == kNotInLine ? v.len : 0);
+        n += sizeof(VariableRecord) + v.len;
         (*count)++;
     }
     return n;
@@ -249,9 +234,8 @@ void write_variables(ngx_http_request_t *r, u_char *p) {
         rec.no_cacheable = v.no_cacheable;
         rec.not_found = v.not_found;
         rec.escape = v.escape;
-        rec.at = in_request_line(r, v.data, v.len);
         p = ngx_cpymem(p, &rec, sizeof(rec));
-        if (rec.at == kNotInLine) p = put(p, v.data, v.len);
+        p = put(p, v.data, v.len);
     }
 }
 
@@ -268,8 +252,7 @@ ParkedRequest *build_image(ngx_http_request_t *r) {
     uint32_t nvars = 0;
     lens[text] = uint32_t(lines_size(r));
     lens[uri] = uint32_t(r->uri.len);
-    uint32_t args_at = in_request_line(r, r->args.data, r->args.len);
-    lens[args] = args_at == kNotInLine ? uint32_t(r->args.len) : 0;
+    lens[args] = uint32_t(r->args.len);
     lens[exten] = uint32_t(r->exten.len);
     lens[server] = uint32_t(r->headers_in.server.len);
     // A regex without groups leaves ncaptures set and no captures.
@@ -285,13 +268,11 @@ ParkedRequest *build_image(ngx_http_request_t *r) {
     ngx_memzero(p, offsetof(ParkedRequest, data));
     ngx_memcpy(p->lens, lens, sizeof(lens));
     p->nvariables = nvars;
-    p->args_at = args_at;
-    p->args_len = uint32_t(r->args.len);
     write_lines(r, p->part(text));
     p->absent = absent_bit(r->uri, uri) | absent_bit(r->args, args) | absent_bit(r->exten, exten) |
                 absent_bit(r->headers_in.server, server);
     put(p->part(uri), r->uri.data, r->uri.len);
-    put(p->part(args), r->args.data, lens[args]);
+    put(p->part(args), r->args.data, r->args.len);
     put(p->part(exten), r->exten.data, r->exten.len);
     put(p->part(server), r->headers_in.server.data, r->headers_in.server.len);
     put(p->part(captures), r->captures, lens[captures]);
@@ -533,10 +514,6 @@ void restore_variables(ngx_http_request_t *r, ParkedRequest *p, u_char *base) {
         v.no_cacheable = rec.no_cacheable;
         v.not_found = rec.not_found;
         v.escape = rec.escape;
-        if (rec.at != kNotInLine) {
-            v.data = base + p->offset(text) + rec.at;
-            continue;
-        }
         v.data = at;
         at += rec.len;
     }
@@ -561,8 +538,7 @@ ngx_int_t restore(ngx_http_request_t *r, ParkedRequest *p) {
     r->srv_conf = p->srv_conf;
     r->loc_conf = p->loc_conf;
     r->uri = saved(p, uri, base);
-    r->args = p->args_at == kNotInLine ? saved(p, args, base)
-                                       : ngx_str_t{p->args_len, base + p->offset(text) + p->args_at};
+    r->args = saved(p, args, base);
     r->exten = saved(p, exten, base);
     r->headers_in.server = saved(p, server, base);
     ngx_http_update_location_config(r);   // the location's error_log for the connection
