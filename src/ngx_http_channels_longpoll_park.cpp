@@ -528,6 +528,11 @@ ngx_int_t restore(ngx_http_request_t *r, ParkedRequest *p) {
         return NGX_ERROR;
     }
     ngx_memcpy(base, p->data, size);
+    // The server was chosen when the request was read (by the request line's host, if it
+    // named one, before Host): set, it keeps the Host header from choosing again (a lookup
+    // per re-creation, and a 421 when TLS client verification is on and Host names another
+    // server than the SNI one).
+    r->headers_in.server = saved(p, server, base);
     ngx_int_t rc = reparse(r, base, p->lens[text]);
     if (rc == NGX_DECLINED) {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "channels: a parked request could not be re-created");
