@@ -34,6 +34,7 @@ my $CONF = <<'CONF';
     channel_zone zone=events:8m history=100 ttl=1h;
     longpoll_timeout 3s;
     large_client_header_buffers 4 8k;
+    keepalive_requests 10000;
     map $http_x_m $mapped { default "none"; "~^v(?<mm>\w+)$" "m-$mm"; }
     log_format atk '$connection_requests $pipe $status $body_bytes_sent $request_length "$request" "$uri" '
                    '"$args" "$arg_x" "$http_x_a" "$cookie_c" "$http_cookie" "$host" "$server_name" '
@@ -180,7 +181,14 @@ sub raw_case {
     my $cl = $t->client(port => $o{port} // 0);
     my $mark = $t->log_mark;
     $bytes =~ s/%C/$c0/g;
-    $cl->send_raw($bytes);
+    if (my $n = $o{pieces}) {   # trickled: the header buffer grows while the request is read
+        for (my $at = 0; $at < length $bytes; $at += $n) {
+            $cl->send_raw(substr($bytes, $at, $n));
+            Time::HiRes::sleep(0.003);
+        }
+    } else {
+        $cl->send_raw($bytes);
+    }
     my $parks = $o{parks} // 1;
     my $ok = $t->wait_for(sub { $t->subscribers($ch) == 1 }, timeout => 10);
     $ok &&= $t->wait_for(sub { count_log($t, $PARKED, $mark) >= $parks }, timeout => 10) if $t->{parks} && $parks;
@@ -243,6 +251,15 @@ my @cases = (
         raw_case($_[0], 'bigp', get('/poll/bigp?x=' . ('p' x 3000), 'Last-Event-ID' => '%C') . get('/poll/bigp', 'Last-Event-ID' => '%C', 'X-A' => 'second'), answers => 2) } ],
     [ 'large buffer, large pipelined request (not parked)', sub {
         raw_case($_[0], 'bigq', get('/poll/bigq?x=' . ('p' x 3000), 'Last-Event-ID' => '%C') . get('/poll/bigq?x=' . ('q' x 2000), 'Last-Event-ID' => '%C'), answers => 2, parks => 0) } ],
+    [ 'half a pipelined request, the rest while parked', sub {
+        raw_case($_[0], 'half', get('/poll/half', 'Last-Event-ID' => '%C') . "GET /poll/half?n=2 HT", answers => 2,
+                 before => sub { $_[1]->send_raw("TP/1.1\r\nHost: atk.test\r\nX-A: rest\r\nLast-Event-ID: 1-0\r\n\r\n") }) } ],
+    [ 'trickled request, 5 KB of headers', sub {
+        raw_case($_[0], 'trk', get('/poll/trk?x=' . ('t' x 1500), 'Last-Event-ID' => '%C', 'X-A' => 'a' x 3000), pieces => 97) } ],
+    [ 'pipelined request, then half-close while parked', sub {
+        raw_case($_[0], 'hc', get('/poll/hc', 'Last-Event-ID' => '%C'), no_close_check => 1,
+                 before => sub { my ($t, $cl) = @_; $cl->send_raw(get('/poll/hc', 'X-A' => 'p')); shutdown($cl->socket, 1);
+                                 ok($t->wait_for(sub { $t->subscribers('hc') == 0 }, timeout => 10), "$t->{name} hc: gone") }) } ],
     [ 'pipelined long-poll parks in turn', sub {
         raw_case($_[0], 'pl', get('/poll/pl', 'Last-Event-ID' => '%C') . get('/poll/pl', 'X-A' => 'second'), answers => 2, again => 1) } ],
 );
@@ -394,6 +411,76 @@ C
     is($D->http(GET => '/poll/x?y=1', timeout => 5)->{status}, 401, 'JWT + if: a long-poll without a token is refused');
     is($D->http(POST => '/pub/x?y=1', body => 'b', timeout => 5)->{status}, 401, 'JWT + if: a publish without a token is refused');
     is($D->http(GET => '/poll/x', timeout => 5)->{status}, 401, 'JWT, no if: refused');
+}
+
+# ---- worker memory: 2,000 park/answer cycles on one keep-alive connection, and 2,000 on
+# new connections (100 at a time): worker PSS back to its baseline
+my $sanitized = $ENV{CHANNELS_SANITIZE} || ($ENV{NGINX_BIN} // '') =~ /asan|san\b/;
+sub pss_kb {
+    my $t = shift;
+    my $sum = 0;
+    for my $pid ($t->worker_pids) {
+        open my $fh, '<', "/proc/$pid/smaps_rollup" or next;
+        while (<$fh>) { $sum += $1 if /^Pss:\s+(\d+)/ }
+    }
+    return $sum;
+}
+
+# n waiters on channel $ch on the given connections (new ones if none), parked, then answered.
+sub park_answer_round {
+    my ($t, $ch, $conns) = @_;
+    my $mark = $t->log_mark;
+    my $n = @$conns;
+    $_->send_raw(get("/poll/$ch")) for @$conns;
+    my $ok = $t->wait_for(sub { count_log($t, $PARKED, $mark) >= $n }, timeout => 20);
+    $t->publish($ch, 'cycle');
+    for my $c (@$conns) {
+        my $r = $c->read_response(timeout => 10);
+        $ok &&= ($r->{status} // 0) == 200;
+    }
+    return $ok;
+}
+
+SKIP: {
+    skip 'PSS says nothing under a sanitizer', 4 if $sanitized;
+    my $one = [ $A->client ];
+    my $ok = 1;
+    $ok &&= park_answer_round($A, 'ka', $one) for 1 .. 50;   # warm-up
+    my $pss0 = pss_kb($A);
+    $ok &&= park_answer_round($A, 'ka', $one) for 1 .. 2000;
+    ok($ok, '2,000 park/answer cycles on one keep-alive connection');
+    my $pss1;
+    $A->wait_for(sub { ($pss1 = pss_kb($A)) - $pss0 <= 256 }, timeout => 5);
+    cmp_ok($pss1 - $pss0, '<=', 256, sprintf('... worker PSS %+d KiB (at most 256)', $pss1 - $pss0));
+    $one->[0]->close;
+
+    $ok = park_answer_round($A, 'many', [ map { $A->client } 1 .. 100 ]);
+    $pss0 = pss_kb($A);
+    for (1 .. 20) {
+        my @c = map { $A->client } 1 .. 100;
+        $ok &&= park_answer_round($A, 'many', \@c);
+        $_->close for @c;
+    }
+    ok($ok, '2,000 park/answer cycles on new connections (20 rounds of 100)');
+    $A->wait_for(sub { ($pss1 = pss_kb($A)) - $pss0 <= 1024 }, timeout => 5);
+    cmp_ok($pss1 - $pss0, '<=', 1024, sprintf('... worker PSS %+d KiB (at most 1024)', $pss1 - $pss0));
+}
+
+# ---- reload (SIGHUP) with 1,500 parked waiters: the old worker answers each 204 at once
+{
+    my $N = 1500;
+    my $mark = $A->log_mark;
+    my @cl;
+    for (1 .. $N) { my $c = eval { $A->client } or last; $c->send_raw(get('/poll/hup')); push @cl, $c }
+    ok(waiting($A, 'hup', scalar @cl, $mark), "hup: $N parked");
+    my $t0 = Time::HiRes::time();
+    ok($A->reload, 'hup: reloaded, the old worker exited');
+    my %st;
+    $st{ $_->read_response(timeout => 15)->{status} // 0 }++ for @cl;
+    note('hup statuses: ' . join ', ', map { "$_ x$st{$_}" } sort keys %st);
+    is($st{204} // 0, $N, "hup: all $N answered 204");
+    note(sprintf 'hup: %.2f s', Time::HiRes::time() - $t0);
+    $_->close for @cl;
 }
 
 # ---- graceful shutdown (SIGQUIT) with 1,500 parked waiters: each answered 204, nginx exits in time
