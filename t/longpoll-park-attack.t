@@ -320,6 +320,48 @@ for my $case (@cases) {
     }
 }
 
+# ---- answers that fail (fault injection: every long-poll answer with messages fails, 500)
+# go through nginx's error pages from the re-created request: the special response,
+# error_page to a named location, error_page to a URI (an internal redirect).
+{
+    my $conf = <<'C';
+    channel_zone zone=events:1m history=10 ttl=1h;
+    longpoll_timeout 3s;
+    log_format f '$status $body_bytes_sent "$request" "$uri" $request_length';
+    access_log logs/f.log f;
+    server {
+        listen 127.0.0.1:%%PORT_0%%;
+        location ~ ^/plain/(\w+)$  { longpoll_channel $1; }
+        location ~ ^/named/(\w+)$  { error_page 500 = @fallback; longpoll_channel $1; }
+        location @fallback          { add_header X-F "$uri $args" always; return 299 "fallback $uri\n"; }
+        location ~ ^/uri/(\w+)$    { error_page 500 /err/page; longpoll_channel $1; }
+        location /err/              { internal; add_header X-E "$uri $request_uri" always; return 200 "error page $uri\n"; }
+    }
+    server {
+        listen 127.0.0.1:%%PORT_1%%;
+        location ~ ^/pub/(\w+)$ { publish_channel $1; }
+    }
+C
+    my @res;
+    for my $after (0, 10_000_000_000_000) {
+        local $ENV{CHANNELS_PARK_AFTER} = $after;
+        local $ENV{CHANNELS_FAULTS} = 'longpoll_answer=1';
+        my $t = ChannelsTest->new(workers => 1, main_conf => "env CHANNELS_PARK_AFTER;\nenv CHANNELS_FAULTS;", conf => $conf);
+        $t->{name} = $after ? 'FB' : 'FA';
+        $t->{parks} = !$after;
+        my @out;
+        for my $loc (qw(plain named uri)) {
+            push @out, raw_case($t, "f$loc", get("/$loc/f$loc?a=1", 'Last-Event-ID' => '%C'), answers => 2,
+                                before => sub { $_[1]->send_raw(get("/$loc/f$loc?a=2", 'Last-Event-ID' => '1-0')) });
+        }
+        @out = grep { !/^parks: / } @out;
+        push @out, map { norm($_) } split /\n/, slurp($t->prefix . '/logs/f.log');
+        push @res, \@out;
+        $t->finish;
+    }
+    is_deeply($res[0], $res[1], 'failed answers: error pages parked = unparked') or diag explain \@res;
+}
+
 # ---- RST while parked: forgotten, logged 499, nothing else (A)
 sub rst {
     my $cl = shift;
