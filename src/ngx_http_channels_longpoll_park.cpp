@@ -63,6 +63,7 @@ struct ParkedRequest {
     unsigned               limit_conn_status : 2;
     unsigned               limit_req_status : 3;
     unsigned               uri_changes : 4;
+    unsigned               host_in_line : 1;   // the request line named the host (absolute URI)
     u_char                 data[1];
 
     size_t offset(Part k) const {
@@ -310,6 +311,7 @@ void save_state(ngx_http_request_t *r, ParkedRequest *p) {
     p->limit_conn_status = r->limit_conn_status;
     p->limit_req_status = r->limit_req_status;
     p->uri_changes = r->uri_changes;
+    p->host_in_line = r->host_end != nullptr;
 }
 
 void restore_state(ngx_http_request_t *r, const ParkedRequest *p) {
@@ -528,11 +530,15 @@ ngx_int_t restore(ngx_http_request_t *r, ParkedRequest *p) {
         return NGX_ERROR;
     }
     ngx_memcpy(base, p->data, size);
-    // The server was chosen when the request was read (by the request line's host, if it
-    // named one, before Host): set, it keeps the Host header from choosing again (a lookup
-    // per re-creation, and a 421 when TLS client verification is on and Host names another
-    // server than the SNI one).
-    r->headers_in.server = saved(p, server, base);
+    // Header lines are read with the server chosen so far, as when first read: the default
+    // one, then Host's; or, from the start, the one an absolute request URI named, which
+    // Host does not change (it must not look the server up again: 421 if TLS client
+    // verification is on and Host names another server than SNI's).
+    if (p->host_in_line) {
+        r->headers_in.server = saved(p, server, base);
+        r->srv_conf = p->srv_conf;
+        r->loc_conf = p->loc_conf;
+    }
     ngx_int_t rc = reparse(r, base, p->lens[text]);
     if (rc == NGX_DECLINED) {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "channels: a parked request could not be re-created");

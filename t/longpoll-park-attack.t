@@ -15,7 +15,7 @@
 #   Content-Length: 0, RST while parked, many clients resetting while their answers are
 #   re-created.
 # A alone: TLS+HTTP/2 on one port (h2 streams never park, HTTP/1.1 there does); graceful
-# shutdown with 1,500 parked waiters (each answered 204, nginx exits in time).
+# shutdown with 2,000 parked waiters (each answered 204, nginx exits in time).
 use strict;
 use warnings;
 use FindBin;
@@ -43,7 +43,7 @@ my $CONF = <<'CONF';
     server {
         listen 127.0.0.1:%%PORT_0%%;
         server_name atk.test;
-        underscores_in_headers on;
+        underscores_in_headers off;
         location ~ ^/poll/(?<ch>\w+)$ {
             set $seen "$mapped";
             add_header X-V "$ch|$seen|$mapped|$arg_x|$http_x_a|$cookie_c|$http_cookie|$host|$http_x_under" always;
@@ -76,6 +76,12 @@ my $CONF = <<'CONF';
             add_header X-V "other|$sub|$host|$server_name|$ch" always;
             longpoll_channel $ch;
         }
+    }
+    server {
+        listen 127.0.0.1:%%PORT_0%%;
+        server_name und.test;
+        underscores_in_headers on;
+        location ~ ^/poll/(?<ch>\w+)$ { add_header X-V "$http_x_early|$http_x_under|$host" always; longpoll_channel $ch; }
     }
     server {
         listen 127.0.0.1:%%PORT_1%%;
@@ -242,6 +248,10 @@ my @cases = (
     [ 'absolute URI, other Host', sub { raw_case($_[0], 'au', "GET http://xyz.other.test/poll/au HTTP/1.1\r\nHost: atk.test\r\nLast-Event-ID: %C\r\n\r\n") } ],
     [ 'absolute URI, regex Host', sub { raw_case($_[0], 'au2', "GET http://atk.test/poll/au2 HTTP/1.1\r\nHost: q.other.test\r\nLast-Event-ID: %C\r\n\r\n") } ],
     [ 'odd header names', sub { raw_case($_[0], 'odd', "GET /poll/odd HTTP/1.1\r\nHost: atk.test\r\nX_Under: u1\r\nX\@Bad: b\r\nX-A:\r\nX-A:   spaced  \r\nLast-Event-ID: %C\r\n\r\n") } ],
+    [ 'header lines read with the server Host chose', sub {
+        raw_case($_[0], 'und', "GET /poll/und HTTP/1.1\r\nX_Early: e\r\nHost: und.test\r\nX_Under: u\r\nLast-Event-ID: %C\r\n\r\n") } ],
+    [ 'header lines read with the server the request line chose', sub {
+        raw_case($_[0], 'und2', "GET http://und.test/poll/und2 HTTP/1.1\r\nX_Early: e\r\nHost: atk.test\r\nX_Under: u\r\nLast-Event-ID: %C\r\n\r\n") } ],
     [ 'many header lines', sub { raw_case($_[0], 'many', get('/poll/many', 'Last-Event-ID' => '%C', map { sprintf('%03d:X-H%d', $_, $_) => "v$_" } 1 .. 150)) } ],
     [ 'repeated Cookie', sub { raw_case($_[0], 'ck', "GET /poll/ck HTTP/1.1\r\nHost: atk.test\r\nCookie: a=1\r\nCookie: c=cv; d=2\r\nCookie: e=3\r\nLast-Event-ID: %C\r\n\r\n") } ],
     [ 'Content-Length: 0', sub { raw_case($_[0], 'cl0', get('/poll/cl0', 'Content-Length' => '0', 'Last-Event-ID' => '%C')) } ],
@@ -292,7 +302,57 @@ sub case_sni {
     return (norm($buf));
 }
 
+# Bytes of n complete responses (Content-Length bodies) from a socket, or what came in time.
+sub read_responses {
+    my ($s, $n) = @_;
+    my $buf = '';
+    my $deadline = Time::HiRes::time() + 10;
+    while (Time::HiRes::time() < $deadline) {
+        my ($pos, $done) = (0, 0);
+        while ($done < $n) {
+            my $end = index($buf, "\r\n\r\n", $pos);
+            last if $end < 0;
+            my $head = substr($buf, $pos, $end - $pos);
+            my $len = $head =~ /^Content-Length: (\d+)/mi ? $1 : 0;
+            last if length($buf) < $end + 4 + $len;
+            $pos = $end + 4 + $len;
+            $done++;
+        }
+        last if $done == $n;
+        my $got = sysread($s, my $chunk, 65536);
+        if (!defined $got) { Time::HiRes::sleep(0.02); next }
+        last if $got == 0;
+        $buf .= $chunk;
+    }
+    $buf =~ s/^Date: .*\r\n//mgi;
+    return norm($buf);
+}
+
+# TLS: a request sent while the previous one is parked, and two requests in one TLS write.
+sub case_tls_pipe {
+    my ($t, $together) = @_;
+    my $ch = $together ? 'tlsp2' : 'tlsp1';
+    my $c0 = $t->publish($ch, 'zero');
+    my $mark = $t->log_mark;
+    my $s = IO::Socket::SSL->new(PeerAddr => '127.0.0.1', PeerPort => $t->port(2), SSL_verify_mode => 0)
+        or return ('connect: ' . IO::Socket::SSL::errstr());
+    my $first = get("/poll/$ch", 'Last-Event-ID' => $c0);
+    my $second = get("/poll/$ch?n=2", 'Last-Event-ID' => $c0);
+    print $s ($together ? $first . $second : $first);
+    my $ok = $t->wait_for(sub { $t->subscribers($ch) == 1 }, timeout => 10);
+    $ok &&= $t->wait_for(sub { count_log($t, $PARKED, $mark) >= 1 }, timeout => 10) if $t->{parks};
+    ok($ok, "$t->{name} $ch: waiting");
+    print $s $second unless $together;
+    Time::HiRes::sleep(0.1);
+    $t->publish($ch, 'one');
+    my $out = read_responses($s, 2);
+    close $s;
+    return ($out);
+}
+
 push @cases, [ 'TLS: SNI, absolute URI, other Host, ssl_verify_client', \&case_sni ];
+push @cases, [ 'TLS: a request sent while parked', sub { case_tls_pipe($_[0], 0) } ];
+push @cases, [ 'TLS: two requests in one write', sub { case_tls_pipe($_[0], 1) } ];
 @cases = grep { $_->[0] =~ /$ENV{ATTACK_CASES}/ } @cases if $ENV{ATTACK_CASES};   # (while developing)
 
 for my $case (@cases) {
@@ -508,9 +568,9 @@ SKIP: {
     cmp_ok($pss1 - $pss0, '<=', 1024, sprintf('... worker PSS %+d KiB (at most 1024)', $pss1 - $pss0));
 }
 
-# ---- reload (SIGHUP) with 1,500 parked waiters: the old worker answers each 204 at once
+# ---- reload (SIGHUP) with 2,000 parked waiters: the old worker answers each 204 at once
 {
-    my $N = 1500;
+    my $N = 2000;
     my $mark = $A->log_mark;
     my @cl;
     for (1 .. $N) { my $c = eval { $A->client } or last; $c->send_raw(get('/poll/hup')); push @cl, $c }
@@ -525,9 +585,9 @@ SKIP: {
     $_->close for @cl;
 }
 
-# ---- graceful shutdown (SIGQUIT) with 1,500 parked waiters: each answered 204, nginx exits in time
+# ---- graceful shutdown (SIGQUIT) with 2,000 parked waiters: each answered 204, nginx exits in time
 {
-    my $N = 1500;
+    my $N = 2000;
     my $mark = $A->log_mark;
     my @cl;
     for (1 .. $N) { my $c = eval { $A->client } or last; $c->send_raw(get('/poll/quit')); push @cl, $c }
