@@ -38,7 +38,8 @@ my $CONF = <<'CONF';
     map $http_x_m $mapped { default "none"; "~^v(?<mm>\w+)$" "m-$mm"; }
     log_format atk '$connection_requests $pipe $status $body_bytes_sent $request_length "$request" "$uri" '
                    '"$args" "$arg_x" "$http_x_a" "$cookie_c" "$http_cookie" "$host" "$server_name" '
-                   '"$remote_user" "$remote_addr" "$mapped" "$http_x_under" "$sent_http_x_v" "$gzip_ratio"';
+                   '"$remote_user" "$remote_addr" "$mapped" "$http_x_under" "$sent_http_x_v" "$proxy_protocol_addr" '
+                   '"$gzip_ratio"';
     access_log logs/atk.log atk;
     server {
         listen 127.0.0.1:%%PORT_0%%;
@@ -86,6 +87,10 @@ my $CONF = <<'CONF';
     server {
         listen 127.0.0.1:%%PORT_1%%;
         location ~ ^/pub/(?<ch>\w+)$ { publish_channel $ch; }
+    }
+    server {
+        listen 127.0.0.1:%%PORT_4%% proxy_protocol;
+        location ~ ^/poll/(?<ch>\w+)$ { add_header X-V "$proxy_protocol_addr:$proxy_protocol_port" always; longpoll_channel $ch; }
     }
     server {
         listen 127.0.0.1:%%PORT_2%% ssl http2;
@@ -252,6 +257,8 @@ my @cases = (
         raw_case($_[0], 'und', "GET /poll/und HTTP/1.1\r\nX_Early: e\r\nHost: und.test\r\nX_Under: u\r\nLast-Event-ID: %C\r\n\r\n") } ],
     [ 'header lines read with the server the request line chose', sub {
         raw_case($_[0], 'und2', "GET http://und.test/poll/und2 HTTP/1.1\r\nX_Early: e\r\nHost: atk.test\r\nX_Under: u\r\nLast-Event-ID: %C\r\n\r\n") } ],
+    [ 'PROXY protocol', sub {
+        raw_case($_[0], 'pp', "PROXY TCP4 192.0.2.7 192.0.2.8 4711 80\r\n" . get('/poll/pp', 'Last-Event-ID' => '%C'), port => 4) } ],
     [ 'many header lines', sub { raw_case($_[0], 'many', get('/poll/many', 'Last-Event-ID' => '%C', map { sprintf('%03d:X-H%d', $_, $_) => "v$_" } 1 .. 150)) } ],
     [ 'repeated Cookie', sub { raw_case($_[0], 'ck', "GET /poll/ck HTTP/1.1\r\nHost: atk.test\r\nCookie: a=1\r\nCookie: c=cv; d=2\r\nCookie: e=3\r\nLast-Event-ID: %C\r\n\r\n") } ],
     [ 'Content-Length: 0', sub { raw_case($_[0], 'cl0', get('/poll/cl0', 'Content-Length' => '0', 'Last-Event-ID' => '%C')) } ],
