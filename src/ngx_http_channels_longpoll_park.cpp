@@ -24,11 +24,13 @@ constexpr ngx_msec_t kTrimDelay = 1000;        // at most one trim a second, aft
 
 enum Part : unsigned { text, uri, args, exten, server, captures, captures_data, variables, pipelined, nparts };
 
-// One evaluated variable in the image (then its bytes).
+// One evaluated variable in the image (then its bytes, unless in_lines: its value lies in
+// the saved request line or a header value, at offset in the text part).
 struct VariableRecord {
     uint32_t index;
     uint32_t len;
-    uint8_t  valid : 1, no_cacheable : 1, not_found : 1, escape : 1;
+    uint32_t offset;
+    uint8_t  valid : 1, no_cacheable : 1, not_found : 1, escape : 1, in_lines : 1;
 };
 
 }  // namespace
@@ -205,6 +207,27 @@ u_char *write_lines(ngx_http_request_t *r, u_char *p) {
     return p;
 }
 
+// Where bytes of the request line or of a header value are in the lines write_lines()
+// writes; -1: elsewhere. Variables such as $http_x, $arg_x or $cookie_x point there: the
+// image keeps them as references, not as copies of (attacker-sized) header bytes.
+int64_t offset_in_lines(ngx_http_request_t *r, const u_char *data, size_t len) {
+    auto within = [data, len](const ngx_str_t &s) {
+        auto at = uintptr_t(data), from = uintptr_t(s.data);
+        return s.data != nullptr && data != nullptr && at >= from && at + len <= from + s.len;
+    };
+    if (within(r->request_line)) return int64_t(data - r->request_line.data);
+    size_t at = r->request_line.len + 2;
+    for (ngx_list_part_t *part = &r->headers_in.headers.part; part != nullptr; part = part->next) {
+        auto *h = static_cast<ngx_table_elt_t *>(part->elts);
+        for (ngx_uint_t i = 0; i < part->nelts; i++) {
+            at += h[i].key.len + 2;
+            if (within(h[i].value)) return int64_t(at + size_t(data - h[i].value.data));
+            at += h[i].value.len + 2;
+        }
+    }
+    return -1;
+}
+
 ngx_uint_t nvariables(ngx_http_request_t *r) {
     auto *cmcf = static_cast<ngx_http_core_main_conf_t *>(ngx_http_get_module_main_conf(r, ngx_http_core_module));
     return cmcf->variables.nelts;
@@ -218,7 +241,7 @@ size_t variables_size(ngx_http_request_t *r, uint32_t *count) {
     for (ngx_uint_t i = 0, end = nvariables(r); i < end; i++) {
         const ngx_http_variable_value_t &v = r->variables[i];
         if (!v.valid && !v.not_found) continue;
-        n += sizeof(VariableRecord) + v.len;
+        n += sizeof(VariableRecord) + (offset_in_lines(r, v.data, v.len) < 0 ? v.len : 0);
         (*count)++;
     }
     return n;
@@ -235,8 +258,11 @@ void write_variables(ngx_http_request_t *r, u_char *p) {
         rec.no_cacheable = v.no_cacheable;
         rec.not_found = v.not_found;
         rec.escape = v.escape;
+        int64_t at = offset_in_lines(r, v.data, v.len);
+        rec.in_lines = at >= 0;
+        rec.offset = at >= 0 ? uint32_t(at) : 0;
         p = ngx_cpymem(p, &rec, sizeof(rec));
-        p = put(p, v.data, v.len);
+        if (at < 0) p = put(p, v.data, v.len);
     }
 }
 
@@ -516,8 +542,12 @@ void restore_variables(ngx_http_request_t *r, ParkedRequest *p, u_char *base) {
         v.no_cacheable = rec.no_cacheable;
         v.not_found = rec.not_found;
         v.escape = rec.escape;
-        v.data = at;
-        at += rec.len;
+        if (rec.in_lines) {
+            v.data = base + p->offset(text) + rec.offset;
+        } else {
+            v.data = at;
+            at += rec.len;
+        }
     }
 }
 
