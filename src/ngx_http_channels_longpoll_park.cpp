@@ -54,6 +54,9 @@ struct ParkedRequest {
     uint32_t               nvariables;
     uint16_t               port;
     uint16_t               absent;   // bit k: part k (a string) had no data pointer (not even empty)
+    uint16_t               in_lines; // bit k: part k is not copied, it lies in the text part at
+    uint32_t               line_offset[nparts];   // this offset, with this length
+    uint32_t               line_len[nparts];
     unsigned               keepalive : 1;
     unsigned               lingering_close : 1;
     unsigned               pipeline : 1;
@@ -105,8 +108,13 @@ const Settings &configured() {
 // memcpy() must not be given a null pointer, even for no bytes.
 u_char *put(u_char *dst, const void *src, size_t n) { return n == 0 ? dst : ngx_cpymem(dst, src, n); }
 
+u_char *part_data(ParkedRequest *p, Part k, u_char *base) {
+    return (p->in_lines & (1u << k)) ? base + p->offset(text) + p->line_offset[k] : base + p->offset(k);
+}
+
 ngx_str_t saved(ParkedRequest *p, Part k, u_char *base) {
-    return {p->lens[k], (p->absent & (1u << k)) ? nullptr : base + p->offset(k)};
+    size_t len = (p->in_lines & (1u << k)) ? p->line_len[k] : p->lens[k];
+    return {len, (p->absent & (1u << k)) ? nullptr : part_data(p, k, base)};
 }
 
 uint16_t absent_bit(const ngx_str_t &s, Part k) { return s.data == nullptr ? uint16_t(1u << k) : 0; }
@@ -276,16 +284,27 @@ size_t captured_bytes(ngx_http_request_t *r) {
 
 ParkedRequest *build_image(ngx_http_request_t *r) {
     uint32_t lens[nparts];
+    int64_t at[nparts];
     uint32_t nvars = 0;
+    // The strings: copied, or (most often: the URI, its arguments, the captures) where
+    // they lie in the request line or a header value.
+    const u_char *from[nparts] = {};
+    auto string_part = [&](Part k, const u_char *data, size_t len) {
+        from[k] = data;
+        at[k] = len > 0 ? offset_in_lines(r, data, len) : -1;
+        lens[k] = uint32_t(at[k] >= 0 ? 0 : len);
+        return uint32_t(len);
+    };
+    uint32_t string_len[nparts] = {};
     lens[text] = uint32_t(lines_size(r));
-    lens[uri] = uint32_t(r->uri.len);
-    lens[args] = uint32_t(r->args.len);
-    lens[exten] = uint32_t(r->exten.len);
-    lens[server] = uint32_t(r->headers_in.server.len);
+    string_len[uri] = string_part(uri, r->uri.data, r->uri.len);
+    string_len[args] = string_part(args, r->args.data, r->args.len);
+    string_len[exten] = string_part(exten, r->exten.data, r->exten.len);
+    string_len[server] = string_part(server, r->headers_in.server.data, r->headers_in.server.len);
     // A regex without groups leaves ncaptures set and no captures.
     ngx_uint_t ncaptures = r->captures != nullptr ? r->ncaptures : 0;
     lens[captures] = uint32_t(ncaptures * sizeof(int));
-    lens[captures_data] = uint32_t(ncaptures > 0 ? captured_bytes(r) : 0);
+    string_len[captures_data] = string_part(captures_data, r->captures_data, ncaptures > 0 ? captured_bytes(r) : 0);
     lens[variables] = uint32_t(variables_size(r, &nvars));
     lens[pipelined] = uint32_t(r->header_in->last - r->header_in->pos);
     size_t total = 0;
@@ -298,12 +317,16 @@ ParkedRequest *build_image(ngx_http_request_t *r) {
     write_lines(r, p->part(text));
     p->absent = absent_bit(r->uri, uri) | absent_bit(r->args, args) | absent_bit(r->exten, exten) |
                 absent_bit(r->headers_in.server, server);
-    put(p->part(uri), r->uri.data, r->uri.len);
-    put(p->part(args), r->args.data, r->args.len);
-    put(p->part(exten), r->exten.data, r->exten.len);
-    put(p->part(server), r->headers_in.server.data, r->headers_in.server.len);
+    for (Part k : {uri, args, exten, server, captures_data}) {
+        if (at[k] >= 0) {
+            p->in_lines |= uint16_t(1u << k);
+            p->line_offset[k] = uint32_t(at[k]);
+            p->line_len[k] = string_len[k];
+        } else {
+            put(p->part(k), from[k], lens[k]);
+        }
+    }
     put(p->part(captures), r->captures, lens[captures]);
-    put(p->part(captures_data), r->captures_data, lens[captures_data]);
     write_variables(r, p->part(variables));
     put(p->part(pipelined), r->header_in->pos, lens[pipelined]);
     return p;
@@ -526,7 +549,7 @@ bool restore_captures(ngx_http_request_t *r, ParkedRequest *p, u_char *base) {
     if (r->captures == nullptr) return false;
     ngx_memcpy(r->captures, base + p->offset(captures), n * sizeof(int));
     r->ncaptures = n;
-    r->captures_data = base + p->offset(captures_data);
+    r->captures_data = part_data(p, captures_data, base);
     return true;
 }
 
