@@ -2,9 +2,12 @@
 //
 // The image is one heap block: fixed fields, then its parts back to back (the request and
 // header lines, the final URI, args and extension, the virtual server's name, the regex
-// captures, the evaluated variables, the pipelined bytes). Re-creating copies the parts
-// into the new request's pool (nginx keeps pointers into the header lines), so the image
-// is freed as soon as the request exists again.
+// captures, the evaluated variables, the pipelined bytes). Strings and variable values
+// that lie in the request line or a header value ($args, $http_x, $arg_x, captures of the
+// URI, ...) are not copied again: they are kept as offsets into the saved lines, so a
+// parked request never holds its (client-sized) header bytes twice. Re-creating copies
+// the parts into the new request's pool (nginx keeps pointers into the header lines), so
+// the image is freed as soon as the request exists again.
 
 #include "ngx_http_channels_longpoll_park.h"
 

@@ -3,19 +3,30 @@
 # configurations and client behaviour t/longpoll-park.t does not cover. As there, two nginx
 # with the same configuration, one worker each: A parks every waiter at once
 # (CHANNELS_PARK_AFTER=0), B never parks; every case runs on both and the answers (status,
-# headers but Date, body; ids normalized), whether the connection stays open, and the
-# access log lines must be the same.
+# headers but Date, body, gunzipped when gzipped; ids normalized), whether the connection
+# then closes, and the access log lines (many variables) must be the same:
 #   configuration: `set $args`, map with a regex capture, `if`, `rewrite ... break` with
-#   captures, limit_rate, gzip, keepalive_requests 1, keepalive_timeout 0, error_page for
-#   410, limit_except, auth_basic ($remote_user), realip (not parked), regex server names and
-#   an absolute request URI naming another server than Host, underscores/invalid headers,
-#   many header lines, repeated Cookie lines;
-#   clients: a request line in a large header buffer (with a pipelined request behind it,
-#   small and large), a pipelined second request that is itself a long-poll (parks in turn),
-#   Content-Length: 0, RST while parked, many clients resetting while their answers are
-#   re-created.
-# A alone: TLS+HTTP/2 on one port (h2 streams never park, HTTP/1.1 there does); graceful
-# shutdown with 2,000 parked waiters (each answered 204, nginx exits in time).
+#   captures, limit_rate and `set $limit_rate`, gzip, keepalive_requests 1,
+#   keepalive_timeout 0, error_page for 410, limit_except, auth_basic ($remote_user),
+#   realip (never parked), regex server names, absolute request URIs naming another server
+#   than Host, underscores_in_headers differing between the default server and Host's
+#   (header lines are read with the server chosen so far), PROXY protocol, TLS with SNI and
+#   ssl_verify_client (an absolute URI naming the SNI host, Host another: no 421);
+#   clients: HTTP/1.0 keep-alive, Connection: close, odd/invalid header names, 150 header
+#   lines, repeated Cookie lines, Content-Length: 0, bare LF line ends, a request line in a
+#   large header buffer (with a small pipelined request behind it, parked, and a large one,
+#   not parked), a trickled 5 KB request, half a pipelined request completed while parked,
+#   a pipelined request then a half-close, a pipelined long-poll that parks in turn, TLS
+#   pipelining (while parked, and two requests in one TLS write).
+# Failed answers (fault injection) through error pages: special response, error_page to a
+# named location and to a URI. Memory: a parked waiter with 28 KB of header lines that
+# variables point into costs less than an unparked one (its image holds those bytes once).
+# A alone: RST while parked (499); 300 parked clients resetting while a message re-creates
+# their requests; TLS+HTTP/2 on one port (h2 streams never park, HTTP/1.1 there does);
+# worker PSS over 2,000 park/answer cycles on one keep-alive connection and on new ones;
+# reload and graceful shutdown with 2,000 parked waiters (each answered 204).
+# D: an `if` inside JWT-protected channel locations (long-poll, publish, SSE): the request
+# is refused without a token (it crashed the worker, the `if` block had no zone).
 use strict;
 use warnings;
 use FindBin;
@@ -511,6 +522,7 @@ SKIP: {
         channel_jwt_key %%PREFIX%%/ec256.pub;
         location ~ ^/poll/(\w+)$ { set $z n; if ($arg_y) { set $z y; } longpoll_channel $1; }
         location ~ ^/pub/(\w+)$  { set $z n; if ($arg_y) { set $z y; } publish_channel $1; }
+        location ~ ^/sse/(\w+)$  { set $z n; if ($arg_y) { set $z y; } sse_channel $1; }
     }
 C
     my $p = $D->prefix;
@@ -520,6 +532,7 @@ C
     $D->start;
     is($D->http(GET => '/poll/x?y=1', timeout => 5)->{status}, 401, 'JWT + if: a long-poll without a token is refused');
     is($D->http(POST => '/pub/x?y=1', body => 'b', timeout => 5)->{status}, 401, 'JWT + if: a publish without a token is refused');
+    is($D->http(GET => '/sse/x?y=1', timeout => 5)->{status}, 401, 'JWT + if: an SSE stream without a token is refused');
     is($D->http(GET => '/poll/x', timeout => 5)->{status}, 401, 'JWT, no if: refused');
 }
 
