@@ -140,10 +140,11 @@ void *ngx_http_channels_create_loc_conf(ngx_conf_t *cf) noexcept { return pool_n
 char *ngx_http_channels_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child) noexcept {
     auto *prev = static_cast<LocConf *>(parent);
     auto *conf = static_cast<LocConf *>(child);
-    // An `if` block (or limit_except, or a nested location) inside a channel location is
-    // the same endpoint: a request whose `if` matched runs the outer location's handler with
-    // this configuration, and the JWT access check reads its role.
-    if (conf->role == Role::none && prev->role != Role::none) {
+    // An `if` or limit_except block inside a channel location is the same endpoint: a
+    // request whose `if` matched runs the outer location's handler with this configuration,
+    // and the JWT access check reads its role. (Nested locations are other endpoints.)
+    auto *clcf = static_cast<ngx_http_core_loc_conf_t *>(ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module));
+    if (clcf->noname && conf->role == Role::none && prev->role != Role::none) {
         conf->role = prev->role;
         conf->channels = prev->channels;
         conf->shm_zone = prev->shm_zone;
