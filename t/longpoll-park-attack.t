@@ -50,6 +50,7 @@ my $CONF = <<'CONF';
     log_format atk '$connection_requests $pipe $status $body_bytes_sent $request_length "$request" "$uri" '
                    '"$args" "$arg_x" "$http_x_a" "$cookie_c" "$http_cookie" "$host" "$server_name" '
                    '"$remote_user" "$remote_addr" "$mapped" "$http_x_under" "$sent_http_x_v" "$proxy_protocol_addr" '
+                   '"$http_x_forwarded_for" '
                    '"$gzip_ratio"';
     access_log logs/atk.log atk;
     server {
@@ -272,7 +273,7 @@ my @cases = (
     [ 'PROXY protocol', sub {
         raw_case($_[0], 'pp', "PROXY TCP4 192.0.2.7 192.0.2.8 4711 80\r\n" . get('/poll/pp', 'Last-Event-ID' => '%C'), port => 4) } ],
     [ 'many header lines', sub { raw_case($_[0], 'many', get('/poll/many', 'Last-Event-ID' => '%C', map { sprintf('%03d:X-H%d', $_, $_) => "v$_" } 1 .. 150)) } ],
-    [ 'repeated Cookie', sub { raw_case($_[0], 'ck', "GET /poll/ck HTTP/1.1\r\nHost: atk.test\r\nCookie: a=1\r\nCookie: c=cv; d=2\r\nCookie: e=3\r\nLast-Event-ID: %C\r\n\r\n") } ],
+    [ 'repeated Cookie and X-Forwarded-For', sub { raw_case($_[0], 'ck', "GET /poll/ck HTTP/1.1\r\nHost: atk.test\r\nCookie: a=1\r\nCookie: c=cv; d=2\r\nX-Forwarded-For: 192.0.2.1\r\nCookie: e=3\r\nX-Forwarded-For: 192.0.2.2\r\nLast-Event-ID: %C\r\n\r\n") } ],
     [ 'Content-Length: 0', sub { raw_case($_[0], 'cl0', get('/poll/cl0', 'Content-Length' => '0', 'Last-Event-ID' => '%C')) } ],
     [ 'bare LF lines', sub { raw_case($_[0], 'lf', "GET /poll/lf HTTP/1.1\nHost: atk.test\nX-A: lf\nLast-Event-ID: %C\n\n") } ],
     [ 'request line in a large buffer', sub { raw_case($_[0], 'big', get('/poll/big?x=' . ('p' x 3000), 'Last-Event-ID' => '%C')) } ],
