@@ -106,7 +106,8 @@ my $CONF = <<'CONF';
         location ~ ^/poll/(?<ch>\w+)$ { add_header X-V "$proxy_protocol_addr:$proxy_protocol_port" always; longpoll_channel $ch; }
     }
     server {
-        listen 127.0.0.1:%%PORT_2%% ssl http2;
+        listen 127.0.0.1:%%PORT_2%% ssl;
+        http2 on;
         ssl_certificate     %%PREFIX%%/cert.pem;
         ssl_certificate_key %%PREFIX%%/key.pem;
         location ~ ^/poll/(?<ch>\w+)$ { longpoll_channel $ch; }
@@ -389,6 +390,8 @@ for my $case (@cases) {
 }
 
 {
+    # A line is written after its answer was sent: wait until both logs have caught up.
+    $A->wait_for(sub { @{ access_lines($A) } == @{ access_lines($B) } }, timeout => 5);
     my $la = access_lines($A);
     my $lb = access_lines($B);
     is(scalar @$la, scalar @$lb, 'access log: as many lines parked as unparked (' . scalar(@$lb) . ')');
@@ -435,6 +438,7 @@ C
                                 before => sub { $_[1]->send_raw(get("/$loc/f$loc?a=2", 'Last-Event-ID' => '1-0')) });
         }
         @out = grep { !/^parks: / } @out;
+        $t->stop;   # every request finished and logged (a line is written after its answer)
         push @out, map { norm($_) } split /\n/, slurp($t->prefix . '/logs/f.log');
         push @res, \@out;
         $t->finish;
