@@ -12,7 +12,7 @@
 namespace channels {
 namespace {
 
-constexpr int kPagesPerTurn = 8;   // read ahead while the output stays under a page
+constexpr int kPagesPerTurn = 32;   // read ahead while the output stays under a page's bytes
 
 }  // namespace
 
@@ -45,6 +45,7 @@ bool SseStream::queue_page(const Batch &page, bool first) noexcept {
     bool filler = first && !retry && page.gaps.empty() && page.items.empty();
     if (retry || filler || !page.gaps.empty() || !page.items.empty()) {
         MessageId from = cursor;
+        IdFormatter ids;
         Frame *f = frame_build(detached_, [&](auto &sink) {
             if (retry) put_retry(sink, retry_);
             if (filler) sink.put(std::string_view(":\n\n"));
@@ -53,7 +54,7 @@ bool SseStream::queue_page(const Batch &page, bool first) noexcept {
                 if (m.kind == EntryKind::deleted) {
                     put_deleted_event(sink, m.id, m.channel_id);
                 } else {
-                    put_message_event(sink, m, multi);
+                    put_message_event(sink, m, multi, ids);
                 }
             }
         });
