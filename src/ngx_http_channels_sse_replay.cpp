@@ -12,7 +12,7 @@
 namespace channels {
 namespace {
 
-constexpr int kPagesPerTurn = 32;   // read ahead while the output stays under a page's bytes
+constexpr int kPagesPerTurn = 8;   // read ahead while the output stays under a page
 
 }  // namespace
 
