@@ -46,7 +46,7 @@ bool SseStream::queue_page(const Batch &page, bool first) noexcept {
     if (retry || filler || !page.gaps.empty() || !page.items.empty()) {
         MessageId from = cursor;
         IdFormatter ids;
-        Frame *f = frame_build(detached_, [&](auto &sink) {
+        Frame *f = frame_build_guessed(detached_, [&](auto &sink) {
             if (retry) put_retry(sink, retry_);
             if (filler) sink.put(std::string_view(":\n\n"));
             for (const GapInfo &gap : page.gaps) put_gap_event(sink, gap.channel_id, from, gap.oldest);
