@@ -390,7 +390,7 @@ bool delivery_alloc_links(Subscriber *sub, size_t n, ngx_pool_t *pool) {
     sub->positions = reinterpret_cast<ReadPosition *>(sub->links + n);
     for (size_t i = 0; i < n; i++) sub->links[i].index = uint8_t(i);
     for (size_t i = 0; i < n; i++) new (&sub->positions[i]) ReadPosition();
-    sub->nlinks = n;
+    sub->nlinks = uint16_t(n);
     return true;
 }
 
@@ -425,7 +425,7 @@ void delivery_attach(Subscriber *sub, LocalChannel **locals, size_t n) {
         sub->positions[i].channel = locals[i];
         ngx_queue_insert_tail(&locals[i]->links, &sub->links[i].in_channel);
     }
-    sub->nactive = n;
+    sub->nactive = uint16_t(n);
     sub->attached = true;
     sub->in_zone.owner = sub;
     ngx_queue_insert_tail(&wz->subscribers, &sub->in_zone.queue);

@@ -53,13 +53,13 @@ public:
     MessageId     news_after;      // deletions after it are news: its cursor, else its attachment
     Link         *links = nullptr;
     ReadPosition *positions = nullptr;
-    size_t        nlinks = 0;
-    size_t        nactive = 0;
+    uint16_t      nlinks = 0;      // at most kMaxChannels
+    uint16_t      nactive = 0;
+    bool          touched = false;
+    bool          attached = false;
     SubscriberNode in_zone;        // WorkerZone::subscribers
     SubscriberNode in_touched;     // WorkerZone::touched
     uint64_t      touched_pass = 0;
-    bool          touched = false;
-    bool          attached = false;
     // Where links live: a request pool for subscribers that end with their request, or the
     // heap (nullptr) for SSE streams, which may outlive theirs.
     ngx_pool_t   *links_pool = nullptr;

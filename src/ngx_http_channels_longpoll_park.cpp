@@ -2,9 +2,12 @@
 //
 // The image is one heap block: fixed fields, then its parts back to back (the request and
 // header lines, the final URI, args and extension, the virtual server's name, the regex
-// captures, the evaluated variables, the pipelined bytes). Re-creating copies the parts
-// into the new request's pool (nginx keeps pointers into the header lines), so the image
-// is freed as soon as the request exists again.
+// captures, the evaluated variables, the pipelined bytes). Strings and variable values
+// that lie in the request line or a header value ($args, $http_x, $arg_x, captures of the
+// URI, ...) are not copied again: they are kept as offsets into the saved lines, so a
+// parked request never holds its (client-sized) header bytes twice. Re-creating copies
+// the parts into the new request's pool (nginx keeps pointers into the header lines), so
+// the image is freed as soon as the request exists again.
 
 #include "ngx_http_channels_longpoll_park.h"
 
@@ -24,11 +27,13 @@ constexpr ngx_msec_t kTrimDelay = 1000;        // at most one trim a second, aft
 
 enum Part : unsigned { text, uri, args, exten, server, captures, captures_data, variables, pipelined, nparts };
 
-// One evaluated variable in the image (then its bytes).
+// One evaluated variable in the image (then its bytes, unless in_lines: its value lies in
+// the saved request line or a header value, at offset in the text part).
 struct VariableRecord {
     uint32_t index;
     uint32_t len;
-    uint8_t  valid : 1, no_cacheable : 1, not_found : 1, escape : 1;
+    uint32_t offset;
+    uint8_t  valid : 1, no_cacheable : 1, not_found : 1, escape : 1, in_lines : 1;
 };
 
 }  // namespace
@@ -52,6 +57,9 @@ struct ParkedRequest {
     uint32_t               nvariables;
     uint16_t               port;
     uint16_t               absent;   // bit k: part k (a string) had no data pointer (not even empty)
+    uint16_t               in_lines; // bit k: part k is not copied, it lies in the text part at
+    uint32_t               line_offset[nparts];   // this offset, with this length
+    uint32_t               line_len[nparts];
     unsigned               keepalive : 1;
     unsigned               lingering_close : 1;
     unsigned               pipeline : 1;
@@ -63,6 +71,7 @@ struct ParkedRequest {
     unsigned               limit_conn_status : 2;
     unsigned               limit_req_status : 3;
     unsigned               uri_changes : 4;
+    unsigned               host_in_line : 1;   // the request line named the host (absolute URI)
     u_char                 data[1];
 
     size_t offset(Part k) const {
@@ -102,8 +111,13 @@ const Settings &configured() {
 // memcpy() must not be given a null pointer, even for no bytes.
 u_char *put(u_char *dst, const void *src, size_t n) { return n == 0 ? dst : ngx_cpymem(dst, src, n); }
 
+u_char *part_data(ParkedRequest *p, Part k, u_char *base) {
+    return (p->in_lines & (1u << k)) ? base + p->offset(text) + p->line_offset[k] : base + p->offset(k);
+}
+
 ngx_str_t saved(ParkedRequest *p, Part k, u_char *base) {
-    return {p->lens[k], (p->absent & (1u << k)) ? nullptr : base + p->offset(k)};
+    size_t len = (p->in_lines & (1u << k)) ? p->line_len[k] : p->lens[k];
+    return {len, (p->absent & (1u << k)) ? nullptr : part_data(p, k, base)};
 }
 
 uint16_t absent_bit(const ngx_str_t &s, Part k) { return s.data == nullptr ? uint16_t(1u << k) : 0; }
@@ -204,6 +218,27 @@ u_char *write_lines(ngx_http_request_t *r, u_char *p) {
     return p;
 }
 
+// Where bytes of the request line or of a header value are in the lines write_lines()
+// writes; -1: elsewhere. Variables such as $http_x, $arg_x or $cookie_x point there: the
+// image keeps them as references, not as copies of (attacker-sized) header bytes.
+int64_t offset_in_lines(ngx_http_request_t *r, const u_char *data, size_t len) {
+    auto within = [data, len](const ngx_str_t &s) {
+        auto at = uintptr_t(data), from = uintptr_t(s.data);
+        return s.data != nullptr && data != nullptr && at >= from && at + len <= from + s.len;
+    };
+    if (within(r->request_line)) return int64_t(data - r->request_line.data);
+    size_t at = r->request_line.len + 2;
+    for (ngx_list_part_t *part = &r->headers_in.headers.part; part != nullptr; part = part->next) {
+        auto *h = static_cast<ngx_table_elt_t *>(part->elts);
+        for (ngx_uint_t i = 0; i < part->nelts; i++) {
+            at += h[i].key.len + 2;
+            if (within(h[i].value)) return int64_t(at + size_t(data - h[i].value.data));
+            at += h[i].value.len + 2;
+        }
+    }
+    return -1;
+}
+
 ngx_uint_t nvariables(ngx_http_request_t *r) {
     auto *cmcf = static_cast<ngx_http_core_main_conf_t *>(ngx_http_get_module_main_conf(r, ngx_http_core_module));
     return cmcf->variables.nelts;
@@ -217,7 +252,7 @@ size_t variables_size(ngx_http_request_t *r, uint32_t *count) {
     for (ngx_uint_t i = 0, end = nvariables(r); i < end; i++) {
         const ngx_http_variable_value_t &v = r->variables[i];
         if (!v.valid && !v.not_found) continue;
-        n += sizeof(VariableRecord) + v.len;
+        n += sizeof(VariableRecord) + (offset_in_lines(r, v.data, v.len) < 0 ? v.len : 0);
         (*count)++;
     }
     return n;
@@ -234,8 +269,11 @@ void write_variables(ngx_http_request_t *r, u_char *p) {
         rec.no_cacheable = v.no_cacheable;
         rec.not_found = v.not_found;
         rec.escape = v.escape;
+        int64_t at = offset_in_lines(r, v.data, v.len);
+        rec.in_lines = at >= 0;
+        rec.offset = at >= 0 ? uint32_t(at) : 0;
         p = ngx_cpymem(p, &rec, sizeof(rec));
-        p = put(p, v.data, v.len);
+        if (at < 0) p = put(p, v.data, v.len);
     }
 }
 
@@ -249,16 +287,27 @@ size_t captured_bytes(ngx_http_request_t *r) {
 
 ParkedRequest *build_image(ngx_http_request_t *r) {
     uint32_t lens[nparts];
+    int64_t at[nparts];
     uint32_t nvars = 0;
+    // The strings: copied, or (most often: the URI, its arguments, the captures) where
+    // they lie in the request line or a header value.
+    const u_char *from[nparts] = {};
+    auto string_part = [&](Part k, const u_char *data, size_t len) {
+        from[k] = data;
+        at[k] = len > 0 ? offset_in_lines(r, data, len) : -1;
+        lens[k] = uint32_t(at[k] >= 0 ? 0 : len);
+        return uint32_t(len);
+    };
+    uint32_t string_len[nparts] = {};
     lens[text] = uint32_t(lines_size(r));
-    lens[uri] = uint32_t(r->uri.len);
-    lens[args] = uint32_t(r->args.len);
-    lens[exten] = uint32_t(r->exten.len);
-    lens[server] = uint32_t(r->headers_in.server.len);
+    string_len[uri] = string_part(uri, r->uri.data, r->uri.len);
+    string_len[args] = string_part(args, r->args.data, r->args.len);
+    string_len[exten] = string_part(exten, r->exten.data, r->exten.len);
+    string_len[server] = string_part(server, r->headers_in.server.data, r->headers_in.server.len);
     // A regex without groups leaves ncaptures set and no captures.
     ngx_uint_t ncaptures = r->captures != nullptr ? r->ncaptures : 0;
     lens[captures] = uint32_t(ncaptures * sizeof(int));
-    lens[captures_data] = uint32_t(ncaptures > 0 ? captured_bytes(r) : 0);
+    string_len[captures_data] = string_part(captures_data, r->captures_data, ncaptures > 0 ? captured_bytes(r) : 0);
     lens[variables] = uint32_t(variables_size(r, &nvars));
     lens[pipelined] = uint32_t(r->header_in->last - r->header_in->pos);
     size_t total = 0;
@@ -271,12 +320,16 @@ ParkedRequest *build_image(ngx_http_request_t *r) {
     write_lines(r, p->part(text));
     p->absent = absent_bit(r->uri, uri) | absent_bit(r->args, args) | absent_bit(r->exten, exten) |
                 absent_bit(r->headers_in.server, server);
-    put(p->part(uri), r->uri.data, r->uri.len);
-    put(p->part(args), r->args.data, r->args.len);
-    put(p->part(exten), r->exten.data, r->exten.len);
-    put(p->part(server), r->headers_in.server.data, r->headers_in.server.len);
+    for (Part k : {uri, args, exten, server, captures_data}) {
+        if (at[k] >= 0) {
+            p->in_lines |= uint16_t(1u << k);
+            p->line_offset[k] = uint32_t(at[k]);
+            p->line_len[k] = string_len[k];
+        } else {
+            put(p->part(k), from[k], lens[k]);
+        }
+    }
     put(p->part(captures), r->captures, lens[captures]);
-    put(p->part(captures_data), r->captures_data, lens[captures_data]);
     write_variables(r, p->part(variables));
     put(p->part(pipelined), r->header_in->pos, lens[pipelined]);
     return p;
@@ -310,6 +363,7 @@ void save_state(ngx_http_request_t *r, ParkedRequest *p) {
     p->limit_conn_status = r->limit_conn_status;
     p->limit_req_status = r->limit_req_status;
     p->uri_changes = r->uri_changes;
+    p->host_in_line = r->host_end != nullptr;
 }
 
 void restore_state(ngx_http_request_t *r, const ParkedRequest *p) {
@@ -498,7 +552,7 @@ bool restore_captures(ngx_http_request_t *r, ParkedRequest *p, u_char *base) {
     if (r->captures == nullptr) return false;
     ngx_memcpy(r->captures, base + p->offset(captures), n * sizeof(int));
     r->ncaptures = n;
-    r->captures_data = base + p->offset(captures_data);
+    r->captures_data = part_data(p, captures_data, base);
     return true;
 }
 
@@ -514,8 +568,12 @@ void restore_variables(ngx_http_request_t *r, ParkedRequest *p, u_char *base) {
         v.no_cacheable = rec.no_cacheable;
         v.not_found = rec.not_found;
         v.escape = rec.escape;
-        v.data = at;
-        at += rec.len;
+        if (rec.in_lines) {
+            v.data = base + p->offset(text) + rec.offset;
+        } else {
+            v.data = at;
+            at += rec.len;
+        }
     }
 }
 
@@ -528,6 +586,15 @@ ngx_int_t restore(ngx_http_request_t *r, ParkedRequest *p) {
         return NGX_ERROR;
     }
     ngx_memcpy(base, p->data, size);
+    // Header lines are read with the server chosen so far, as when first read: the default
+    // one, then Host's; or, from the start, the one an absolute request URI named, which
+    // Host does not change (it must not look the server up again: 421 if TLS client
+    // verification is on and Host names another server than SNI's).
+    if (p->host_in_line) {
+        r->headers_in.server = saved(p, server, base);
+        r->srv_conf = p->srv_conf;
+        r->loc_conf = p->loc_conf;
+    }
     ngx_int_t rc = reparse(r, base, p->lens[text]);
     if (rc == NGX_DECLINED) {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "channels: a parked request could not be re-created");

@@ -137,9 +137,22 @@ void *ngx_http_channels_create_main_conf(ngx_conf_t *cf) noexcept {
 
 void *ngx_http_channels_create_loc_conf(ngx_conf_t *cf) noexcept { return pool_new<LocConf>(cf->pool); }
 
-char *ngx_http_channels_merge_loc_conf(ngx_conf_t *, void *parent, void *child) noexcept {
+char *ngx_http_channels_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child) noexcept {
     auto *prev = static_cast<LocConf *>(parent);
     auto *conf = static_cast<LocConf *>(child);
+    // An `if` or limit_except block inside a channel location is the same endpoint: a
+    // request whose `if` matched runs the outer location's handler with this configuration,
+    // and the JWT access check reads its role. (Nested locations are other endpoints.)
+    auto *clcf = static_cast<ngx_http_core_loc_conf_t *>(ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module));
+    if (clcf->noname && conf->role == Role::none && prev->role != Role::none) {
+        conf->role = prev->role;
+        conf->channels = prev->channels;
+        conf->shm_zone = prev->shm_zone;
+        auto *mcf = static_cast<MainConf *>(ngx_http_conf_get_module_main_conf(cf, ngx_http_channels_module));
+        auto **slot = static_cast<LocConf **>(ngx_array_push(&mcf->locations));   // (its zone, if none is named)
+        if (slot == nullptr) return static_cast<char *>(NGX_CONF_ERROR);
+        *slot = conf;
+    }
     ngx_conf_merge_msec_value(conf->sse_ping, prev->sse_ping, 30000);
     ngx_conf_merge_msec_value(conf->sse_retry, prev->sse_retry, 0);
     ngx_conf_merge_msec_value(conf->longpoll_timeout, prev->longpoll_timeout, 30000);

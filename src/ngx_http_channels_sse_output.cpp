@@ -7,6 +7,10 @@
 
 #include <sys/uio.h>
 
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
 #include <algorithm>
 
 #include "ngx_http_channels_fault.h"
@@ -21,6 +25,9 @@ constexpr size_t kMaxIovecs = 64;
 constexpr size_t kReadChunk = 4096;
 constexpr size_t kMaxReadAfterRequest = 65536; // bytes a client may send on an event stream
 const char kBufTag = 0;                        // identifies our bufs in chains
+constexpr ngx_msec_t kTrimDelay = 1000;        // after a detach: at most one trim a second
+
+ngx_event_t trim_timer;
 
 void free_copy(u_char *start);
 
@@ -341,9 +348,9 @@ void SseStream::detach_handler(ngx_event_t *ev) noexcept {
 
 void SseStream::detach_later() noexcept {
     want_detach_ = false;
-    if (timer_.timer_set) ngx_del_timer(&timer_);
-    timer_.handler = detach_handler;
-    ngx_post_event(&timer_, &ngx_posted_events);
+    if (timer_->timer_set) ngx_del_timer(timer_);
+    timer_->handler = detach_handler;
+    ngx_post_event(timer_, &ngx_posted_events);
 }
 
 namespace {
@@ -363,6 +370,24 @@ void release_header_buffers(ngx_connection_t *c, ngx_http_connection_t *hc) {
     if (c->buffer != nullptr && c->buffer->start != nullptr && ngx_pfree(c->pool, c->buffer->start) == NGX_OK) {
         c->buffer->start = c->buffer->pos = c->buffer->last = c->buffer->end = nullptr;
     }
+}
+
+void trim_handler(ngx_event_t *) noexcept {
+#if defined(__GLIBC__)
+    malloc_trim(0);
+#endif
+}
+
+// A detached stream leaves its request pool and header buffers as holes between the
+// blocks of streams that live on (a 64-channel subscribe frees about 13 KiB, more than
+// it keeps); glibc keeps those pages until asked. The trim follows the last detach of a
+// burst closely, so a worker's memory settles soon after its clients have connected.
+void trim_after_detach() {
+    if (trim_timer.timer_set) return;
+    trim_timer.handler = trim_handler;
+    trim_timer.log = ngx_cycle->log;
+    trim_timer.cancelable = 1;
+    ngx_add_timer(&trim_timer, kTrimDelay);
 }
 
 }  // namespace
@@ -389,6 +414,7 @@ bool SseStream::detach() noexcept {
     c->read->handler = sse_detached_read;
     c->write->handler = sse_detached_write;
     if (c->read->timer_set) ngx_del_timer(c->read);
+    timer_ = c->read;   // the request's event went with its pool (not armed: see detach_later())
     detached_ = true;
     out_.filters.~FilterOutput();   // its buffers went with the request pool
     new (&out_.socket) SocketOutput();
@@ -399,6 +425,7 @@ bool SseStream::detach() noexcept {
     if (c->read->ready) {
         ngx_post_event(c->read, &ngx_posted_events);
     }
+    trim_after_detach();
     return true;
 }
 
@@ -417,6 +444,11 @@ void SseStream::close_detached() noexcept {
 void sse_detached_read(ngx_event_t *rev) noexcept {
     auto *c = static_cast<ngx_connection_t *>(rev->data);
     auto *sub = static_cast<SseStream *>(c->data);
+    if (rev->timedout) {   // the ping timer
+        rev->timedout = 0;
+        sub->ping();
+        return;
+    }
     u_char buf[kReadChunk];
     ssize_t n = c->recv(c, buf, sizeof(buf));
     if (n == NGX_AGAIN) {

@@ -5,6 +5,8 @@
 // client's speed with or without write events or pings (README "What one client can cost"). Live messages wait in the
 // store meanwhile and come in the pages, in id order, deletion markers included.
 
+#include <algorithm>
+
 #include "ngx_http_channels_fault.h"
 #include "ngx_http_channels_sse_events.h"
 #include "ngx_http_channels_sse_stream.h"
@@ -19,18 +21,19 @@ constexpr int kPagesPerTurn = 8;   // read ahead while the output stays under a 
 ngx_int_t SseStream::start(ngx_http_cleanup_t *cln, const Batch &first_page, bool more) noexcept {
     LocConf *lcf = loc_conf(request);
     cleanup_ = cln;
-    ping_interval_ = lcf->sse_ping;
-    retry_ = lcf->sse_retry;
-    send_timeout_ = static_cast<ngx_http_core_loc_conf_t *>(ngx_http_get_module_loc_conf(request, ngx_http_core_module))
-                        ->send_timeout;
-    timer_.data = this;
-    timer_.log = conn_->log;
+    auto *clcf = static_cast<ngx_http_core_loc_conf_t *>(ngx_http_get_module_loc_conf(request, ngx_http_core_module));
+    ping_interval_ = uint32_t(std::min<ngx_msec_t>(lcf->sse_ping, UINT32_MAX));
+    send_timeout_ = uint32_t(std::min<ngx_msec_t>(clcf->send_timeout, UINT32_MAX));
+    timer_ = static_cast<ngx_event_t *>(ngx_pcalloc(request->pool, sizeof(ngx_event_t)));
+    if (timer_ == nullptr) return NGX_ERROR;
+    timer_->data = this;
+    timer_->log = conn_->log;
     catching_up_ = more;
     if (!queue_page(first_page, true) || write_output() != NGX_OK) return NGX_ERROR;
     if (catching_up_) schedule_refill();
     if (may_detach()) {
-        timer_.handler = detach_handler;   // once the handler has returned
-        ngx_post_event(&timer_, &ngx_posted_events);
+        timer_->handler = detach_handler;   // once the handler has returned
+        ngx_post_event(timer_, &ngx_posted_events);
     } else {
         start_pings();
     }
@@ -41,13 +44,14 @@ ngx_int_t SseStream::start(ngx_http_cleanup_t *cln, const Batch &first_page, boo
 // (the stream's first page also carries retry:, and a comment when it holds nothing else,
 // to flush the header).
 bool SseStream::queue_page(const Batch &page, bool first) noexcept {
-    bool retry = first && retry_ > 0;
+    ngx_msec_t retry_ms = first ? loc_conf(request)->sse_retry : 0;   // the request is there at first
+    bool retry = retry_ms > 0;
     bool filler = first && !retry && page.gaps.empty() && page.items.empty();
     if (retry || filler || !page.gaps.empty() || !page.items.empty()) {
         MessageId from = cursor;
         IdFormatter ids;
         Frame *f = frame_build_guessed(detached_, [&](auto &sink) {
-            if (retry) put_retry(sink, retry_);
+            if (retry) put_retry(sink, retry_ms);
             if (filler) sink.put(std::string_view(":\n\n"));
             for (const GapInfo &gap : page.gaps) put_gap_event(sink, gap.channel_id, from, gap.oldest);
             for (const MessageCopy &m : page.items) {

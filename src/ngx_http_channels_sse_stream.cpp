@@ -21,8 +21,16 @@ void run_posted(ngx_connection_t *c) {
 
 }  // namespace
 
+// The token's exp: a timer only streams with a token pay for.
+struct SseExpiry {
+    ngx_event_t event;
+    uint64_t    at_ms;
+};
+
 SseStream::SseStream(ngx_http_request_t *r, WorkerZone *zone, bool multi_channel)
-    : request(r), multi(multi_channel), conn_(r->connection) {
+    : request(r), conn_(r->connection), multi(multi_channel), armed_watching_(false), catching_up_(false),
+      copy_frames_(false), detached_(false), leaving_(false), ending_(false), failed_(false),
+      want_detach_(false), finished_(false) {
     wz = zone;
 #if (NGX_HTTP_V2)
     copy_frames_ = r->stream != nullptr;
@@ -210,10 +218,10 @@ void SseStream::stop() noexcept {
     finished_ = true;
     catching_up_ = false;
     delivery_detach(this);
-    if (timer_.timer_set) ngx_del_timer(&timer_);
-    if (expiry_ != nullptr && expiry_->timer_set) ngx_del_timer(expiry_);
-    if (timer_.posted) {
-        ngx_delete_posted_event(&timer_);
+    if (timer_ != nullptr && timer_->timer_set) ngx_del_timer(timer_);
+    if (expiry_ != nullptr && expiry_->event.timer_set) ngx_del_timer(&expiry_->event);
+    if (timer_ != nullptr && !detached_ && timer_->posted) {   // (a detached one's is the read event)
+        ngx_delete_posted_event(timer_);
     }
     if (conn_->write->timer_set) ngx_del_timer(conn_->write);
 }
@@ -238,8 +246,8 @@ void SseStream::leave_deleted_channels() noexcept {
 // ---- events ----
 
 void SseStream::start_pings() noexcept {
-    timer_.handler = ping_handler;
-    if (ping_interval_ > 0) ngx_add_timer(&timer_, ping_interval_);
+    if (!detached_) timer_->handler = ping_handler;   // detached: sse_detached_read() pings
+    if (ping_interval_ > 0) ngx_add_timer(timer_, ping_interval_);
 }
 
 void SseStream::ping() noexcept {
@@ -248,7 +256,7 @@ void SseStream::ping() noexcept {
     if (f == nullptr || !queue(f)) {
         abort_stream("out of memory queuing a ping, closing the stream");
     } else if (send() == NGX_OK && ping_interval_ > 0) {
-        ngx_add_timer(&timer_, ping_interval_);
+        ngx_add_timer(timer_, ping_interval_);
     }
     run_posted(c);
 }
@@ -273,18 +281,19 @@ void SseStream::on_write_event() noexcept {
 void SseStream::end_at(uint64_t at_ms) noexcept {
     if (at_ms == 0) return;
     if (expiry_ == nullptr) {
-        expiry_ = static_cast<ngx_event_t *>(ngx_calloc(sizeof(ngx_event_t), conn_->log));
+        expiry_ = static_cast<SseExpiry *>(ngx_calloc(sizeof(SseExpiry), conn_->log));
         if (expiry_ == nullptr) {
             abort_stream("out of memory arming a token's expiry");
             return;
         }
     }
-    expiry_->handler = expiry_handler;
-    expiry_->data = this;
-    expiry_->log = conn_->log;
-    expiry_ms_ = at_ms;
+    ngx_event_t *ev = &expiry_->event;
+    ev->handler = expiry_handler;
+    ev->data = this;
+    ev->log = conn_->log;
+    expiry_->at_ms = at_ms;
     uint64_t now = now_ms();
-    ngx_add_timer(expiry_, at_ms > now ? ngx_msec_t(at_ms - now) : 0);
+    ngx_add_timer(ev, at_ms > now ? ngx_msec_t(at_ms - now) : 0);
 }
 
 // token-expired, then the end: the client reconnects with a fresh token and resumes.
@@ -292,7 +301,7 @@ void SseStream::expiry_handler(ngx_event_t *ev) noexcept {
     auto *sub = static_cast<SseStream *>(ev->data);
     ngx_connection_t *c = sub->request_connection();
     sub->catching_up_ = false;   // nothing more after the notice
-    Frame *f = frame_build(sub->detached_, [&](auto &sink) { put_token_expired_event(sink, sub->expiry_ms_); });
+    Frame *f = frame_build(sub->detached_, [&](auto &sink) { put_token_expired_event(sink, sub->expiry_->at_ms); });
     bool queued = f != nullptr && sub->queue(f);
     frame_unref(f);
     if (!queued) {

@@ -28,6 +28,7 @@ inline constexpr size_t kBufOverhead = sizeof(ngx_buf_t) + sizeof(ngx_chain_t);
 // the request's pool goes, after nginx's HTTP/2 layer let go of them. (Pool allocations of
 // this size are "large" ones, whose records a long stream would pile up in its pool.)
 struct CopyBlock;
+struct SseExpiry;
 struct CopyOwner {
     CopyBlock *head;
 };
@@ -55,14 +56,14 @@ private:
     void free_buffer(ngx_buf_t *b) noexcept;
 
     ngx_http_request_t *r_ = nullptr;
-    bool copy_ = false;
     ngx_chain_t *pending_ = nullptr, **pending_last_ = &pending_;
     ngx_chain_t *busy_ = nullptr, **busy_last_ = &busy_;
     ngx_chain_t *free_ = nullptr;
     size_t held_ = 0;
     size_t sent_ = 0;
-    size_t free_buffers_ = 0;
     CopyOwner *owner_ = nullptr;                   // HTTP/2 copies still allocated
+    uint32_t free_buffers_ = 0;
+    bool copy_ = false;
 };
 
 // Detached: a ring of frames written to the socket with writev (or SSL_write).
@@ -115,7 +116,6 @@ public:
     void on_write_event() noexcept;
 
     ngx_http_request_t *request;
-    bool multi;
 
 private:
     friend void sse_detached_read(ngx_event_t *rev) noexcept;
@@ -161,25 +161,28 @@ private:
     const FilterOutput &filters() const { return out_.filters; }
     const SocketOutput &socket() const { return out_.socket; }
 
+    // Thousands of streams stay open for hours: fields are sized for that (README
+    // "What one client can cost").
     ngx_connection_t   *conn_;
     ngx_http_cleanup_t *cleanup_ = nullptr;
-    ngx_event_t         timer_{};          // posted once to detach, then the ping timer
-    ngx_event_t        *expiry_ = nullptr; // the token's exp (JWT), allocated when there is one
-    uint64_t            expiry_ms_ = 0;
-    ngx_msec_t          ping_interval_ = 0;
-    ngx_msec_t          send_timeout_ = 0;
-    ngx_msec_t          retry_ = 0;
+    // Posted once to detach, then the ping timer: in request mode an event in the request's
+    // pool; once detached, the connection's read event (which has no timer of its own then).
+    ngx_event_t        *timer_ = nullptr;
+    SseExpiry          *expiry_ = nullptr; // the token's exp (JWT), allocated when there is one
     size_t              armed_at_ = 0;     // progress() when the write timer was armed
-    size_t              read_bytes_ = 0;   // detached: what the client sent after its request
-    bool                armed_watching_ = false;
-    bool                catching_up_ = false;   // a replay is still being read in pages
-    bool                copy_frames_ = false;
-    bool                detached_ = false;
-    bool                leaving_ = false;       // a channel was deleted: leave it at flush
-    bool                ending_ = false;        // detached: close once the end chunk is out
-    bool                failed_ = false;        // an event could not be queued: end at flush
-    bool                want_detach_ = false;   // detach once the output is empty
-    bool                finished_ = false;
+    uint32_t            ping_interval_ = 0;  // ms (sse_ping, at most 49 days)
+    uint32_t            send_timeout_ = 0;   // ms
+    uint32_t            read_bytes_ = 0;   // detached: what the client sent after its request
+    bool                multi : 1;          // events name their channel
+    bool                armed_watching_ : 1;
+    bool                catching_up_ : 1;   // a replay is still being read in pages
+    bool                copy_frames_ : 1;
+    bool                detached_ : 1;
+    bool                leaving_ : 1;       // a channel was deleted: leave it at flush
+    bool                ending_ : 1;        // detached: close once the end chunk is out
+    bool                failed_ : 1;        // an event could not be queued: end at flush
+    bool                want_detach_ : 1;   // detach once the output is empty
+    bool                finished_ : 1;
     // A stream writes through the filters until detached, then to the socket: one at a time.
     union Output {
         Output() : filters() {}

@@ -199,10 +199,13 @@ bool Zone::counts_settled() const {
 
 void Zone::free_channel(Channel *ch) {
     sh_->gc_floor = std::max(sh_->gc_floor, ch->trimmed_upto.get());
-    for_each_record([&](WorkerRecord *r) {   // notices must not outlive their channel
+    // Notices must not outlive their channel. Freed, it has no subscriber on any worker
+    // (counts settled), so a notice has no one to tell: dropped, not widened to every
+    // channel (which would tell other channels' subscribers of a loss they did not have).
+    // A client resuming on the name later meets gc_floor, raised above.
+    for_each_record([&](WorkerRecord *r) {
         for (uint32_t i = 0; i < r->nlosses;) {
             if (r->losses[i].channel == ch) {
-                r->lost_upto = std::max(r->lost_upto, r->losses[i].upto);
                 r->losses[i] = r->losses[--r->nlosses];
             } else {
                 i++;
@@ -605,7 +608,9 @@ void Zone::sync(ZoneSession &s) {
         record_of(s)->counted_epoch = s.counted_epoch;
         return;
     }
-    // A new zone (rebuilt after a torn update): claim a record, put every held channel back.
+    // First call of this worker, or a new zone (rebuilt after a torn update): claim a
+    // record, put every held channel back.
+    bool rejoins = s.record != nullptr;
     WorkerRecord *rec = claim_record(ngx_pid, store_.start_time(), s.wake_nonce);
     s.record = rec;
     s.generation = sh_->generation;
@@ -631,8 +636,8 @@ void Zone::sync(ZoneSession &s) {
     sh_->connections += s.connections;
     rec->active = held > 0;
     // Published in the rebuilt zone before this worker came back: not read by it, so lost to
-    // its subscribers, and told.
-    rec->lost_upto = std::max(rec->lost_upto, sh_->last_id);
+    // its subscribers, and told. (A worker's first call has no subscriber yet: nothing lost.)
+    if (rejoins && held > 0) rec->lost_upto = std::max(rec->lost_upto, sh_->last_id);
 }
 
 void Zone::attach(ZoneSession &s, Channel *ch, LocalChannel *lc) {

@@ -132,8 +132,9 @@ for my $c (@cases) {
                "host " . ($i ? 'B' : 'A') . "'s subscriber gets it, and never the entry with the huge id");
         }
     }
-    for my $t ($A, $B) {
-        my $n = error_lines($t, $mark{$t});
+    for my $t ($A, $B) {   # logged by whichever worker reads the entry: awaited
+        my $n = 0;
+        $t->wait_for(sub { ($n = error_lines($t, $mark{$t})) >= 1 }, timeout => 5);
         ok($n >= 1, "the huge id: host $name{$t} logged an error ($n line(s))");
     }
     $_->events_for(timeout => 0.3) for @sse;

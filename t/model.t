@@ -20,8 +20,10 @@ use Model::Judge;
 # The fixed set: 36, 87, 131, 166 and 261 with 1-16 cover every zone, client kind and
 # protocol, first-message mode, cursor kind and place, reading style, payload kind, method and
 # action (a greedy cover of seeds 1-400); under a minute on a loaded 2-core machine once the
-# server behaves (each divergence adds up to 20 s of waiting).
-my @FIXED = (1 .. 16, 36, 87, 131, 166, 261);
+# server behaves (each divergence adds up to 20 s of waiting). 202509 (a reload, long-polls
+# resuming across it) found a worker's first call taken for a return after a rebuild:
+# every subscriber of the new worker was told of a loss ("gap":true) it did not have.
+my @FIXED = (1 .. 16, 36, 87, 131, 166, 261, 202509);
 
 sub seeds {
     my $spec = shift;

@@ -224,7 +224,7 @@ while (my @group = splice @have, 0, 64) {
             $retained{"$k:$seq"} = [ $m->{id}, $m->{channel} ];
             $retained_n++;
         }
-        last if @{ $r->{json}{messages} } < 100;
+        last if @{ $r->{json}{messages} } < 64;   # an answer taken at once: one page (README, Long polling)
         $cursor = $r->{json}{last_event_id};
     }
 }

@@ -91,8 +91,9 @@ if (@holds) {   # the instrumented build (t/review/lockhold.sh): the lock holds 
     cmp_ok($max{unsubscribe} // 0, '<', 2000, 'unsubscribe holds the lock for less than 2 ms');
     cmp_ok($max{read_log} // 0, '<', 2000, 'a delivery pass holds the lock for less than 2 ms');
 } else {        # the plain build: what other requests see (marginal on a loaded machine)
-    # Against the same probe's worst case before (the machine's own noise), and 25 ms.
-    my $limit = List::Util::max(0.025, 2 * percentile(\@base, 100));
+    # Against the same probe's worst case before (the machine's own noise), and 60 ms: the
+    # walk this guards against held the lock for seconds.
+    my $limit = List::Util::max(0.06, 2 * percentile(\@base, 100));
     cmp_ok(percentile(\@during, 100), '<', $limit,
            sprintf('no publish waits %.0f ms for the lock while the lagging worker lets go', 1000 * $limit));
 }

@@ -430,7 +430,8 @@ TEST_F(Publish, IngestThatCannotFitIsALossForSubscribers)
     auto sub = w.subscribe({"r"});
     std::string huge(o.bytes, 'x');
     uint64_t t = ngxstub::time_ms();
-    EXPECT_EQ(w.ingest(EntryKind::message, {t, 0}, "r", huge), 0u);
+    EXPECT_EQ(w.ingest(EntryKind::message, {t, 0}, "r", huge), uint64_t(1) << w.record()->bit)
+        << "the subscriber's worker is woken to be told";
     EXPECT_EQ(z.sh()->last_id, (MessageId{t, 0}));
     Page log = w.read_log();
     EXPECT_TRUE(log.items.empty());
