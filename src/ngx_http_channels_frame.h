@@ -25,6 +25,8 @@ struct Frame {
 Frame *frame_alloc(size_t body_len, bool chunked, u_char **body) noexcept;
 // A frame holding bytes.
 Frame *frame_new(std::string_view bytes, bool chunked) noexcept;
+inline void frame_ref(Frame *f) { f->refs++; }
+void frame_unref(Frame *f) noexcept;
 // A frame of what write(sink) writes: sized with a SizeSink, then written in place.
 template <typename WriteFn>
 Frame *frame_build(bool chunked, WriteFn &&write) noexcept {
@@ -37,8 +39,21 @@ Frame *frame_build(bool chunked, WriteFn &&write) noexcept {
     write(out);
     return f;
 }
-inline void frame_ref(Frame *f) { f->refs++; }
-void frame_unref(Frame *f) noexcept;
+// As frame_build(), in one pass when write(GuessSink) sized the frame exactly (a replay page
+// whose data holds no line breaks: no scan for them before writing), else in two.
+template <typename WriteFn>
+Frame *frame_build_guessed(bool chunked, WriteFn &&write) noexcept {
+    GuessSink guess;
+    write(guess);
+    u_char *body;
+    Frame *f = frame_alloc(guess.size(), chunked, &body);
+    if (f == nullptr) return nullptr;
+    BoundedSink out(reinterpret_cast<char *>(body), guess.size());
+    write(out);
+    if (out.filled()) return f;
+    frame_unref(f);
+    return frame_build(chunked, write);
+}
 
 // Worker-wide frames that never change: the keep-alive comment and the end of a chunked body.
 Frame *ping_frame(bool chunked) noexcept;

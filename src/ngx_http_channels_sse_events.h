@@ -25,6 +25,26 @@ inline void put_message_event(SizeSink &sink, const MessageCopy &m, bool named) 
     put_sse_event(sink, {placeholder, id_text_size(m.id)}, event, m.data);
 }
 
+// The same for the messages of a replay page, their ids formatted in a row.
+template <typename Sink>
+void put_message_event(Sink &sink, const MessageCopy &m, bool named, IdFormatter &ids) {
+    char id[kMaxIdText];
+    std::string_view event = !m.event.empty() ? m.event : (named ? m.channel_id : std::string_view{});
+    put_sse_event(sink, {id, ids.format(m.id, id)}, event, m.data);
+}
+
+inline void put_message_event(SizeSink &sink, const MessageCopy &m, bool named, IdFormatter &ids) {
+    char placeholder[kMaxIdText] = {};
+    std::string_view event = !m.event.empty() ? m.event : (named ? m.channel_id : std::string_view{});
+    put_sse_event(sink, {placeholder, ids.size(m.id)}, event, m.data);
+}
+
+// Guessed as if the data held no line break (frame_build_guessed() checks the guess).
+inline void put_message_event(GuessSink &sink, const MessageCopy &m, bool named, IdFormatter &ids) {
+    std::string_view event = !m.event.empty() ? m.event : (named ? m.channel_id : std::string_view{});
+    sink.add(sse_event_size_unbroken(ids.size(m.id), event, m.data.size()));
+}
+
 namespace sse_events_detail {
 
 // Small JSON data (a channel id and two ids) in a stack buffer.

@@ -49,7 +49,8 @@ bool SseStream::queue_page(const Batch &page, bool first) noexcept {
     bool filler = first && !retry && page.gaps.empty() && page.items.empty();
     if (retry || filler || !page.gaps.empty() || !page.items.empty()) {
         MessageId from = cursor;
-        Frame *f = frame_build(detached_, [&](auto &sink) {
+        IdFormatter ids;
+        Frame *f = frame_build_guessed(detached_, [&](auto &sink) {
             if (retry) put_retry(sink, retry_ms);
             if (filler) sink.put(std::string_view(":\n\n"));
             for (const GapInfo &gap : page.gaps) put_gap_event(sink, gap.channel_id, from, gap.oldest);
@@ -57,7 +58,7 @@ bool SseStream::queue_page(const Batch &page, bool first) noexcept {
                 if (m.kind == EntryKind::deleted) {
                     put_deleted_event(sink, m.id, m.channel_id);
                 } else {
-                    put_message_event(sink, m, multi);
+                    put_message_event(sink, m, multi, ids);
                 }
             }
         });

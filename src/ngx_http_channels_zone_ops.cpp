@@ -505,10 +505,14 @@ bool Zone::copy(const Entry *e, uint16_t channel_index, Batch &out) const {
     m.id = e->id;
     m.kind = e->kind;
     m.channel_index = channel_index;
-    m.channel_id = out.keep(name);
-    m.event = out.keep(e->event());
-    m.content_type = out.keep(e->content_type());
-    m.data = out.keep(e->data());
+    // A page mostly holds runs of one channel: its id is kept once per run. The event, content
+    // type and data lie together in the entry and are copied as one.
+    const MessageCopy *prev = out.items.empty() ? nullptr : &out.items.back();
+    m.channel_id = prev != nullptr && prev->channel_id == name ? prev->channel_id : out.keep(name);
+    std::string_view text = out.keep({reinterpret_cast<const char *>(e->bytes), e->text_size()});
+    m.event = text.substr(0, e->event_len);
+    m.content_type = text.substr(e->event_len, e->ctype_len);
+    m.data = text.substr(size_t(e->event_len) + e->ctype_len);
     out.items.push_back(m);
     return true;
 }

@@ -1,6 +1,7 @@
 // Message ids: text form, strict parsing, and the monotonic "next id" rule.
 #include "channels/ids.h"
 
+#include <cstring>
 #include <limits>
 
 namespace channels {
@@ -80,6 +81,31 @@ size_t format_id(MessageId id, char *out)
 size_t id_text_size(MessageId id)
 {
     return decimal_digits(id.ms) + 1 + decimal_digits(id.seq);
+}
+
+void IdFormatter::set_ms(uint64_t ms)
+{
+    if (has_ms_ && ms == ms_) {
+        return;
+    }
+    has_ms_ = true;
+    ms_ = ms;
+    ms_len_ = write_decimal(ms, ms_text_);
+}
+
+size_t IdFormatter::format(MessageId id, char *out)
+{
+    set_ms(id.ms);
+    std::memcpy(out, ms_text_, ms_len_);
+    size_t n = ms_len_;
+    out[n++] = '-';
+    return n + write_decimal(id.seq, out + n);
+}
+
+size_t IdFormatter::size(MessageId id)
+{
+    set_ms(id.ms);
+    return ms_len_ + 1 + decimal_digits(id.seq);
 }
 
 std::optional<MessageId> parse_id(std::string_view text)

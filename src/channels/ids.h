@@ -41,6 +41,22 @@ size_t format_id(MessageId id, char *out);
 // The length format_id() writes, without writing.
 size_t id_text_size(MessageId id);
 
+// format_id() and id_text_size() for ids in a row, as a replay page has them: consecutive
+// ids mostly share their ms part, whose digits are kept from the previous id.
+class IdFormatter {
+public:
+    size_t format(MessageId id, char *out);   // as format_id()
+    size_t size(MessageId id);                // as id_text_size()
+
+private:
+    void set_ms(uint64_t ms);
+
+    bool has_ms_ = false;
+    uint64_t ms_ = 0;
+    size_t ms_len_ = 0;
+    char ms_text_[20] = {};
+};
+
 // Parses "<digits>-<digits>" exactly (no sign, no spaces, ms < 2^63, seq < 2^32).
 // Anything else is nullopt: a malformed cursor is treated as absent, never an error.
 // Leading zeros are accepted ("007-01" is {7, 1}); format_id never writes them.

@@ -41,6 +41,37 @@ private:
     char *p_;
 };
 
+// Counts what would be written, where a writer may count some parts as a guess (a lower
+// bound) rather than exactly: see frame_build_guessed().
+class GuessSink : public SizeSink {};
+
+// Writes into exactly `size` bytes: filled() when the writes took them all and no more (a
+// write that does not fit is dropped and marks the sink overflowed).
+class BoundedSink {
+public:
+    BoundedSink(char *out, size_t size) : p_(out), end_(out + size) {}
+    void put(std::string_view s) {
+        if (size_t(end_ - p_) < s.size()) {
+            over_ = true;
+            return;
+        }
+        if (!s.empty()) std::memcpy(p_, s.data(), s.size());
+        p_ += s.size();
+    }
+    void put(char c) {
+        if (p_ == end_) {
+            over_ = true;
+            return;
+        }
+        *p_++ = c;
+    }
+    bool filled() const { return !over_ && p_ == end_; }
+
+private:
+    char *p_, *end_;
+    bool over_ = false;
+};
+
 class StringSink {
 public:
     explicit StringSink(std::string &out) : out_(out) {}

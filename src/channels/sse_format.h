@@ -71,6 +71,12 @@ void put_sse_event(Sink &sink, std::string_view id, std::string_view event, std:
     sink.put('\n');
 }
 
+// The bytes put_sse_event writes for an id of id_len bytes when data holds no line break; a
+// lower bound otherwise (a break of one or two bytes becomes "\ndata: ", seven).
+inline size_t sse_event_size_unbroken(size_t id_len, std::string_view event, size_t data_len) {
+    return (id_len == 0 ? 0 : 4 + id_len + 1) + (event.empty() ? 0 : 7 + event.size() + 1) + 7 + data_len + 1;
+}
+
 void append_sse_event(std::string &out, std::string_view id, std::string_view event, std::string_view data);
 
 // Exact number of bytes put_sse_event writes.

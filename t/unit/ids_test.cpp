@@ -42,6 +42,23 @@ TEST(FormatId, LongestFormFillsBufferExactlyAndNoMore)
     for (size_t i = n; i < sizeof buf; i++) EXPECT_EQ(buf[i], 'Z') << "wrote past the end at " << i;
 }
 
+// The formatter keeps the last ms's digits: ids in a row, with the ms repeating, growing a
+// digit and going back, write what format_id() writes.
+TEST(IdFormatter, MatchesFormatId)
+{
+    channels::IdFormatter ids;
+    const MessageId row[] = {{1732290000123, 0}, {1732290000123, 1}, {1732290000123, 10}, {1732290000124, 0},
+                             {9, 99},           {10, 0},            {10, 1},             {0, 0},
+                             {kMaxMs, kMaxSeq}, {kMaxMs, 0},        {1732290000123, 7}};
+    for (const MessageId &id : row) {
+        char buf[channels::kMaxIdText];
+        size_t n = ids.format(id, buf);
+        EXPECT_EQ(std::string(buf, n), fmt(id));
+        EXPECT_EQ(ids.size(id), channels::id_text_size(id));
+        EXPECT_EQ(ids.size(id), n);
+    }
+}
+
 TEST(ParseId, AcceptsCanonicalForms)
 {
     auto a = channels::parse_id("0-0");

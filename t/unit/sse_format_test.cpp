@@ -244,3 +244,43 @@ TEST(SseTestParser, BehavesLikeTheStandard)
     EXPECT_TRUE(sse_test::parse("data: x\n").pending_fields);
     EXPECT_EQ(sse_test::parse("id: a\0b\ndata: x\n\n"s).events.at(0).last_event_id, "");
 }
+
+// The size guessed without looking for line breaks: exact for data without them, below the
+// real size for data with them (a replay page checks it while writing, with a BoundedSink).
+TEST(SseFormat, UnbrokenSizeIsExactWithoutBreaksAndALowerBoundWith)
+{
+    for (std::string_view data : {"", "x", "one line of data", " leading space"}) {
+        for (std::string_view event : {"", "update"}) {
+            EXPECT_EQ(channels::sse_event_size_unbroken(5, event, data.size()),
+                      channels::sse_event_size("12-34", event, data));
+            EXPECT_EQ(channels::sse_event_size_unbroken(0, event, data.size()), channels::sse_event_size("", event, data));
+        }
+    }
+    for (std::string_view data : {"a\nb", "a\r\nb", "\r", "\n\n\n", "a\rb\nc\r\n"}) {
+        EXPECT_LT(channels::sse_event_size_unbroken(5, "e", data.size()), channels::sse_event_size("12-34", "e", data));
+    }
+}
+
+TEST(SseFormat, BoundedSinkIsFilledOnlyByExactlyItsSize)
+{
+    char buf[8];
+    channels::BoundedSink exact(buf, 4);
+    exact.put(std::string_view("abc"));
+    EXPECT_FALSE(exact.filled());
+    exact.put('d');
+    EXPECT_TRUE(exact.filled());
+    EXPECT_EQ(std::string(buf, 4), "abcd");
+
+    channels::BoundedSink over(buf, 4);
+    over.put(std::string_view("abc"));
+    over.put(std::string_view("de"));   // does not fit: dropped
+    over.put('f');                      // fits the byte left, but the sink overflowed
+    EXPECT_FALSE(over.filled());
+
+    char small[2] = {'Z', 'Z'};
+    channels::BoundedSink one(small, 1);
+    one.put('a');
+    one.put('b');
+    EXPECT_FALSE(one.filled());
+    EXPECT_EQ(small[1], 'Z') << "wrote past its size";
+}
