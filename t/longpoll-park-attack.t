@@ -181,10 +181,11 @@ sub canon {
 
 sub waiting {
     my ($t, $ch, $n, $mark, $parks) = @_;
-    my $ok = $t->wait_for(sub { $t->subscribers($ch) == $n }, timeout => 10);
+    my $timeout = 10 + $n / 100;   # 2,000 connections on a loaded machine take a while
+    my $ok = $t->wait_for(sub { $t->subscribers($ch) == $n }, timeout => $timeout);
     if ($t->{parks}) {
         $parks //= $n;
-        $ok &&= $t->wait_for(sub { count_log($t, $PARKED, $mark) >= $parks }, timeout => 10);
+        $ok &&= $t->wait_for(sub { count_log($t, $PARKED, $mark) >= $parks }, timeout => $timeout);
     }
     return $ok;
 }
