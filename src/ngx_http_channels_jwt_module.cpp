@@ -284,7 +284,7 @@ std::string_view bearer_token(ngx_http_request_t *r) {
 std::string_view cookie_token(ngx_http_request_t *r, JwtLocConf *lcf) {
     ngx_str_t value{};
 #if defined(nginx_version) && nginx_version >= 1023000
-    bool found = ngx_http_parse_multi_header_lines(r, r->headers_in.cookie, &lcf->cookie, &value) != nullptr;
+    bool found = ngx_http_parse_cookie_lines(r, r->headers_in.cookie, &lcf->cookie, &value) != nullptr;
 #else
     ngx_array_t *cookies = &r->headers_in.cookies;
     bool found = ngx_http_parse_multi_header_lines(cookies, &lcf->cookie, &value) != NGX_DECLINED;

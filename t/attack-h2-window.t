@@ -37,7 +37,8 @@ my $t = ChannelsTest->new(workers => 1, conf => <<'CONF');
     send_timeout 60s;                       # only the memory bound may cut the streams
     sse_ping 0;
     server {
-        listen 127.0.0.1:%%PORT_0%% http2;  # h2c, prior knowledge
+        listen 127.0.0.1:%%PORT_0%%;  # h2c, prior knowledge
+        http2 on;
         location ~ ^/events/(?<ch>[\w.:-]+)$ { sse_channel $ch; }
     }
     server {

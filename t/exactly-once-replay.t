@@ -31,7 +31,8 @@ my $t = ChannelsTest->new(workers => 2, conf => <<'CONF');
         location ~ ^/pub/(?<ch>[\w.-]+)$    { publish_channel $ch; }
     }
     server {
-        listen 127.0.0.1:%%PORT_2%% http2;
+        listen 127.0.0.1:%%PORT_2%%;
+        http2 on;
         location ~ ^/quiet/(?<ch>[\w.-]+)$  { sse_ping 0;  sse_channel $ch; }
     }
 CONF

@@ -18,7 +18,8 @@ my $t = ChannelsTest->new(workers => 2, start => 0, conf => <<'EOF');
 
     server {
         listen 127.0.0.1:%%PORT_0%%;
-        listen 127.0.0.1:%%PORT_2%% http2;
+        listen 127.0.0.1:%%PORT_2%%;
+        http2 on;
         channel_auth jwt;
         channel_jwt_key %%PREFIX%%/keys/ec256.pub;
         location ~ ^/events/(?<ch>[\w.:@~-]+)$ { sse_channel $ch; }

@@ -62,7 +62,8 @@ my $conf = <<"CONF";
         location ~ ^/auth/(?<ch>[\\w.-]+)\$   { channel_auth jwt; channel_jwt_key $dir/keys.jwks; sse_channel \$ch; }
     }
     server {
-        listen 127.0.0.1:%%PORT_2%% http2;
+        listen 127.0.0.1:%%PORT_2%%;
+        http2 on;
         location ~ ^/events/(?<ch>[\\w.-]+)\$ { sse_channel \$ch; }
         location ~ ^/poll/(?<ch>[\\w.-]+)\$   { longpoll_channel \$ch; }
     }

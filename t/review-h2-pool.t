@@ -39,7 +39,8 @@ my $t = ChannelsTest->new(workers => 1, conf => <<'CONF');
     send_timeout 120s;
     sse_ping 0;
     server {
-        listen 127.0.0.1:%%PORT_0%% http2;
+        listen 127.0.0.1:%%PORT_0%%;
+        http2 on;
         location ~ ^/events/(?<ch>[\w.:-]+)$ { sse_channel $ch; }
     }
     server {
