@@ -44,17 +44,29 @@ sub new {
     push @cmd, '-H', "$_: $h{$_}" for sort keys %h;
     push @cmd, $o{url};
     pipe(my $rd, my $wr) or die "pipe: $!";
-    my $pid = fork // die "fork: $!";
+    # Until exec the child is a copy of the caller: a signal must not run the caller's
+    # handlers there (ChannelsTest's die on TERM: the copy then ran END blocks and global
+    # destruction while the caller, closing it, waited in waitpid). TERM, INT and HUP stay
+    # blocked across fork until the child has its default handlers.
+    my $sigs = POSIX::SigSet->new(POSIX::SIGTERM(), POSIX::SIGINT(), POSIX::SIGHUP());
+    my $old = POSIX::SigSet->new;
+    POSIX::sigprocmask(POSIX::SIG_BLOCK(), $sigs, $old);
+    my $pid = fork;
+    if (!defined $pid) {
+        my $err = $!;
+        POSIX::sigprocmask(POSIX::SIG_SETMASK(), $old);
+        die "fork: $err";
+    }
     if (!$pid) {
-        # Until exec this is a copy of the caller: a signal must not run its handlers or
-        # destructors (which would end the caller's other clients).
         $SIG{$_} = 'DEFAULT' for qw(TERM INT HUP PIPE);
+        POSIX::sigprocmask(POSIX::SIG_SETMASK(), $old);   # a TERM sent meanwhile ends it now
         close $rd;
         open STDIN, '<', '/dev/null';
         open STDOUT, '>&', $wr or POSIX::_exit(127);
         open STDERR, '>', $o{stderr} // '/dev/null';
         exec @cmd or POSIX::_exit(127);
     }
+    POSIX::sigprocmask(POSIX::SIG_SETMASK(), $old);
     close $wr;
     binmode $rd;
     my $fl = fcntl($rd, Fcntl::F_GETFL(), 0);

@@ -346,6 +346,12 @@ sub run {
     $tr->{log} = $self->log_lines($log_from);
     $tr->{t_end} = now();
     delete $_->{http} for @{ $tr->{publishes} };
+    # A client and its last transport refer to each other (the transport, or its callbacks,
+    # hold the client): left so, every schedule's clients stay in memory with all they
+    # received (7 MB a schedule, GBs over a stress run), and each fork of a curl client then
+    # copies the page tables of all that: at 3.7 GB, fork() alone held this loop 0.4-1 s
+    # under load, and h2/curl clients fell seconds behind (the "h2 stalls" of `make stress`).
+    delete @$_{qw(cur r)} for @{ $self->{clients} };
     $self->{clients} = [];
     $self->{requests} = [];
     return $tr;
