@@ -18,6 +18,13 @@ my $t = ChannelsTest->new(workers => 2, start => 0, conf => <<'EOF');
 
     server {
         listen 127.0.0.1:%%PORT_0%%;
+        channel_auth jwt;
+        channel_jwt_key %%PREFIX%%/keys/ec256.pub;
+        location ~ ^/events/(?<ch>[\w.:@~-]+)$ { sse_channel $ch; }
+        location ~ ^/poll/(?<ch>[\w.:@~-]+)$   { longpoll_channel $ch; longpoll_timeout 30s; }
+    }
+
+    server {   # the same over h2c (http2 on: every listen of its server)
         listen 127.0.0.1:%%PORT_2%%;
         http2 on;
         channel_auth jwt;
