@@ -694,7 +694,9 @@ sub marker_id {
 sub marker_maybe_gone {
     my ($self, $d, $t) = @_;
     my $tr = $self->{tr};
-    return 1 if $t * 1000 + 100 >= $d->{t_send} * 1000 + $tr->{ttl_ms};
+    my $marker = $self->marker_id($d);   # its ms, when known, are its stamp (see S7 below)
+    my $born_ms = defined $marker ? ($marker =~ /^0*(\d+?)\d{10}$/)[0] : $d->{t_send} * 1000;
+    return 1 if $t * 1000 + 100 >= $born_ms + $tr->{ttl_ms};
     my $later = sub { $_[0] != $d && $_[0]{t_send} < $t && ($_[0]{t_end} // $_[0]{t_ack} // inf()) > $d->{t_send} };
     my @pubs = grep { $later->($_) } @{ $tr->{publishes} };
     return 1 if $tr->{evicts} && (@pubs || grep { $later->($_) } @{ $tr->{deletes} });
