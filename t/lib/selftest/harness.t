@@ -17,8 +17,15 @@ my $listen = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0, Lis
 my $bport = $listen->sockport;
 my $backend = fork // die;
 if (!$backend) {
-    $SIG{TERM} = sub { POSIX::_exit(0) };
-    while (my $c = $listen->accept) {
+    # One child per connection: a held stream (/hold) must not keep the others waiting.
+    my @kids;
+    $SIG{TERM} = sub { kill 'TERM', @kids; POSIX::_exit(0) };
+    $SIG{CHLD} = 'IGNORE';
+    while (1) {
+        my $c = $listen->accept or next;
+        my $kid = fork // die;
+        if ($kid) { push @kids, $kid; close $c; next }
+        $SIG{TERM} = 'DEFAULT';
         my $req = '';
         while ($req !~ /\r\n\r\n/) { my $n = sysread($c, $req, 4096, length $req); last unless $n }
         my ($path) = $req =~ m{^GET (\S+)};
@@ -38,8 +45,8 @@ if (!$backend) {
             sysread($c, $x, 1);   # until the client goes away
         }
         close $c;
+        POSIX::_exit(0);
     }
-    POSIX::_exit(0);
 }
 close $listen;
 END { kill 'TERM', $backend if $backend && $$ != $backend; }
