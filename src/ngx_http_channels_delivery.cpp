@@ -487,4 +487,24 @@ void delivery_detach(Subscriber *sub) {
     }
 }
 
+namespace {
+
+ngx_event_t heap_trim_timer;
+
+void heap_trim_handler(ngx_event_t *) noexcept {
+#if defined(__GLIBC__)
+    malloc_trim(0);
+#endif
+}
+
+}  // namespace
+
+void delivery_trim_heap_later() noexcept {
+    if (heap_trim_timer.timer_set) return;
+    heap_trim_timer.handler = heap_trim_handler;
+    heap_trim_timer.log = ngx_cycle->log;
+    heap_trim_timer.cancelable = 1;
+    ngx_add_timer(&heap_trim_timer, kTrimDelay);
+}
+
 }  // namespace channels

@@ -101,6 +101,9 @@ struct WorkerZone final : StoreListener {
 // ---- worker life (init_process / exit_process) ----
 ngx_int_t delivery_init_worker(ngx_cycle_t *cycle, MainConf *mcf);
 void delivery_exit_worker();
+// Freed requests (a detached stream's, a parked long-poll's) leave holes between live blocks
+// that glibc keeps: gives them back a second from now, once however often it is asked.
+void delivery_trim_heap_later() noexcept;
 bool delivery_exiting();
 // The worker's runtime of a zone (nullptr outside a worker, or while exiting).
 WorkerZone *worker_zone(const ZoneConf *zone);

@@ -11,9 +11,6 @@
 
 #include "ngx_http_channels_longpoll_park.h"
 
-#if defined(__GLIBC__)
-#include <malloc.h>
-#endif
 
 #include <algorithm>
 #include <cstdlib>
@@ -23,7 +20,6 @@ namespace {
 
 constexpr ngx_msec_t kDefaultParkAfter = 1000;
 constexpr uint64_t kTrimAfter = 256;               // parks since the heap was last trimmed
-constexpr ngx_msec_t kTrimDelay = 1000;        // at most one trim a second, after a park
 
 enum Part : unsigned { text, uri, args, exten, server, captures, captures_data, variables, pipelined, nparts };
 
@@ -94,7 +90,6 @@ struct Settings {
 Settings settings;
 ngx_event_handler_pt request_handler;   // nginx's (static) handler of a request's events
 uint64_t parks_since_trim;
-ngx_event_t trim_timer;
 
 const Settings &configured() {
     if (!settings.read) {
@@ -423,20 +418,11 @@ void release_buffers(ngx_connection_t *c, ngx_http_connection_t *hc) {
 #endif
 }
 
-void trim_handler(ngx_event_t *) noexcept {
-    parks_since_trim = 0;
-#if defined(__GLIBC__)
-    malloc_trim(0);   // the freed request pools lie between live blocks: glibc keeps them
-#endif
-}
-
 // Freed requests leave holes in the heap that glibc does not give back by itself.
 void count_park() {
-    if (++parks_since_trim < kTrimAfter || trim_timer.timer_set) return;
-    trim_timer.handler = trim_handler;
-    trim_timer.log = ngx_cycle->log;
-    trim_timer.cancelable = 1;
-    ngx_add_timer(&trim_timer, kTrimDelay);
+    if (++parks_since_trim < kTrimAfter) return;
+    parks_since_trim = 0;
+    delivery_trim_heap_later();
 }
 
 void parked_read(ngx_event_t *rev) noexcept;

@@ -7,9 +7,6 @@
 
 #include <sys/uio.h>
 
-#if defined(__GLIBC__)
-#include <malloc.h>
-#endif
 
 #include <algorithm>
 
@@ -25,9 +22,7 @@ constexpr size_t kMaxIovecs = 64;
 constexpr size_t kReadChunk = 4096;
 constexpr size_t kMaxReadAfterRequest = 65536; // bytes a client may send on an event stream
 const char kBufTag = 0;                        // identifies our bufs in chains
-constexpr ngx_msec_t kTrimDelay = 1000;        // after a detach: at most one trim a second
 
-ngx_event_t trim_timer;
 
 void free_copy(u_char *start);
 
@@ -372,24 +367,6 @@ void release_header_buffers(ngx_connection_t *c, ngx_http_connection_t *hc) {
     }
 }
 
-void trim_handler(ngx_event_t *) noexcept {
-#if defined(__GLIBC__)
-    malloc_trim(0);
-#endif
-}
-
-// A detached stream leaves its request pool and header buffers as holes between the
-// blocks of streams that live on (a 64-channel subscribe frees about 13 KiB, more than
-// it keeps); glibc keeps those pages until asked. The trim follows the last detach of a
-// burst closely, so a worker's memory settles soon after its clients have connected.
-void trim_after_detach() {
-    if (trim_timer.timer_set) return;
-    trim_timer.handler = trim_handler;
-    trim_timer.log = ngx_cycle->log;
-    trim_timer.cancelable = 1;
-    ngx_add_timer(&trim_timer, kTrimDelay);
-}
-
 }  // namespace
 
 void sse_detached_read(ngx_event_t *rev) noexcept;
@@ -425,7 +402,7 @@ bool SseStream::detach() noexcept {
     if (c->read->ready) {
         ngx_post_event(c->read, &ngx_posted_events);
     }
-    trim_after_detach();
+    delivery_trim_heap_later();   // its request pool and header buffers were freed
     return true;
 }
 
