@@ -202,4 +202,23 @@ my @pubs = ([m1 => A => 1], [m2 => A => 2], [m3 => A => 3], [n1 => B => 2.5]);
     is(rules($tr), 'R3', 'the same in a zone that never evicts: R3');
 }
 
+# A 507 "message too large for zone" in a zone that evicts: excused for a message over 1/16
+# of the zone (no run of free pages long enough, README "No room"), not for a smaller one,
+# nor in a zone that never evicts, nor with another answer.
+{
+    my $refuse = sub {
+        my (%o) = @_;
+        my $tr = trace(pubs => [[m1 => A => 1]], evicts => $o{evicts} // 1);
+        $tr->{zone_bytes} = 1 << 20;
+        my $m = pub($tr, 'm1');
+        $m->{data} = 'x' x $o{size};
+        @$m{qw(status answer json id)} = (507, $o{answer} // "message too large for zone\n", undef, undef);
+        return rules($tr);
+    };
+    is($refuse->(size => 261_247), '', '507 for a 261 KB message in a 1 MB zone that evicts: excused');
+    is($refuse->(size => 60_000), 'P1', '507 for a 60 KB message in a 1 MB zone: P1');
+    is($refuse->(size => 261_247, evicts => 0), 'P1', '507 in a zone that never evicts: P1');
+    is($refuse->(size => 261_247, answer => "zone full\n"), 'P1', 'another 507 answer: P1');
+}
+
 done_testing;

@@ -57,6 +57,7 @@ our $WORKERS = 3;
 our $LOG_LEVEL = $ENV{MODEL_LOG_LEVEL} || 'warn';   # info: everything, for a replay
 
 sub now { Time::HiRes::time() }
+sub zone_bytes { my $s = shift; $s =~ /^(\d+)([km]?)$/ or die "zone size $s\n"; $1 * { '' => 1, k => 1024, m => 1 << 20 }->{$2} }
 
 # The http{} text: per zone and first-message mode an SSE, a long-poll (json) and a raw
 # long-poll location, on an HTTP/1.x port and an h2c port; publish locations per zone.
@@ -327,7 +328,7 @@ sub run {
     my $tag = sprintf 's%dr%dp%d', $sched->{seed}, $self->{runs}, $$ % 10000;
     my $tr = $self->{trace} = {
         seed => $sched->{seed}, zone => $sched->{zone}, history => $z->{history}, ttl_ms => $z->{ttl_ms},
-        evicts => $z->{evicts} ? 1 : 0, t0 => now(), min_id => $self->{last_id},
+        evicts => $z->{evicts} ? 1 : 0, zone_bytes => zone_bytes($z->{size}), t0 => now(), min_id => $self->{last_id},
         chan => [ map { "$tag.c$_" } 0 .. $sched->{nch} - 1 ],
         publishes => [], deletes => [], reloads => [], kills => [], clients => [], barriers => [],
         problems => [], schedule => $sched,
