@@ -221,4 +221,28 @@ my @pubs = ([m1 => A => 1], [m2 => A => 2], [m3 => A => 3], [n1 => B => 2.5]);
     is($refuse->(size => 261_247, answer => "zone full\n"), 'P1', 'another 507 answer: P1');
 }
 
+# A worker killed in the middle of a zone update (the error log names it: the kill is
+# "torn"): the zone was rebuilt empty (README "Errors and failures", seed 314055). A stream
+# attaching afterwards with first_message oldest gets only what came after; a stream that
+# was live must be told (channel-gap) of what it lost.
+{
+    my @p = ([m1 => A => 1], [m2 => A => 2], [m3 => A => 3], [m4 => A => 4.5]);
+    my $run = sub {
+        my (%o) = @_;
+        my $tr = trace(pubs => \@p);
+        push @{ $tr->{kills} }, { t => $T0 + 3.5, t_ready => $T0 + 3.6, pid => 42, torn => $o{torn} };
+        if ($o{live}) {
+            my @e = (ev($tr, 'm1', 1.1), $o{gap} ? ({ t => $T0 + 3.7, event => 'channel-gap', data => sprintf('{"channel":"A","last_event_id":"%s","oldest_event_id":null}', id(1)) }) : (), ev($tr, 'm4', 4.6));
+            sse($tr, cursor => id(0.5), t => 0.5, events => \@e);
+        } else {
+            sse($tr, mode => 'old', t => 4, events => [ ev($tr, 'm4', 4.6) ]);
+        }
+        return rules($tr);
+    };
+    is($run->(torn => 1), '', 'oldest after a torn kill: only m4, no divergence');
+    is($run->(torn => 0), 'S5', 'oldest after a kill outside an update: m1-m3 missing, S5');
+    is($run->(torn => 1, live => 1, gap => 1), '', 'live through a torn kill, told with channel-gap: no divergence');
+    is($run->(torn => 1, live => 1), 'S5', 'live through a torn kill, m2-m3 skipped untold: S5');
+}
+
 done_testing;

@@ -23,10 +23,13 @@ Its one notion of timing is C<maybe_lost(m, T)>: could message C<m> be gone by t
     ttl       T is past its publish time (the ms of its id) plus ttl       (README "channel_zone")
     evicted   (only in a zone that evicts) any publish or DELETE was sent after m
               and before T: the zone evicts its oldest messages first      (README "channel_zone")
+    rebuilt   a worker was killed before T in the middle of a zone update (the error log
+              names it), and m was sent before the kill: the zone was rebuilt empty
+                                                             (README "Errors and failures")
 
 Nothing else loses a message: not a subscriber arriving (README "What one client can cost"),
-not a reload ("SSE": the zone's messages survive it), not a worker killed ("Errors and
-failures": the zone stays consistent).
+not a reload ("SSE": the zone's messages survive it), not a worker killed outside a zone
+update ("Errors and failures": the zone stays consistent).
 
 =head2 What a subscriber must get (README "SSE", "Long polling")
 
@@ -193,6 +196,8 @@ sub maybe_lost {
         $newer++ if $after;
     }
     return 'history' if $newer >= $tr->{history};
+    # (the kill's time is taken just before the signal: allow for its delivery)
+    return 'rebuilt' if grep { $_->{torn} && $_->{t} < $t && $m->{t_send} < $_->{t} + 0.05 } @{ $tr->{kills} };
     return 'ttl' if $m->{acked} && $t * 1000 + 100 >= id_ms($m->{id}) + $tr->{ttl_ms};
     if ($tr->{evicts}) {
         for my $x (@{ $tr->{publishes} }, @{ $tr->{deletes} }) {
@@ -702,8 +707,9 @@ sub marker_id {
 }
 
 # Whether DELETE $d's marker may be gone by time $t: expired (ttl), evicted (the zone evicts
-# and something was published or deleted after it), or trimmed (its channel's ring holds
-# more than `history` messages published after it).
+# and something was published or deleted after it), trimmed (its channel's ring holds
+# more than `history` messages published after it), or dropped with the zone's rebuild
+# after a worker was killed in the middle of an update.
 sub marker_maybe_gone {
     my ($self, $d, $t) = @_;
     my $tr = $self->{tr};
@@ -714,6 +720,7 @@ sub marker_maybe_gone {
     my @pubs = grep { $later->($_) } @{ $tr->{publishes} };
     return 1 if $tr->{evicts} && (@pubs || grep { $later->($_) } @{ $tr->{deletes} });
     return 1 if grep({ $_->{channel} eq $d->{channel} } @pubs) > $tr->{history};
+    return 1 if grep { $_->{torn} && $_->{t} < $t && $d->{t_send} < $_->{t} + 0.05 } @{ $tr->{kills} };
     return 0;
 }
 

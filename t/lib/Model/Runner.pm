@@ -344,7 +344,11 @@ sub run {
     }
     $tr->{t_actions} = now();
     $self->finish_schedule;
-    $tr->{log} = $self->log_lines($log_from);
+    my @log = $self->log_lines($log_from);
+    $tr->{log} = [ grep { /\[(?:alert|crit|emerg)\]|Sanitizer|runtime error:/ } @log ];
+    # A worker killed in the middle of a zone update: the zone was rebuilt empty.
+    my %torn = map { /was left half-updated by process (\d+)/ ? ($1 => 1) : () } @log;
+    $_->{torn} = 1 for grep { $torn{ $_->{pid} } } @{ $tr->{kills} };
     $tr->{t_end} = now();
     delete $_->{http} for @{ $tr->{publishes} };
     # A client and its last transport refer to each other (the transport, or its callbacks,
@@ -492,7 +496,7 @@ sub log_lines {
     local $/;
     my $text = <$fh> // '';
     $self->{log_offset} = $from + length $text;
-    return [ grep { /\[(?:alert|crit|emerg)\]|Sanitizer|runtime error:/ } split /\n/, $text ];
+    return split /\n/, $text;
 }
 
 # ================================================================ SSE client
