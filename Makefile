@@ -7,7 +7,8 @@
 #   make deb        build/libnginx-mod-http-channels_<version>_amd64.deb for Debian's nginx
 #   make check-build  the build's own checks (exports, C++ standard, a build without hiredis)
 #   make bench      compare with nchan (see bench/README.md)
-#   make stress     the model-checked random test at scale: SCHEDULES=N (5000), STRESS_JOBS=J (3)
+#   make stress     the model-checked random test at scale: SCHEDULES=N (5000), STRESS_JOBS=J (3),
+#                   STRESS_FIRST=SEED (the first seed; default 100000)
 #   make NGINX_SRC=/path/to/nginx-x.y.z   build the module only, against another nginx tree
 #   make test NGINX_TARBALL=path/nginx-x.y.z.tar.gz
 #                   build that nginx (binary and module, in build/nginx-x.y.z/) and run the
@@ -126,7 +127,7 @@ test: $(MODULE) unit prove unit-store
 SCHEDULES   ?= 5000
 STRESS_JOBS ?= 3
 stress: $(MODULE) $(BUILD)/.deps-test
-	CHANNELS_MODULE=$(MODULE) NGINX_BIN=$(NGINX_BIN) perl tools/model-stress.pl --schedules $(SCHEDULES) --jobs $(STRESS_JOBS)
+	CHANNELS_MODULE=$(MODULE) NGINX_BIN=$(NGINX_BIN) perl tools/model-stress.pl --schedules $(SCHEDULES) --jobs $(STRESS_JOBS) $(if $(STRESS_FIRST),--first $(STRESS_FIRST))
 
 run: $(MODULE) $(BUILD)/.deps-run
 	@sh tools/run-demo.sh $(MODULE) $(NGINX_BIN)
