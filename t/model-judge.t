@@ -245,4 +245,21 @@ my @pubs = ([m1 => A => 1], [m2 => A => 2], [m3 => A => 3], [n1 => B => 2.5]);
     is($run->(torn => 1, live => 1), 'S5', 'live through a torn kill, m2-m3 skipped untold: S5');
 }
 
+# A long-poll answer cut off after its header (seed 319943: its worker killed while sending
+# 185 KB over HTTP/2 to a slow reader): excused near a kill, L0 otherwise.
+{
+    my $run = sub {
+        my (%o) = @_;
+        my $tr = trace(pubs => \@pubs);
+        push @{ $tr->{kills} }, { t => $T0 + 4.005, t_ready => $T0 + 4.1, pid => 42 } if $o{kill};
+        push @{ $tr->{clients} }, { n => 0, kind => 'poll', proto => 'h2', format => 'json', mode => 'new', reading => 'slow',
+            channel_ids => ['A'], conns => [ { t_req => $T0 + 4, t_end => $T0 + 4.01, status => 200, cursor_sent => id(2.5), cursor_in => 'header',
+                channels => ['A'], chain_start => 1, format => 'json', end => 'eof', body => '{"messages":[{"id":"' . id(3) . '","chan',
+                headers => { 'cache-control' => 'no-cache', 'last-event-id' => id(3), 'content-type' => 'application/json' } } ] };
+        return rules($tr);
+    };
+    is($run->(kill => 1), '', 'a long-poll answer cut off by a kill: no divergence');
+    is($run->(), 'L0', 'a long-poll answer cut off with no kill or reload: L0');
+}
+
 done_testing;

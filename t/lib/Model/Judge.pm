@@ -787,6 +787,12 @@ sub check_poll_client {
             $self->diverge('L0', 'poll', $where, 'no answer (' . ($p->{end} // 'open') . ')');
             next;
         }
+        if (($p->{end} // 'clean') ne 'clean') {
+            # an answer cut off: only a killed worker (or a reload's end) may do that
+            next if $self->kill_or_reload_near($p->{t_req}, $p->{t_end} // $tr->{t_end});
+            $self->diverge('L0', 'poll', $where, "answered $st, then cut off ($p->{end})");
+            next;
+        }
         if ($st != 200 && $st != 204 && $st != 410) {
             $self->diverge('L0', 'poll', $where, "answered $st: " . substr($p->{body} // '', 0, 200));
             next;
@@ -923,6 +929,7 @@ sub check_poll_client {
         if ($gap) {
             my %later;   # what this client received from this answer on
             for my $q (@conns[ $i .. $#conns ]) {
+                next if ($q->{end} // 'clean') ne 'clean';   # cut off: nothing of it received
                 $later{ $_->{id} } = 1 for @{ ($q->{json} || {})->{messages} || [] };
                 $later{ $q->{headers}{'last-event-id'} } = 1 if ($q->{status} // 0) == 200 && $q->{headers};
             }

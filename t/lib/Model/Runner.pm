@@ -840,6 +840,12 @@ sub answered {
     $conn->{t_head} = $t_head // $conn->{t_end};
     @$conn{qw(status headers body end)} = ($status, $headers, $body, $end);
     return if $end eq 'closed';
+    if ($status && $end ne 'clean') {
+        # Cut off (its worker killed while sending): what a client makes of a broken answer,
+        # nothing; it asks again from the same cursor.
+        $s->{next_at} = now() + 0.05;
+        return;
+    }
     if ($status == 200 && ($headers->{'content-type'} // '') =~ /json/ && $s->{spec}{format} ne 'raw') {
         $conn->{json} = eval { $JSON->decode($body) };
     }
