@@ -90,6 +90,14 @@ bool classify(EVP_PKEY *pkey, KeyKind &kind, std::string &error)
             error += " bits; at least 2048 are required";
             return false;
         }
+        // With e = 1 every "signature" is its own message (anyone could sign); an even e
+        // is no RSA key. OpenSSL checks neither when it verifies.
+        BIGNUM *raw_e = nullptr;
+        BnPtr e(EVP_PKEY_get_bn_param(pkey, OSSL_PKEY_PARAM_RSA_E, &raw_e) == 1 ? raw_e : nullptr);
+        if (!e || !BN_is_odd(e.get()) || BN_is_one(e.get())) {
+            error = with_openssl_reason("RSA key with a public exponent of 1, an even one or none");
+            return false;
+        }
         kind = KeyKind::rsa;
         return true;
     }
