@@ -425,3 +425,41 @@ TEST(JwtKeys, RsaExponentOneIsRefused)
     std::string em = std::string("\x00\x01", 2) + std::string(n.size() - t.size() - 3, '\xff') + '\0' + t;
     EXPECT_NE(verify(set, input + "." + b64(em)), TokenError::none) << "a forged token verified";
 }
+
+// An Ed25519 public key of small order (here the identity point) verifies the signature
+// R = identity, S = 0 over any message: anyone could sign. Refused when the file is read.
+TEST(JwtKeys, Ed25519SmallOrderKeyIsRefused)
+{
+    std::string identity(32, '\0');
+    identity[0] = '\x01';
+    std::string jwk = R"({"kty":"OKP","crv":"Ed25519","x":")" + b64(identity) + R"(","kid":"o1"})";
+    JwtKeySet set;
+    std::string error;
+    bool loaded = set.add_file(jwks({jwk}), error);
+    EXPECT_FALSE(loaded) << "an Ed25519 key of small order was accepted";
+    ERR_clear_error();
+    if (!loaded) return;
+    std::string input = b64(R"({"alg":"EdDSA","kid":"o1"})") + "." + b64(R"({"channels":{"subscribe":["*"]}})");
+    EXPECT_NE(verify(set, input + "." + b64(identity + std::string(32, '\0'))), TokenError::none)
+        << "a forged token verified";
+}
+
+TEST(JwtKeys, Ed25519SmallOrderKeysInEveryEncodingAreRefused)
+{
+    auto bytes = [](const char *hex) {
+        std::string out;
+        for (size_t i = 0; hex[i] != '\0'; i += 2) out += char(std::stoi(std::string(hex + i, 2), nullptr, 16));
+        return out;
+    };
+    // The order-8 point with its sign bit set, y = -1, and y = p + 1 (a non-canonical 1).
+    for (const char *hex : {"26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc85",
+                            "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
+                            "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"}) {
+        std::string jwk = R"({"kty":"OKP","crv":"Ed25519","x":")" + b64(bytes(hex)) + "\"}";
+        JwtKeySet set;
+        std::string error;
+        EXPECT_FALSE(set.add_file(jwks({jwk}), error)) << hex;
+        EXPECT_NE(error.find("small order"), std::string::npos) << hex << ": " << error;
+        ERR_clear_error();
+    }
+}
