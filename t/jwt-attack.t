@@ -66,6 +66,8 @@ my $t = ChannelsTest->new(start => 0, conf => <<'EOF');
         channel_auth jwt;
         channel_jwt_key %%PREFIX%%/keys/oct.jwks;
         location ~ ^/poll/(?<ch>[\w.:@~-]+)$ { longpoll_channel $ch; longpoll_timeout 1s; }
+        location ~ ^/events/(?<ch>[\w.:@~-]+)$ { sse_channel $ch; }
+        location ~ ^/wait/(?<ch>[\w.:@~-]+)$ { longpoll_channel $ch; longpoll_timeout 30s; }
     }
 EOF
 
@@ -416,6 +418,50 @@ refused(get('/poll/news', bearer($no_channels)), 403, 'insufficient_scope', 'cha
     my $ev = $s->next_event(timeout => 5);
     is($ev && $ev->{data}, 'far', 'SSE with a far exp: delivers, no token-expired');
     $s->close;
+}
+
+# exp == now is expired, nbf == now is valid (no leeway either way); the server's clock is
+# read after the client's, so whole seconds of the client's now are <= the server's.
+refused(get('/poll/user.42.a', bearer(hs256({ %base, exp => int(Time::HiRes::time()) }))), 401, 'invalid_token', 'invalid token: token expired',
+        'exp == now: expired');
+is(status_of("/poll/user.42.a$C", bearer(hs256({ %base, nbf => int(Time::HiRes::time()) }))), 200, 'nbf == now: valid');
+
+# A client that reads nothing (HTTP/2, window 0) gets nothing published after exp: the
+# stream is over at exp, whatever is still unsent.
+{
+    my $h = H2->new(port => $t->port(2), settings => { initial_window_size => 0 }, auto_window => 0);
+    my $exp = int(Time::HiRes::time()) + 2;
+    my $sid = $h->request(GET => '/events/user.42.a', headers => [authorization => 'Bearer ' . hs256({ %base, exp => $exp })]);
+    my $st = $h->response($sid, timeout => 5);
+    is($st && $st->{status}, 200, 'HTTP/2 SSE, window 0: 200');
+    $t->publish('user.42.a', 'before-exp');
+    $h->pump(timeout => 0.2) while Time::HiRes::time() < $exp + 0.5;
+    $t->publish('user.42.a', 'after-exp');
+    $h->pump(timeout => 0.3);
+    $h->window_update(0, 1 << 20);
+    $h->window_update($sid, 1 << 20);
+    $h->wait(sub { $h->stream($sid)->{ended} || defined $h->stream($sid)->{reset} }, timeout => 5);
+    my $data = $h->stream($sid)->{data};
+    like($data, qr/data: before-exp/, 'the message published before exp is delivered');
+    like($data, qr/event: token-expired/, 'then token-expired');
+    unlike($data, qr/after-exp/, 'the message published after exp is not');
+    ok($h->stream($sid)->{ended} || defined $h->stream($sid)->{reset}, 'and the stream is over');
+    $h->close;
+}
+
+# A long poll waits no longer than exp, even with a 30 s timeout.
+{
+    my $exp = int(Time::HiRes::time()) + 2;
+    my $h = H2->new(port => $t->port(2));
+    my $t0 = Time::HiRes::time();
+    my $sid = $h->request(GET => '/wait/news', headers => [authorization => 'Bearer ' . hs256({ %base, exp => $exp })]);
+    my $st = $h->response($sid, timeout => 10);
+    my $at = Time::HiRes::time();
+    is($st && $st->{status}, 204, 'HTTP/2 long poll: 204 at exp');
+    cmp_ok($at, '<', $exp + 1.5, 'answered within 1.5 s of exp');
+    cmp_ok($at, '>=', $exp - 0.05, 'not before exp');
+    ok($st && defined $st->{headers}{'last-event-id'}, 'with its cursor');
+    $h->close;
 }
 
 # ---- request bodies of refused requests ----
