@@ -171,6 +171,14 @@ refused(get('/poll/user.42.a', bearer($t8193)), 401, 'invalid_token', 'invalid t
 refused(get("/poll/user.42.a$C&access_token=$t8193"), 401, 'invalid_token', 'invalid token: longer than 8 KiB',
         '8 KiB + 1 in access_token');
 
+# HEAD: the refusal's headers, no body
+{
+    my $r = $t->http(HEAD => '/poll/user.42.a');
+    is($r->{status}, 401, 'HEAD without a token: 401');
+    is($r->{headers}{'www-authenticate'}, $WWW{none}, 'HEAD: WWW-Authenticate');
+    is($r->{body}, '', 'HEAD: no body');
+}
+
 # HTTP/1.0
 my $h10 = $t->raw_request("GET /poll/user.42.a HTTP/1.0\r\n\r\n");
 is($h10->{status}, 401, 'HTTP/1.0 without a token: 401');
@@ -187,6 +195,12 @@ is($t->raw_request("GET /poll/user.42.a$C HTTP/1.0\r\nAuthorization: Bearer $goo
     $sid = $h->request(GET => "/poll/user.42.a$C", headers => [cookie => "channels_jwt=$expired", cookie => "channels_jwt=$good"]);
     $r = $h->response($sid, timeout => 5);
     is($r && $r->{status}, 401, 'HTTP/2: two crumbs of the name: the first (expired) is the token');
+    $sid = $h->request(GET => '/poll/user.42.a');
+    $r = $h->response($sid, timeout => 5);
+    $h->wait(sub { $h->stream($sid)->{ended} }, timeout => 5);
+    is($r && $r->{status}, 401, 'HTTP/2 without a token: 401');
+    is($r && $r->{headers}{'www-authenticate'}, $WWW{none}, 'HTTP/2: WWW-Authenticate');
+    is($h->stream($sid)->{data}, "token required\n", 'HTTP/2: the one-line body');
     $sid = $h->request(GET => '/poll/user.42.a', headers => [authorization => "Bearer $good", authorization => "Bearer $good"]);
     $r = $h->response($sid, timeout => 5);
     isnt($r && $r->{status}, 200, 'HTTP/2: two authorization fields are not accepted');
