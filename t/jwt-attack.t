@@ -537,4 +537,26 @@ TODO: {
     is(scalar @lines, 0, 'the [error] line of that request holds no token bytes') or diag($lines[0]);
 }
 
+# ---- keys that would let anyone sign are refused by nginx -t ----
+{
+    my $kd = "$dir/keys";
+    write_file("$kd/e1.jwks", json({ keys => [{ kty => 'RSA', kid => 'e1', n => b64url(pack 'H*', $mod), e => 'AQ' }] }));
+    write_file("$kd/ed0.jwks", json({ keys => [{ kty => 'OKP', crv => 'Ed25519', x => b64url("\x01" . ("\0" x 31)) }] }));
+    for my $case (["$kd/e1.jwks", qr/public exponent of 1/, 'an RSA JWK with e = 1'],
+                  ["$kd/ed0.jwks", qr/small order/, 'an Ed25519 JWK of small order (the identity)']) {
+        my $c = ChannelsTest->new(start => 0, conf => <<"CONF");
+    server {
+        listen 127.0.0.1:%%PORT_0%%;
+        channel_auth jwt;
+        channel_jwt_key $case->[0];
+        location / { }
+    }
+CONF
+        my ($ok, $out) = $c->test_config;
+        $c->finish;
+        ok(!$ok, "nginx -t refuses $case->[2]");
+        like($out, qr/\Q$case->[0]\E.*$case->[1]/, "$case->[2]: the file and why");
+    }
+}
+
 done_testing;
