@@ -292,13 +292,25 @@ void SseStream::end_at(uint64_t at_ms) noexcept {
     ev->data = this;
     ev->log = conn_->log;
     expiry_->at_ms = at_ms;
-    uint64_t now = now_ms();
-    ngx_add_timer(ev, at_ms > now ? ngx_msec_t(at_ms - now) : 0);
+    arm_expiry(expiry_);
+}
+
+// nginx gives its earliest timer to epoll_wait() as an int: one more than 24.8 days away
+// would wrap there (and a worker with no nearer timer could sleep through the exp), so
+// the expiry is armed at most a day ahead, and again until exp.
+void SseStream::arm_expiry(SseExpiry *e) noexcept {
+    constexpr uint64_t kMaxStep = 24 * 3600 * 1000;
+    uint64_t now = now_ms(), left = e->at_ms > now ? e->at_ms - now : 0;
+    ngx_add_timer(&e->event, ngx_msec_t(std::min(left, kMaxStep)));
 }
 
 // token-expired, then the end: the client reconnects with a fresh token and resumes.
 void SseStream::expiry_handler(ngx_event_t *ev) noexcept {
     auto *sub = static_cast<SseStream *>(ev->data);
+    if (now_ms() < sub->expiry_->at_ms) {   // a step of a far exp (arm_expiry)
+        arm_expiry(sub->expiry_);
+        return;
+    }
     ngx_connection_t *c = sub->request_connection();
     sub->catching_up_ = false;   // nothing more after the notice
     Frame *f = frame_build(sub->detached_, [&](auto &sink) { put_token_expired_event(sink, sub->expiry_->at_ms); });

@@ -156,6 +156,7 @@ private:
     static void ping_handler(ngx_event_t *ev) noexcept;
     static void detach_handler(ngx_event_t *ev) noexcept;
     static void expiry_handler(ngx_event_t *ev) noexcept;
+    static void arm_expiry(SseExpiry *e) noexcept;
     FilterOutput &filters() { return out_.filters; }
     SocketOutput &socket() { return out_.socket; }
     const FilterOutput &filters() const { return out_.filters; }

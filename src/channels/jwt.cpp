@@ -79,6 +79,19 @@ bool string_claim(JsonDoc::Ref v, bool &has, std::string &out)
     return true;
 }
 
+// sub becomes $channel_jwt_sub, which a configuration may put in a response header
+// (add_header) or a log line: nginx writes variable values into headers as they are, so
+// a control character (CR LF) there would split the response.
+bool subject_claim(JsonDoc::Ref v, Claims &c)
+{
+    if (!string_claim(v, c.has_sub, c.sub)) return false;
+    for (char ch : c.sub) {
+        auto b = static_cast<unsigned char>(ch);
+        if (b < 0x20 || b == 0x7F) return false;
+    }
+    return true;
+}
+
 bool audience_claim(JsonDoc::Ref v, Claims &c)
 {
     if (v.absent()) return true;
@@ -211,7 +224,7 @@ TokenError parse_claims(std::string_view payload_b64, Claims &out)
         return TokenError::bad_claim;
     }
     if (!string_claim(root.get("iss"), out.has_iss, out.iss) ||
-        !string_claim(root.get("sub"), out.has_sub, out.sub) || !audience_claim(root.get("aud"), out)) {
+        !subject_claim(root.get("sub"), out) || !audience_claim(root.get("aud"), out)) {
         return TokenError::bad_claim;
     }
     if (!channels.absent() &&

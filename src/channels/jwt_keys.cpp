@@ -80,6 +80,40 @@ std::string with_openssl_reason(std::string what)
 
 // ---- classifying a public key ----
 
+// Whether an Ed25519 public key is one of the 8 points of order dividing 8, in any of its
+// encodings (canonical or not; the sign bit ignored). With such a key [k]A vanishes from
+// the verification equation, so one signature (R = [S]B) fits every message. The y
+// coordinates, little-endian: 0, 1, the two of the order-8 points, p - 1, p, p + 1.
+bool ed25519_small_order(EVP_PKEY *pkey)
+{
+    static const char *const kSmallOrderY[] = {
+        "0000000000000000000000000000000000000000000000000000000000000000",
+        "0100000000000000000000000000000000000000000000000000000000000000",
+        "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
+        "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+        "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+    };
+    unsigned char raw[32];
+    size_t len = sizeof raw;
+    if (EVP_PKEY_get_raw_public_key(pkey, raw, &len) != 1 || len != sizeof raw) {
+        ERR_clear_error();
+        return true;   // not a key we can check: not one we accept
+    }
+    raw[31] &= 0x7F;
+    char hex[65];
+    for (size_t i = 0; i < sizeof raw; i++) {
+        hex[2 * i] = "0123456789abcdef"[raw[i] >> 4];
+        hex[2 * i + 1] = "0123456789abcdef"[raw[i] & 15];
+    }
+    hex[64] = '\0';
+    for (const char *y : kSmallOrderY) {
+        if (std::string_view(hex) == y) return true;
+    }
+    return false;
+}
+
 bool classify(EVP_PKEY *pkey, KeyKind &kind, std::string &error)
 {
     if (EVP_PKEY_is_a(pkey, "RSA") || EVP_PKEY_is_a(pkey, "RSA-PSS")) {
@@ -88,6 +122,14 @@ bool classify(EVP_PKEY *pkey, KeyKind &kind, std::string &error)
             error = "RSA key of ";
             append_uint(error, uint64_t(bits > 0 ? bits : 0));
             error += " bits; at least 2048 are required";
+            return false;
+        }
+        // With e = 1 every "signature" is its own message (anyone could sign); an even e
+        // is no RSA key. OpenSSL checks neither when it verifies.
+        BIGNUM *raw_e = nullptr;
+        BnPtr e(EVP_PKEY_get_bn_param(pkey, OSSL_PKEY_PARAM_RSA_E, &raw_e) == 1 ? raw_e : nullptr);
+        if (!e || !BN_is_odd(e.get()) || BN_is_one(e.get())) {
+            error = with_openssl_reason("RSA key with a public exponent of 1, an even one or none");
             return false;
         }
         kind = KeyKind::rsa;
@@ -114,6 +156,10 @@ bool classify(EVP_PKEY *pkey, KeyKind &kind, std::string &error)
         return true;
     }
     if (EVP_PKEY_is_a(pkey, "ED25519")) {
+        if (ed25519_small_order(pkey)) {
+            error = "Ed25519 key of small order (it would verify forged signatures)";
+            return false;
+        }
         kind = KeyKind::ed25519;
         return true;
     }

@@ -12,6 +12,7 @@
 #include <openssl/hmac.h>
 #include <openssl/pem.h>
 #include <openssl/rsa.h>
+#include <openssl/sha.h>
 
 #include <map>
 #include <memory>
@@ -398,4 +399,67 @@ TEST(JwtKeys, Sha256)
                                   0xde, 0x5d, 0xae, 0x22, 0x23, 0xb0, 0x03, 0x61, 0xa3, 0x96, 0x17,
                                   0x7a, 0x9c, 0xb4, 0x10, 0xff, 0x61, 0xf2, 0x00, 0x15, 0xad};
     EXPECT_EQ(std::string(reinterpret_cast<char *>(out), 32), std::string(reinterpret_cast<const char *>(want), 32));
+}
+
+// An RSA key with public exponent 1 makes every "signature" its own message: anyone could
+// sign. Such a key (a JWK's "e":"AQ", or a PEM) is refused when the file is read.
+TEST(JwtKeys, RsaExponentOneIsRefused)
+{
+    std::string n = bn_param(key("rsa"), OSSL_PKEY_PARAM_RSA_N);
+    std::string jwk = R"({"kty":"RSA","n":")" + b64(n) + R"(","e":"AQ","kid":"e1"})";
+    JwtKeySet set;
+    std::string error;
+    bool loaded = set.add_file(jwks({jwk}), error);
+    EXPECT_FALSE(loaded) << "an RSA key with e = 1 was accepted";
+    EXPECT_NE(error.find("exponent"), std::string::npos) << error;
+    ERR_clear_error();
+    if (!loaded) return;
+    // What the key lets anyone do: the RS256 "signature" is the PKCS#1 v1.5 encoding itself.
+    std::string input = b64(R"({"alg":"RS256","kid":"e1"})") + "." + b64(R"({"channels":{"subscribe":["*"]}})");
+    unsigned char digest[32];
+    SHA256(reinterpret_cast<const unsigned char *>(input.data()), input.size(), digest);
+    static const unsigned char kPrefix[] = {0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65,
+                                            0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0x04, 0x20};
+    std::string t(reinterpret_cast<const char *>(kPrefix), sizeof kPrefix);
+    t.append(reinterpret_cast<const char *>(digest), sizeof digest);
+    std::string em = std::string("\x00\x01", 2) + std::string(n.size() - t.size() - 3, '\xff') + '\0' + t;
+    EXPECT_NE(verify(set, input + "." + b64(em)), TokenError::none) << "a forged token verified";
+}
+
+// An Ed25519 public key of small order (here the identity point) verifies the signature
+// R = identity, S = 0 over any message: anyone could sign. Refused when the file is read.
+TEST(JwtKeys, Ed25519SmallOrderKeyIsRefused)
+{
+    std::string identity(32, '\0');
+    identity[0] = '\x01';
+    std::string jwk = R"({"kty":"OKP","crv":"Ed25519","x":")" + b64(identity) + R"(","kid":"o1"})";
+    JwtKeySet set;
+    std::string error;
+    bool loaded = set.add_file(jwks({jwk}), error);
+    EXPECT_FALSE(loaded) << "an Ed25519 key of small order was accepted";
+    ERR_clear_error();
+    if (!loaded) return;
+    std::string input = b64(R"({"alg":"EdDSA","kid":"o1"})") + "." + b64(R"({"channels":{"subscribe":["*"]}})");
+    EXPECT_NE(verify(set, input + "." + b64(identity + std::string(32, '\0'))), TokenError::none)
+        << "a forged token verified";
+}
+
+TEST(JwtKeys, Ed25519SmallOrderKeysInEveryEncodingAreRefused)
+{
+    auto bytes = [](const char *hex) {
+        std::string out;
+        for (size_t i = 0; hex[i] != '\0'; i += 2) out += char(std::stoi(std::string(hex + i, 2), nullptr, 16));
+        return out;
+    };
+    // The order-8 point with its sign bit set, y = -1, and y = p + 1 (a non-canonical 1).
+    for (const char *hex : {"26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc85",
+                            "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
+                            "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"}) {
+        std::string jwk = R"({"kty":"OKP","crv":"Ed25519","x":")" + b64(bytes(hex)) + "\"}";
+        JwtKeySet set;
+        std::string error;
+        EXPECT_FALSE(set.add_file(jwks({jwk}), error)) << hex;
+        EXPECT_NE(error.find("small order"), std::string::npos) << hex << ": " << error;
+        ERR_clear_error();
+    }
 }

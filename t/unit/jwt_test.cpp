@@ -278,7 +278,8 @@ TEST(Claims, RejectsClaimsOfTheWrongType)
                              R"({"iss":["x"]})", R"({"sub":42})", R"({"channels":[]})",
                              R"({"channels":{"subscribe":"news"}})", R"({"channels":{"publish":[7]}})",
                              R"({"channels":{"subscribe":["a b"]}})", R"({"channels":{"subscribe":[""]}})",
-                             R"({"channels":{"subscribe":["a%2Cb"]}})"}) {
+                             R"({"channels":{"subscribe":["a%2Cb"]}})", R"({"sub":"42\r\nX-A: b"})",
+                             R"({"sub":"a\u0000b"})", R"({"sub":"\t"})", R"({"sub":"a\u007fb"})"}) {
         EXPECT_EQ(claims_error(json), TokenError::bad_claim) << json;
     }
     std::string many = R"({"channels":{"subscribe":[)";
