@@ -17,7 +17,7 @@ use Digest::SHA ();
 use Math::BigInt;
 use ChannelsTest;
 use H2;
-use Jwt qw(make_keys openssl_token unsigned_token b64url json);
+use Jwt qw(make_keys openssl_token unsigned_token b64url json %WWW check_refusal);
 
 my $t = ChannelsTest->new(start => 0, conf => <<'EOF');
     channel_zone zone=z:4m;
@@ -104,17 +104,6 @@ sub get {
 sub status_of { get(@_)->{status} }
 my $C = '?last_event_id=1-0';   # a long poll from the start answers at once
 
-my %WWW = (
-    none => 'Bearer realm="channels"',
-    invalid_token => 'Bearer realm="channels", error="invalid_token"',
-    insufficient_scope => 'Bearer realm="channels", error="insufficient_scope"',
-);
-sub refused {
-    my ($r, $status, $error, $line, $name) = @_;
-    is($r->{status}, $status, "$name: $status") or diag($r->{body});
-    is($r->{headers}{'www-authenticate'}, $WWW{$error}, "$name: WWW-Authenticate");
-    is($r->{body}, "$line\n", "$name: one-line body") if defined $line;
-}
 
 my $good = hs256(\%base);
 is(status_of("/poll/user.42.a$C", bearer($good)), 200, 'the HS256 token signed here is accepted');
@@ -126,22 +115,22 @@ is(get("/poll/user.42.a$C", [Authorization => "Bearer $good", Authorization => "
    'two Authorization headers: 400 (nginx refuses the duplicate)');
 is(get("/poll/user.42.a$C", [Authorization => "Bearer $expired", Authorization => "Bearer $good"])->{status}, 400,
    'two Authorization headers, an invalid one first: 400');
-refused(get("/poll/user.42.a$C", { Cookie => "channels_jwt=$expired; channels_jwt=$good" }), 401, 'invalid_token',
+check_refusal(get("/poll/user.42.a$C", { Cookie => "channels_jwt=$expired; channels_jwt=$good" }), 401, 'invalid_token',
         'invalid token: token expired', 'two cookies of the name: the first is the token (expired)');
-refused(get("/poll/user.42.a$C", [Cookie => "channels_jwt=$expired", Cookie => "channels_jwt=$good"]), 401,
+check_refusal(get("/poll/user.42.a$C", [Cookie => "channels_jwt=$expired", Cookie => "channels_jwt=$good"]), 401,
         'invalid_token', 'invalid token: token expired', 'two Cookie header lines: the first is the token');
 is(status_of("/poll/user.42.a$C", { Cookie => "channels_jwt=$good; channels_jwt=$expired" }), 200,
    'two cookies of the name, the valid first: 200');
-refused(get("/poll/user.42.a$C&access_token=$expired&access_token=$good"), 401, 'invalid_token',
+check_refusal(get("/poll/user.42.a$C&access_token=$expired&access_token=$good"), 401, 'invalid_token',
         'invalid token: token expired', 'two access_token arguments: the first is the token');
 (my $all_escaped = $good) =~ s/(.)/sprintf('%%%02X', ord $1)/ge;
 is(status_of("/poll/user.42.a$C&access_token=$all_escaped"), 200, 'access_token with every byte percent-encoded');
-refused(get("/poll/user.42.a$C&access_token=$good%00"), 401, 'invalid_token', 'invalid token: malformed token: bad base64url',
+check_refusal(get("/poll/user.42.a$C&access_token=$good%00"), 401, 'invalid_token', 'invalid token: malformed token: bad base64url',
         'access_token with a NUL byte appended (%00)');
-refused(get("/poll/user.42.a", { Authorization => "Bearer $good x" }), 401, 'invalid_token',
+check_refusal(get("/poll/user.42.a", { Authorization => "Bearer $good x" }), 401, 'invalid_token',
         'invalid token: malformed token: bad base64url', 'a Bearer value with a second word');
 is(status_of("/poll/user.42.a$C", { Authorization => "BEARER\t$good" }), 200, 'BEARER and a tab (RFC 7235: any case)');
-refused(get('/poll/user.42.a', { Authorization => "Bearer$good" }), 401, 'none', 'token required',
+check_refusal(get('/poll/user.42.a', { Authorization => "Bearer$good" }), 401, 'none', 'token required',
         'no space after the scheme: no Bearer token');
 # A token split over two header lines (obsolete line folding) is refused by nginx.
 my $half = int(length($good) / 2);
@@ -167,8 +156,8 @@ my $t8192 = token_of_length(8192);
 my $t8193 = token_of_length(8193);
 is(length($t8192) . '/' . length($t8193), '8192/8193', 'tokens of 8192 and 8193 bytes');
 is(status_of("/poll/user.42.a$C", bearer($t8192)), 200, 'a token of exactly 8 KiB: accepted');
-refused(get('/poll/user.42.a', bearer($t8193)), 401, 'invalid_token', 'invalid token: longer than 8 KiB', '8 KiB + 1');
-refused(get("/poll/user.42.a$C&access_token=$t8193"), 401, 'invalid_token', 'invalid token: longer than 8 KiB',
+check_refusal(get('/poll/user.42.a', bearer($t8193)), 401, 'invalid_token', 'invalid token: longer than 8 KiB', '8 KiB + 1');
+check_refusal(get("/poll/user.42.a$C&access_token=$t8193"), 401, 'invalid_token', 'invalid token: longer than 8 KiB',
         '8 KiB + 1 in access_token');
 
 # HEAD: the refusal's headers, no body
@@ -209,53 +198,53 @@ is($t->raw_request("GET /poll/user.42.a$C HTTP/1.0\r\nAuthorization: Bearer $goo
 
 # ---- verification ----
 
-refused(get('/poll/user.42.a', bearer(hs256_raw('{"alg":"none","alg":"HS256"}', json(\%base)))), 401, 'invalid_token',
+check_refusal(get('/poll/user.42.a', bearer(hs256_raw('{"alg":"none","alg":"HS256"}', json(\%base)))), 401, 'invalid_token',
         'invalid token: malformed token: bad header', 'header naming alg twice');
-refused(get('/poll/user.42.a', bearer(hs256_raw('{"alg":"HS256","\u0061lg":"none"}', json(\%base)))), 401,
+check_refusal(get('/poll/user.42.a', bearer(hs256_raw('{"alg":"HS256","\u0061lg":"none"}', json(\%base)))), 401,
         'invalid_token', 'invalid token: malformed token: bad header', 'alg twice, once escaped');
 my $claims_text = json(\%base);
 (my $exp_twice = $claims_text) =~ s/^\{/{"exp":1,/;
-refused(get('/poll/user.42.a', bearer(hs256_raw('{"alg":"HS256"}', $exp_twice))), 401, 'invalid_token',
+check_refusal(get('/poll/user.42.a', bearer(hs256_raw('{"alg":"HS256"}', $exp_twice))), 401, 'invalid_token',
         'invalid token: malformed token: claims are not a JSON object', 'claims naming exp twice');
 sub with_exp { my ($text) = @_; (my $c = $claims_text) =~ s/"exp":\d+/"exp":$text/; hs256_raw('{"alg":"HS256"}', $c) }
-refused(get('/poll/user.42.a', bearer(with_exp('1e400'))), 401, 'invalid_token',
+check_refusal(get('/poll/user.42.a', bearer(with_exp('1e400'))), 401, 'invalid_token',
         'invalid token: malformed token: claims are not a JSON object', 'exp 1e400');
-refused(get('/poll/user.42.a', bearer(with_exp('-0'))), 401, 'invalid_token', 'invalid token: token expired', 'exp -0');
-refused(get('/poll/user.42.a', bearer(with_exp('-1e300'))), 401, 'invalid_token', 'invalid token: token expired', 'exp -1e300');
-refused(get('/poll/user.42.a', bearer(with_exp('"9999999999"'))), 401, 'invalid_token', 'invalid token: malformed claim',
+check_refusal(get('/poll/user.42.a', bearer(with_exp('-0'))), 401, 'invalid_token', 'invalid token: token expired', 'exp -0');
+check_refusal(get('/poll/user.42.a', bearer(with_exp('-1e300'))), 401, 'invalid_token', 'invalid token: token expired', 'exp -1e300');
+check_refusal(get('/poll/user.42.a', bearer(with_exp('"9999999999"'))), 401, 'invalid_token', 'invalid token: malformed claim',
         'exp as a string');
-refused(get('/poll/user.42.a', bearer(with_exp('null'))), 401, 'invalid_token', 'invalid token: malformed claim', 'exp null');
+check_refusal(get('/poll/user.42.a', bearer(with_exp('null'))), 401, 'invalid_token', 'invalid token: malformed claim', 'exp null');
 is(status_of("/poll/user.42.a$C", bearer(with_exp('9223372036854775808'))), 200, 'exp 2^63: far future, accepted');
 is(status_of("/poll/user.42.a$C", bearer(with_exp('1e300'))), 200, 'exp 1e300: far future, accepted');
 is(status_of("/poll/user.42.a$C", bearer(with_exp(($now + 100) . '.5'))), 200, 'exp with a fraction');
-refused(get('/poll/user.42.a', bearer(with_exp((time - 1) . '.999'))), 401, 'invalid_token', 'invalid token: token expired',
+check_refusal(get('/poll/user.42.a', bearer(with_exp((time - 1) . '.999'))), 401, 'invalid_token', 'invalid token: token expired',
         'exp with a fraction, just past');
-refused(get('/poll/user.42.a', bearer(hs256({ %base, nbf => '1' }))), 401, 'invalid_token', 'invalid token: malformed claim',
+check_refusal(get('/poll/user.42.a', bearer(hs256({ %base, nbf => '1' }))), 401, 'invalid_token', 'invalid token: malformed claim',
         'nbf as a string');
-refused(get('/poll/user.42.a', bearer(hs256_raw('{"alg":"HS256"}', ('[' x 2000) . (']' x 2000)))), 401, 'invalid_token',
+check_refusal(get('/poll/user.42.a', bearer(hs256_raw('{"alg":"HS256"}', ('[' x 2000) . (']' x 2000)))), 401, 'invalid_token',
         'invalid token: malformed token: claims are not a JSON object', 'claims: a depth bomb of 2000 arrays');
-refused(get('/poll/user.42.a', bearer(hs256_raw('{"alg":"HS256","x":' . ('[' x 2000) . (']' x 2000) . '}', $claims_text))),
+check_refusal(get('/poll/user.42.a', bearer(hs256_raw('{"alg":"HS256","x":' . ('[' x 2000) . (']' x 2000) . '}', $claims_text))),
         401, 'invalid_token', 'invalid token: malformed token: bad header', 'header: a depth bomb');
 (my $bad_utf8 = $claims_text) =~ s/"sub":"42"/"sub":"4\xC0\xAF2"/;
-refused(get('/poll/user.42.a', bearer(hs256_raw('{"alg":"HS256"}', $bad_utf8))), 401, 'invalid_token',
+check_refusal(get('/poll/user.42.a', bearer(hs256_raw('{"alg":"HS256"}', $bad_utf8))), 401, 'invalid_token',
         'invalid token: malformed token: claims are not a JSON object', 'claims with an overlong UTF-8 sequence');
 (my $nul_pattern = $claims_text) =~ s/"news"/"news\\u0000x"/;
-refused(get('/poll/news', bearer(hs256_raw('{"alg":"HS256"}', $nul_pattern))), 401, 'invalid_token',
+check_refusal(get('/poll/news', bearer(hs256_raw('{"alg":"HS256"}', $nul_pattern))), 401, 'invalid_token',
         'invalid token: malformed claim', 'a grant pattern with an escaped NUL');
-refused(get('/poll/user.42.a', bearer(hs256(\%base, { kid => "h1\0" }))), 401, 'invalid_token', 'invalid token: unknown kid',
+check_refusal(get('/poll/user.42.a', bearer(hs256(\%base, { kid => "h1\0" }))), 401, 'invalid_token', 'invalid token: unknown kid',
         'kid "h1\\u0000" does not select the key h1');
-refused(get('/poll/user.42.a', bearer(hs256(\%base, { kid => 'r1' }))), 401, 'invalid_token',
+check_refusal(get('/poll/user.42.a', bearer(hs256(\%base, { kid => 'r1' }))), 401, 'invalid_token',
         'invalid token: key type does not match alg', 'HS256 naming the kid of an RSA key');
-refused(get('/poll/user.42.a', bearer(hs256(\%base, { kid => 5 }))), 401, 'invalid_token',
+check_refusal(get('/poll/user.42.a', bearer(hs256(\%base, { kid => 5 }))), 401, 'invalid_token',
         'invalid token: malformed token: bad header', 'kid not a string');
-refused(get('/poll/user.42.a', bearer(hs256(\%base, { crit => [] }))), 401, 'invalid_token',
+check_refusal(get('/poll/user.42.a', bearer(hs256(\%base, { crit => [] }))), 401, 'invalid_token',
         'invalid token: unsupported crit header', 'crit: [] (even empty)');
 # sub goes into $channel_jwt_sub, which a configuration may put in a response header or a log
 {
     my $r = get("/subhdr/user.42.a$C", bearer(hs256({ %base, sub => "42\r\nX-Injected: yes" })));
     ok(!exists $r->{headers}{'x-injected'}, 'a sub holding CR LF does not split the response headers')
         or diag("status $r->{status}, X-Sub " . ($r->{headers}{'x-sub'} // '-'));
-    refused($r, 401, 'invalid_token', 'invalid token: malformed claim', 'a sub holding CR LF');
+    check_refusal($r, 401, 'invalid_token', 'invalid token: malformed claim', 'a sub holding CR LF');
     $r = get("/subhdr/user.42.a$C", bearer(hs256({ %base, sub => "user\x{e9}" })));
     is($r->{status}, 200, 'a sub with non-ASCII UTF-8: accepted');
 }
@@ -267,7 +256,7 @@ my ($es_in, $es_sig) = $es =~ /^(.*)\.([^.]*)$/;
 my $rs = MIME::Base64::decode_base64(($es_sig =~ tr{-_}{+/}r) . '=' x ((4 - length($es_sig) % 4) % 4));
 is(length $rs, 64, 'ES256 r||s is 64 bytes');
 for my $case (['63 bytes', substr($rs, 0, 63)], ['65 bytes', "\0$rs"], ['r||s||0', "$rs\0"], ['empty', '']) {
-    refused(get('/poll/user.42.a', bearer("$es_in." . b64url($case->[1]))), 401, 'invalid_token', 'invalid token: bad signature',
+    check_refusal(get('/poll/user.42.a', bearer("$es_in." . b64url($case->[1]))), 401, 'invalid_token', 'invalid token: bad signature',
             "ES256 signature of $case->[0]");
 }
 my $der = do {
@@ -276,7 +265,7 @@ my $der = do {
     my $body = $int->($r) . $int->($s);
     "\x30" . chr(length $body) . $body;
 };
-refused(get('/poll/user.42.a', bearer("$es_in." . b64url($der))), 401, 'invalid_token', 'invalid token: bad signature',
+check_refusal(get('/poll/user.42.a', bearer("$es_in." . b64url($der))), 401, 'invalid_token', 'invalid token: bad signature',
         'ES256 signature in DER (not JWS r||s)');
 my $n256 = Math::BigInt->from_hex('FFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551');
 my $s_int = Math::BigInt->from_hex(unpack 'H*', substr($rs, 32));
@@ -288,7 +277,7 @@ note("ES256 with s replaced by n - s (the other valid signature): $es_high_statu
 my $s_plus_n = $s_int->copy->badd($n256)->as_hex =~ s/^0x//r;
 if (length $s_plus_n <= 64) {
     $s_plus_n = ('0' x (64 - length $s_plus_n)) . $s_plus_n;
-    refused(get('/poll/user.42.a', bearer("$es_in." . b64url(substr($rs, 0, 32) . pack('H*', $s_plus_n)))), 401,
+    check_refusal(get('/poll/user.42.a', bearer("$es_in." . b64url(substr($rs, 0, 32) . pack('H*', $s_plus_n)))), 401,
             'invalid_token', 'invalid token: bad signature', 'ES256 with s + n (out of range)');
 }
 
@@ -301,7 +290,7 @@ my $L = Math::BigInt->new('72370055773322622139731865630429942408571163593799076
 my $S = Math::BigInt->from_hex(unpack 'H*', scalar reverse substr($ed_raw, 32));
 my $S2 = $S->copy->badd($L)->as_hex =~ s/^0x//r;
 $S2 = ('0' x (64 - length $S2)) . $S2;
-refused(get('/poll/user.42.a', bearer("$ed_in." . b64url(substr($ed_raw, 0, 32) . reverse pack('H*', $S2)))), 401,
+check_refusal(get('/poll/user.42.a', bearer("$ed_in." . b64url(substr($ed_raw, 0, 32) . reverse pack('H*', $S2)))), 401,
         'invalid_token', 'invalid token: bad signature', 'EdDSA with S + L (non-canonical)');
 
 # ---- the verified-token cache ----
@@ -309,16 +298,16 @@ refused(get('/poll/user.42.a', bearer("$ed_in." . b64url(substr($ed_raw, 0, 32) 
 is(status_of("/poll/user.42.a$C", bearer($es)), 200, 'ES256 token cached by the server key set');
 is(status_of("/other/user.42.a$C", bearer($es)), 200, 'and accepted where another set holds the same key');
 is(status_of("/poll/user.42.a$C", bearer($good)), 200, 'HS256 token cached by the server key set');
-refused(get('/other/user.42.a', bearer($good)), 401, 'invalid_token', "invalid token: no key for the token's alg",
+check_refusal(get('/other/user.42.a', bearer($good)), 401, 'invalid_token', "invalid token: no key for the token's alg",
         'the cached HS256 token does not pass where the key set lacks its key');
-refused(get('/strict/user.42.a', bearer($good)), 401, 'invalid_token', 'invalid token: wrong audience',
+check_refusal(get('/strict/user.42.a', bearer($good)), 401, 'invalid_token', 'invalid token: wrong audience',
         'the cached token is checked against the location audience');
 {
     my $nbf = int(Time::HiRes::time()) + 2;
     my $later = hs256({ %base, nbf => $nbf });
-    refused(get('/poll/user.42.a', bearer($later)), 401, 'invalid_token', 'invalid token: token not yet valid',
+    check_refusal(get('/poll/user.42.a', bearer($later)), 401, 'invalid_token', 'invalid token: token not yet valid',
             'nbf in the future');
-    refused(get('/poll/user.42.a', bearer($later)), 401, 'invalid_token', 'invalid token: token not yet valid',
+    check_refusal(get('/poll/user.42.a', bearer($later)), 401, 'invalid_token', 'invalid token: token not yet valid',
             'nbf in the future, again (verified and cached)');
     Time::HiRes::sleep(0.05) while Time::HiRes::time() < $nbf + 0.05;   # the claim itself is the clock here
     is(status_of("/poll/user.42.a$C", bearer($later)), 200, 'valid once nbf has passed');
@@ -328,18 +317,18 @@ refused(get('/strict/user.42.a', bearer($good)), 401, 'invalid_token', 'invalid 
     my $soon = hs256({ %base, exp => $exp });
     is(status_of("/poll/user.42.a$C", bearer($soon)), 200, 'a token expiring in 2 s: accepted (cached)');
     Time::HiRes::sleep(0.05) while Time::HiRes::time() < $exp + 0.05;
-    refused(get('/poll/user.42.a', bearer($soon)), 401, 'invalid_token', 'invalid token: token expired',
+    check_refusal(get('/poll/user.42.a', bearer($soon)), 401, 'invalid_token', 'invalid token: token expired',
             'the cached token is refused once exp has passed');
 }
 
 # ---- grants ----
 
-refused(get('/multi?ch=user.42.a%2Cuser.43.x', bearer($good)), 403, 'insufficient_scope',
+check_refusal(get('/multi?ch=user.42.a%2Cuser.43.x', bearer($good)), 403, 'insufficient_scope',
         'channel user.43.x is not granted by the token', 'a channel hidden behind %2C in the list');
-refused(get('/multi?ch=ab,c', bearer($good)), 403, 'insufficient_scope', 'channel c is not granted by the token',
+check_refusal(get('/multi?ch=ab,c', bearer($good)), 403, 'insufficient_scope', 'channel c is not granted by the token',
         'grant a* does not reach c in "ab,c"');
 is(status_of("/multi?ch=ab${\ '&last_event_id=1-0'}", bearer($good)), 200, 'grant a* matches ab');
-refused(get('/poll/user.42', bearer($good)), 403, 'insufficient_scope', 'channel user.42 is not granted by the token',
+check_refusal(get('/poll/user.42', bearer($good)), 403, 'insufficient_scope', 'channel user.42 is not granted by the token',
         'user.42.* does not match user.42');
 my $sub_only = hs256({ %base, channels => { subscribe => ['user.42.*'] } });
 for my $m (qw(POST PUT DELETE GET HEAD OPTIONS PATCH)) {
@@ -347,26 +336,33 @@ for my $m (qw(POST PUT DELETE GET HEAD OPTIONS PATCH)) {
     is($r->{status}, 403, "$m on a publish location with only a subscribe grant: 403");
 }
 my $no_channels = hs256({ sub => '42', exp => $now + 3600, channels => {} });
-refused(get('/poll/news', bearer($no_channels)), 403, 'insufficient_scope', 'channel news is not granted by the token',
+check_refusal(get('/poll/news', bearer($no_channels)), 403, 'insufficient_scope', 'channel news is not granted by the token',
         'an empty channels object grants nothing');
 
-# A flood of distinct ES256 tokens with garbage signatures: each costs a verification.
-{
+# $n distinct $alg tokens with garbage signatures ($words 32-bit words) to $path, each
+# costing a verification: all 401; returns requests/s (one connection, client included).
+sub garbage_flood {
+    my ($alg, $path, $n, $words) = @_;
     my $c = $t->client;
-    my $n = 300;
-    my $t0 = Time::HiRes::time();
     my %seen;
+    my $t0 = Time::HiRes::time();
     for my $i (1 .. $n) {
-        my $bad = unsigned_token({ alg => 'ES256' }, { %base, jti => $i }, pack('N', $i) x 16);
-        my $r = $c->request(GET => '/poll/user.42.a', headers => { Authorization => "Bearer $bad" });
+        my $bad = unsigned_token({ alg => $alg }, { %base, jti => $i }, pack('N', $i) x $words);
+        my $r = $c->request(GET => $path, headers => { Authorization => "Bearer $bad" });
         $seen{$r->{status}}++;
         $c = $t->client if $c->closed;
     }
-    my $es_rate = $n / (Time::HiRes::time() - $t0);
-    is_deeply(\%seen, { 401 => $n }, "$n distinct ES256 tokens with garbage signatures: all 401");
-    $t0 = Time::HiRes::time();
-    $c->request(GET => "/poll/user.42.a$C", headers => { Authorization => "Bearer $es" }) for 1 .. $n;
-    my $cached_rate = $n / (Time::HiRes::time() - $t0);
+    my $rate = $n / (Time::HiRes::time() - $t0);
+    is_deeply(\%seen, { 401 => $n }, "$n distinct $alg tokens with garbage signatures: all 401");
+    return $rate;
+}
+
+{
+    my $es_rate = garbage_flood('ES256', '/poll/user.42.a', 300, 16);
+    my $c = $t->client;
+    my $t0 = Time::HiRes::time();
+    $c->request(GET => "/poll/user.42.a$C", headers => { Authorization => "Bearer $es" }) for 1 .. 300;
+    my $cached_rate = 300 / (Time::HiRes::time() - $t0);
     note(sprintf('ES256: %.0f garbage-signature requests/s vs %.0f cached-token requests/s (one connection)',
                  $es_rate, $cached_rate));
 }
@@ -374,18 +370,7 @@ refused(get('/poll/news', bearer($no_channels)), 403, 'insufficient_scope', 'cha
 # The dearest verification an unauthenticated client can ask for where an ES384 key is
 # configured: every distinct token costs a P-384 verification (measured, not bounded here).
 {
-    my $c = $t->client;
-    my $n = 100;
-    my %seen;
-    my $t0 = Time::HiRes::time();
-    for my $i (1 .. $n) {
-        my $bad = unsigned_token({ alg => 'ES384' }, { %base, jti => $i }, pack('N', $i) x 24);
-        my $r = $c->request(GET => '/es384/user.42.a', headers => { Authorization => "Bearer $bad" });
-        $seen{$r->{status}}++;
-        $c = $t->client if $c->closed;
-    }
-    my $rate = $n / (Time::HiRes::time() - $t0);
-    is_deeply(\%seen, { 401 => $n }, "$n distinct ES384 tokens with garbage signatures: all 401");
+    my $rate = garbage_flood('ES384', '/es384/user.42.a', 100, 24);
     note(sprintf('ES384: %.0f garbage-signature requests/s (%.2f ms each, client included)', $rate, 1000 / $rate));
 }
 
@@ -436,7 +421,7 @@ refused(get('/poll/news', bearer($no_channels)), 403, 'insufficient_scope', 'cha
 
 # exp == now is expired, nbf == now is valid (no leeway either way); the server's clock is
 # read after the client's, so whole seconds of the client's now are <= the server's.
-refused(get('/poll/user.42.a', bearer(hs256({ %base, exp => int(Time::HiRes::time()) }))), 401, 'invalid_token', 'invalid token: token expired',
+check_refusal(get('/poll/user.42.a', bearer(hs256({ %base, exp => int(Time::HiRes::time()) }))), 401, 'invalid_token', 'invalid token: token expired',
         'exp == now: expired');
 is(status_of("/poll/user.42.a$C", bearer(hs256({ %base, nbf => int(Time::HiRes::time()) }))), 200, 'nbf == now: valid');
 

@@ -10,7 +10,7 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
 use ChannelsTest qw(json_decode);
-use Jwt qw(make_keys jose openssl_token unsigned_token b64url);
+use Jwt qw(make_keys jose openssl_token unsigned_token b64url %WWW check_refusal);
 
 my $t = ChannelsTest->new(start => 0, conf => <<'EOF');
     channel_zone zone=z:4m;
@@ -161,19 +161,12 @@ sub poll_ok {
     is($r->{status}, 200, "$name: accepted") or diag($r->{body});
 }
 
-my %WWW = (
-    none => 'Bearer realm="channels"',
-    invalid_token => 'Bearer realm="channels", error="invalid_token"',
-    insufficient_scope => 'Bearer realm="channels", error="insufficient_scope"',
-);
-
 # A refusal: status, the exact WWW-Authenticate value, a one-line body, and that line
 # in the error log at info.
 sub refused {
     my ($r, $status, $error, $line, $name) = @_;
-    is($r->{status}, $status, "$name: $status");
-    is($r->{headers}{'www-authenticate'}, $WWW{$error}, "$name: WWW-Authenticate");
-    is($r->{body}, "$line\n", "$name: one-line body");
+    local $Test::Builder::Level = $Test::Builder::Level + 1;
+    check_refusal($r, $status, $error, $line, $name);
     my $quoted = quotemeta "channels: $status: $line";
     ok($t->wait_for_log(qr/\[info\].*$quoted/, timeout => 5), "$name: logged at info");
 }

@@ -28,6 +28,7 @@ and broken headers). C<b64url($bytes)>, C<json($data)> (canonical JSON text).
 =cut
 
 use strict;
+use Test::More ();
 use warnings;
 use Exporter 'import';
 use File::Temp ();
@@ -36,12 +37,29 @@ use MIME::Base64 ();
 use Cwd ();
 use File::Basename ();
 
-our @EXPORT_OK = qw(make_keys jose openssl_token b64url unsigned_token json ensure_node_deps);
+our @EXPORT_OK = qw(make_keys jose openssl_token b64url unsigned_token json ensure_node_deps %WWW check_refusal);
 
 my $REPO = Cwd::abs_path(File::Basename::dirname(__FILE__) . '/../..');
 my $JSON = JSON::PP->new->canonical->utf8;
 
 sub json { $JSON->encode($_[0]) }
+
+# The WWW-Authenticate value of each kind of refusal (README "channel_auth").
+our %WWW = (
+    none => 'Bearer realm="channels"',
+    invalid_token => 'Bearer realm="channels", error="invalid_token"',
+    insufficient_scope => 'Bearer realm="channels", error="insufficient_scope"',
+);
+
+# Checks a refusal: its status, the exact WWW-Authenticate value and, when given, the
+# one-line body.
+sub check_refusal {
+    my ($r, $status, $error, $line, $name) = @_;
+    local $Test::Builder::Level = $Test::Builder::Level + 1;
+    Test::More::is($r->{status}, $status, "$name: $status") or Test::More::diag($r->{body});
+    Test::More::is($r->{headers}{'www-authenticate'}, $WWW{$error}, "$name: WWW-Authenticate");
+    Test::More::is($r->{body}, "$line\n", "$name: one-line body") if defined $line;
+}
 
 sub b64url {
     my $s = MIME::Base64::encode_base64($_[0], '');
