@@ -188,13 +188,7 @@ void woken_handler(uintptr_t key) {
     }
 }
 
-// Thousands of parked requests leave freed memory between live blocks, which glibc keeps;
-// once a worker holds no subscriber any more, it goes back to the system.
 void trim_handler(ngx_event_t *) noexcept {
-    for (size_t i = 0; i < nruntime; i++) {
-        if (runtime[i] != nullptr && runtime[i]->session.size() != 0) return;
-    }
-    gone_since_trim = 0;
 #if defined(__GLIBC__)
     malloc_trim(0);
 #endif
@@ -323,9 +317,6 @@ ngx_int_t delivery_init_worker(ngx_cycle_t *cycle, MainConf *mcf) {
         runtime[i] = start_zone(cycle, zones[i]);
         if (runtime[i] == nullptr) return NGX_ERROR;
     }
-    trim_timer.handler = trim_handler;
-    trim_timer.log = cycle->log;
-    trim_timer.cancelable = 1;
     if (ngx_worker == 0 && nruntime > 0) {
         collect_timer.handler = collect_handler;
         collect_timer.log = cycle->log;
@@ -482,29 +473,20 @@ void delivery_detach(Subscriber *sub) {
     }
     sub->nactive = 0;
     sub->attached = false;
-    if (++gone_since_trim >= kTrimAfter && wz->session.size() == 0 && !trim_timer.timer_set) {
-        ngx_add_timer(&trim_timer, kTrimDelay);
+    // Thousands of gone subscribers leave freed memory between live blocks, which glibc
+    // keeps; once the zone's registry is empty, it goes back to the system.
+    if (++gone_since_trim >= kTrimAfter && wz->session.size() == 0) {
+        gone_since_trim = 0;
+        delivery_trim_heap_later();
     }
 }
 
-namespace {
-
-ngx_event_t heap_trim_timer;
-
-void heap_trim_handler(ngx_event_t *) noexcept {
-#if defined(__GLIBC__)
-    malloc_trim(0);
-#endif
-}
-
-}  // namespace
-
 void delivery_trim_heap_later() noexcept {
-    if (heap_trim_timer.timer_set) return;
-    heap_trim_timer.handler = heap_trim_handler;
-    heap_trim_timer.log = ngx_cycle->log;
-    heap_trim_timer.cancelable = 1;
-    ngx_add_timer(&heap_trim_timer, kTrimDelay);
+    if (trim_timer.timer_set) return;
+    trim_timer.handler = trim_handler;
+    trim_timer.log = ngx_cycle->log;
+    trim_timer.cancelable = 1;
+    ngx_add_timer(&trim_timer, kTrimDelay);
 }
 
 }  // namespace channels

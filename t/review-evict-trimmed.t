@@ -20,22 +20,16 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
 use Time::HiRes ();
-use ChannelsTest qw(id_cmp);
+use ChannelsTest qw(id_cmp publish_server);
 
 my $LIVE = 50;
 
-my $t = ChannelsTest->new(workers => 2, conf => <<'CONF');
+my $t = ChannelsTest->new(workers => 2, conf => <<'CONF' . publish_server());
     channel_zone zone=small:1m history=2 ttl=1h;
     sse_ping 0;
     server {
         listen 127.0.0.1:%%PORT_0%%;
         location ~ ^/events/(?<ch>[\w.-]+)$ { sse_channel $ch; }
-    }
-    server {
-        listen 127.0.0.1:%%PORT_1%%;
-        location ~ ^/pub/(?<ch>[\w.-]+)$    { publish_channel $ch; }
-        location = /stats                   { channel_stats; }
-        location = /pid                     { return 200 $pid; }
     }
 CONF
 
@@ -54,13 +48,7 @@ my $payload = 'p' x 900;
 
 # A keep-alive connection the other worker accepted: publishes on it never wait for the
 # stopped one (a new connection may be queued for it).
-my $pub;
-for (1 .. 50) {
-    my $c = $t->client(port => 1);
-    my $r = $t->http(GET => '/pid', client => $c);
-    if ($r->{status} == 200 && $r->{body} ne $holder) { $pub = $c; last }
-    $c->close;
-}
+my $pub = $t->client_of_other_worker($holder);
 ok($pub, 'a publishing connection served by the other worker');
 
 # The subscriber's worker is stopped while $LIVE messages are published to "live" by the

@@ -14,20 +14,14 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
 use JSON::PP ();
-use ChannelsTest;
+use ChannelsTest qw(publish_server);
 
-my $t = ChannelsTest->new(workers => 2, conf => <<'CONF');
+my $t = ChannelsTest->new(workers => 2, conf => <<'CONF' . publish_server());
     channel_zone zone=small:1m history=1 ttl=1h;
     sse_ping 0;
     server {
         listen 127.0.0.1:%%PORT_0%%;
         location = /multi { sse_channel $arg_ch; }
-    }
-    server {
-        listen 127.0.0.1:%%PORT_1%%;
-        location ~ ^/pub/(?<ch>[\w.-]+)$ { publish_channel $ch; }
-        location = /stats                { channel_stats; }
-        location = /pid                  { return 200 $pid; }
     }
 CONF
 sub zone { $t->zone_stats('/stats', 'small', port => 1) }
@@ -43,13 +37,7 @@ my $i = 0;
 $i++ while $t->publish(sprintf('old%04d', $i), "old $payload") && (zone()->{evicted} == 0 || $i % 50) && $i < 5000;
 # A keep-alive connection the other worker accepted: publishes on it never wait for the
 # stopped one (a new connection may be queued for it).
-my $pub;
-for (1 .. 50) {
-    my $c = $t->client(port => 1);
-    my $r = $t->http(GET => '/pid', client => $c);
-    if ($r->{status} == 200 && $r->{body} ne $holder) { $pub = $c; last }
-    $c->close;
-}
+my $pub = $t->client_of_other_worker($holder);
 die "no connection to the other worker\n" unless $pub;
 kill 'STOP', $holder;
 # More than the zone holds, so that the busy messages the stopped worker has not read go too.

@@ -16,21 +16,15 @@ use warnings;
 use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
-use ChannelsTest qw(json_decode);
+use ChannelsTest qw(json_decode publish_server);
 
-my $t = ChannelsTest->new(workers => 2, conf => <<'CONF');
+my $t = ChannelsTest->new(workers => 2, conf => <<'CONF' . publish_server());
     channel_zone zone=tiny:1m history=1000 ttl=1h;
     sse_ping 0;
     client_max_body_size 1m;
     server {
         listen 127.0.0.1:%%PORT_0%%;
         location = /multi { sse_channel $arg_ch; }
-    }
-    server {
-        listen 127.0.0.1:%%PORT_1%%;
-        location ~ ^/pub/(?<ch>[\w.-]+)$ { publish_channel $ch; }
-        location = /stats                { channel_stats; }
-        location = /pid                  { return 200 $pid; }
     }
 CONF
 
@@ -51,13 +45,7 @@ sub round {
     is($e && $e->{id}, $first, "$tag: it is live");
     my ($holder) = map { $_->{pid} } grep { $_->{subscribers} > 0 } @{ zone()->{workers} };
     ok($holder, "$tag: its worker is $holder");
-    my $pub;
-    for (1 .. 50) {
-        my $c = $t->client(port => 1);
-        my $r = $t->http(GET => '/pid', client => $c);
-        if ($r->{status} == 200 && $r->{body} ne $holder) { $pub = $c; last }
-        $c->close;
-    }
+    my $pub = $t->client_of_other_worker($holder);
     ok($pub, "$tag: a publishing connection of the other worker");
     my $ev0 = zone()->{evicted};
     kill 'STOP', $holder;

@@ -264,8 +264,12 @@ do, and returns them (for a loop of one's own, e.g. one that reconnects ended st
 
 C<id_parse($id)> gives C<(ms, counter)> or an empty list if the id is not of the
 form README.md gives for message ids (section "Publishing"); C<id_cmp($a, $b)> compares
-two ids (-1, 0, 1). Both exportable, as are C<json_decode($bytes)> (undef if not JSON) and
-C<slurp($file)> (its bytes; '' if it cannot be read).
+two ids (-1, 0, 1). Both exportable, as are C<json_decode($bytes)> (undef if not JSON),
+C<slurp($file)> (its bytes; '' if it cannot be read) and C<publish_server()> (the text of
+a server on port 1 with C</pub/CHANNEL>, C</stats> and C</pid>, for tests that stop the
+worker holding a subscriber and still publish and read the statistics; with it,
+C<< $t->client_of_other_worker($pid) >> gives a keep-alive connection to port 1 that a worker
+other than C<$pid> accepted, or undef).
 
 =head2 Files
 
@@ -298,7 +302,7 @@ use ChannelsTest::Conn;
 use ChannelsTest::Pending;
 use ChannelsTest::SSE;
 
-our @EXPORT_OK = qw(id_parse id_cmp json_decode slurp);
+our @EXPORT_OK = qw(id_parse id_cmp json_decode slurp publish_server);
 
 $SIG{PIPE} = 'IGNORE';
 
@@ -963,6 +967,31 @@ sub id_cmp {
 }
 
 sub json_decode { ChannelsTest::Conn::json_decode(@_) }
+
+# A keep-alive connection to PORT (port => 1 by default) that a worker other than $pid
+# accepted (asked with GET /pid, see publish_server()), or undef after 50 tries: requests
+# on it never wait for a stopped worker, where a new connection could be queued for it.
+sub client_of_other_worker {
+    my ($self, $pid, %o) = @_;
+    for (1 .. 50) {
+        my $c = $self->client(port => $o{port} // 1);
+        my $r = $self->http(GET => '/pid', client => $c);
+        return $c if $r->{status} == 200 && $r->{body} ne $pid;
+        $c->close;
+    }
+    return undef;
+}
+
+sub publish_server {
+    return <<'CONF';
+    server {
+        listen 127.0.0.1:%%PORT_1%%;
+        location ~ ^/pub/(?<ch>[\w.-]+)$ { publish_channel $ch; }
+        location = /stats                { channel_stats; }
+        location = /pid                  { return 200 $pid; }
+    }
+CONF
+}
 
 sub slurp {
     my $f = shift;
